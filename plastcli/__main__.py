@@ -1,0 +1,3 @@
+from plastcli.cli import main
+
+main()

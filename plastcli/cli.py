@@ -1,0 +1,230 @@
+"""The ``plast`` command line: parse, load the recipe, call the experiment, print.
+
+Science lives in the engine and experiment modules; this file only parses
+options and prints Rich output. Any :class:`PlastError` becomes one red line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from plastcli import __version__
+from plastcli.errors import PlastError
+
+app = typer.Typer(
+    name="plast",
+    help=(
+        "Reproduce two papers on biologically plausible learning, end to end:\n\n"
+        "P1 (2022) Shervani-Tabar & Rosenbaum, meta-learned plasticity rules with random "
+        "feedback; P2 (2024) Shervani-Tabar, Mirhoseini & Rosenbaum, Oja's rule as a "
+        "stabiliser.\n\n"
+        "Every experiment reads a YAML recipe (see recipes/), writes an HDF5 result store "
+        "(results/<paper>/<name>.h5) and 'plast figures' draws the papers' figures from "
+        "the stores. Data: --data-dir, else $PLAST_DATA, else ~/.cache/plast/data."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Verify or download the datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+# Options shared by every training subcommand.
+RecipeArg = typer.Argument(..., help="YAML recipe file, e.g. recipes/bio.yaml.", show_default=False)
+SeedsOpt = typer.Option(None, "--seeds", min=1, help="Number of seeds (population members); "
+                        "overrides population.seeds.")
+DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda (overrides run.device).")
+OutOpt = typer.Option(None, "--out", help="Result store path [default: results/<paper>/<name>.h5].")
+SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set meta.lr=3e-3 "
+                      "(repeatable).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue a killed or extended run from its last "
+                         "checkpoint; gives the same numbers as an uninterrupted run.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing store.")
+DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the IDX files "
+                          "[default: $PLAST_DATA, else ~/.cache/plast/data].")
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def user_errors(fn):
+    """Turn PlastError (and a bad recipe's validation) into one red line and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PlastError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: the store says 'failed: interrupted'; "
+                              "continue with --resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise PlastError(f"--device '{device}' is not allowed; allowed: auto, cpu, cuda")
+
+
+def _load(recipe: Path, kind: str, sets: list[str] | None, extra: list[str]):
+    from plastcli.recipes import load_recipe
+
+    return load_recipe(recipe, list(extra) + list(sets or []), expected=kind)
+
+
+@app.command("meta-train")
+@user_errors
+def meta_train(
+    recipe: Path = RecipeArg,
+    seeds: int | None = SeedsOpt,
+    episodes: int | None = typer.Option(None, "--episodes", min=1,
+                                        help="Overrides meta.episodes."),
+    device: str | None = DeviceOpt,
+    out: Path | None = OutOpt,
+    set_: list[str] | None = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Meta-learn plasticity-rule coefficients (P1 Algorithm 1) for every seed at once.
+
+    Each episode draws a 5-way task, re-initialises the network, trains it online on
+    250 images with the rule and updates the coefficients by the gradient of the query
+    loss through the whole inner loop. Example: plast meta-train recipes/bio.yaml
+    """
+    from plastcli.experiments import meta_train as exp
+    from plastcli.experiments.common import default_out
+    from plastcli.progress import RichReporter
+
+    _check_device(device)
+    extra = []
+    if seeds is not None:
+        extra.append(f"population.seeds={seeds}")
+    if episodes is not None:
+        extra.append(f"meta.episodes={episodes}")
+    rec = _load(recipe, "meta-train", set_, extra)
+    path = out or default_out(rec)
+    with RichReporter(err_console) as rep:
+        res = exp.run(rec, path, resume=resume, overwrite=overwrite, data_dir=data_dir,
+                      device=device, reporter=rep)
+    table = Table(title=f"meta-train {rec.name}: {res.episodes} episodes -> {res.out}")
+    table.add_column("seed", justify="right")
+    table.add_column("meta-acc (last 50)", justify="right")
+    table.add_column("meta-loss (last 50)", justify="right")
+    for name in res.terms:
+        table.add_column(f"θ {name}", justify="right")
+    table.add_column("diverged at", justify="right")
+    for i, s in enumerate(res.seeds):
+        d = res.diverged_at[i]
+        table.add_row(str(s), f"{res.final['meta_accuracy'][i]:.3f}",
+                      f"{res.final['meta_loss'][i]:.3f}",
+                      *[f"{v:.3g}" for v in res.theta[i]], "-" if d < 0 else str(d))
+    out_console.print(table)
+
+
+@app.command("show")
+@user_errors
+def show(store: Path = typer.Argument(..., help="A result store (.h5).")) -> None:
+    """Summarise a result store: recipe, status, per-member final metrics and coefficients."""
+    from plastcli.summary import store_summary
+
+    for renderable in store_summary(store):
+        out_console.print(renderable)
+
+
+@app.command("figures")
+@user_errors
+def figures(
+    paper: str = typer.Option(..., "--paper", help="2022 or 2024."),
+    results: Path = typer.Option(Path("results"), "--results",
+                                 help="Results directory holding <paper>/*.h5."),
+    out: Path | None = typer.Option(None, "--out",
+                                    help="Figure directory [default: <results>/<paper>/figures]."),
+    fmt: list[str] | None = typer.Option(None, "--format",
+                                         help="png and/or pdf (repeatable) [default: both]."),
+) -> None:
+    """Draw every figure of a paper that its stores support (missing stores are named)."""
+    from plastcli.figures import draw_paper
+
+    if paper not in ("2022", "2024"):
+        raise PlastError(f"--paper '{paper}' is not allowed; allowed: 2022, 2024")
+    formats = fmt or ["png", "pdf"]
+    for f in formats:
+        if f not in ("png", "pdf"):
+            raise PlastError(f"--format '{f}' is not allowed; allowed: png, pdf")
+    out_dir = out or results / paper / "figures"
+    report = draw_paper(paper, results / paper, out_dir, formats)
+    for line in report.skipped:
+        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    for path in report.written:
+        out_console.print(f"wrote {path}", highlight=False)
+    if not report.written:
+        raise PlastError(f"no figure could be drawn from {results / paper}: no complete store")
+
+
+@data_app.command("check")
+@user_errors
+def data_check(data_dir: Path | None = DataDirOpt) -> None:
+    """Verify every known data file against the sha256 sums shipped with plast."""
+    from plastcli.data import check_all, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    rows = check_all(root)
+    table = Table(title=f"data files in {root}")
+    for col in ("file", "status", "sha256"):
+        table.add_column(col)
+    colour = {"ok": "green", "missing": "yellow", "corrupt": "red", "unverified": "cyan"}
+    for rel, status, digest in rows:
+        table.add_row(rel, f"[{colour[status]}]{status}[/]", digest[:16] + "…" if digest else "")
+    out_console.print(table)
+    if any(s == "corrupt" for _, s, _ in rows):
+        raise typer.Exit(1)
+
+
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    dataset: str = typer.Argument("mnist", help="mnist | fashion-mnist | emnist-balanced"),
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Download a dataset through torchvision (needs internet and torchvision)."""
+    from plastcli.data import fetch, resolve_data_dir
+
+    for line in fetch(dataset, resolve_data_dir(data_dir)):
+        out_console.print(line)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"plast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    """Entry point of the ``plast`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

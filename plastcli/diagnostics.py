@@ -1,0 +1,72 @@
+"""Read-only measurements of a population network: accuracy, alignment angles,
+orthonormality error. Nothing here mutates state."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from plastcli.network import Net, errors, forward, output_error
+
+
+def accuracy(z_out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """z_out ``[P, B, n_L]``, labels ``[P, B]`` -> fraction correct ``[P]``."""
+    return (z_out.argmax(-1) == labels).float().mean(-1)
+
+
+def vector_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees between vectors along the last axis (NaN if either is zero)."""
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+
+
+def alignment_angles(net: Net, zs, ys, labels: torch.Tensor, beta: float,
+                     feedback: str) -> torch.Tensor:
+    """alpha_l for l = 0..L-1, ``[P, L]`` degrees (SPEC §2).
+
+    Angle between the batch-mean error e_l of the model's own feedback path and the
+    batch-mean error exact backprop would compute on the same state and inputs.
+    """
+    onehot = F.one_hot(labels, net.W[-1].shape[1]).to(ys[0].dtype)
+    e_out = output_error(ys[-1], onehot)
+    model = errors(net, zs, ys, e_out, beta, feedback, need_e0=True)
+    exact = errors(net, zs, ys, e_out, beta, "sym", need_e0=True)
+    L = net.n_layers
+    return torch.stack([vector_angle(model[l].mean(1), exact[l].mean(1)) for l in range(L)], 1)
+
+
+def orthonormality_error(W: list[torch.Tensor], zs, ys) -> torch.Tensor:
+    """E_W per layer ``[P, L]``: batch mean of ||z_l - W_l W_l^T sigma(z_l)||^2 (P1 Eq. 11)."""
+    out = []
+    for l in range(1, len(W) + 1):
+        rec = torch.matmul(torch.matmul(ys[l], W[l - 1]), W[l - 1].transpose(1, 2))
+        out.append((zs[l] - rec).pow(2).sum(-1).mean(-1))
+    return torch.stack(out, 1)
+
+
+@torch.no_grad()
+def query_metrics(net: Net, x: torch.Tensor, labels: torch.Tensor, beta: float,
+                  feedback: str) -> dict[str, np.ndarray]:
+    """Accuracy ``[P]``, angles ``[P, L]`` and E_W ``[P, L]`` on a batch x ``[P, B, n_0]``."""
+    zs, ys = forward(net.W, x, beta)
+    return {
+        "accuracy": accuracy(zs[-1], labels).cpu().numpy(),
+        "angles": alignment_angles(net, zs, ys, labels, beta, feedback).cpu().numpy(),
+        "orthonormality_error": orthonormality_error(net.W, zs, ys).cpu().numpy(),
+    }
+
+
+def moving_average(x: np.ndarray, window: int = 11) -> np.ndarray:
+    """Centred moving average along the last axis, shrinking at the edges (NaN-aware)."""
+    x = np.asarray(x, dtype=np.float64)
+    half = window // 2
+    out = np.full_like(x, np.nan)
+    n = x.shape[-1]
+    for i in range(n):
+        lo, hi = max(0, i - half), min(n, i + half + 1)
+        seg = x[..., lo:hi]
+        with np.errstate(invalid="ignore"):
+            cnt = np.sum(~np.isnan(seg), axis=-1)
+            out[..., i] = np.where(cnt > 0, np.nansum(seg, axis=-1) / np.maximum(cnt, 1), np.nan)
+    return out

@@ -1,0 +1,271 @@
+"""The engine: one online plasticity step, the unrolled inner loop, meta-training.
+
+Everything is batched over the population axis P. The engine writes no files:
+:class:`MetaTrainer` returns per-episode records (numpy arrays ``[P, ...]``) and a
+``state_dict`` for checkpoints; the experiment modules put them in stores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from plastcli import diagnostics
+from plastcli.data import Episode, TaskSampler
+from plastcli.network import Net, errors, forward, init_net, output_error
+from plastcli.rules import LayerCoefficients, apply_rule, layer_mask, selection_matrix
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from plastcli.errors import PlastError
+
+        raise PlastError("--device cuda: no CUDA device is available here; use cpu or auto")
+    return torch.device(name)
+
+
+def inner_step(net: Net, x: torch.Tensor, onehot: torch.Tensor, rule: LayerCoefficients,
+               beta: float, feedback: str, fb_rule: LayerCoefficients | None = None,
+               sym_detach: bool = True) -> Net:
+    """One online plasticity step for every member.
+
+    x ``[P, B, n_0]``, onehot ``[P, B, n_L]`` (B = 1 online). Returns the new state;
+    the forward weights change by ``rule``, plastic feedback matrices by ``fb_rule``.
+    """
+    zs, ys = forward(net.W, x, beta)
+    need_e0 = rule.needs_pre_error(1) or (fb_rule is not None and fb_rule.needs_pre_error(1))
+    es = errors(net, zs, ys, output_error(ys[-1], onehot), beta, feedback, need_e0, sym_detach)
+    L = net.n_layers
+    new_W = [apply_rule(net.W[l - 1], rule.views[l - 1], rule.active[l - 1], es[l], es[l - 1],
+                        ys[l], ys[l - 1], zs[l]) for l in range(1, L + 1)]
+    new_B = net.Bf
+    if feedback == "plastic":
+        new_B = [apply_rule(net.Bf[l - 1], fb_rule.views[l - 1], fb_rule.active[l - 1], es[l],
+                            es[l - 1], ys[l], ys[l - 1]) for l in range(1, L + 1)]
+    return Net(W=new_W, Bf=new_B, D=net.D)
+
+
+def run_inner_loop(net: Net, x: torch.Tensor, labels: torch.Tensor, n_out: int,
+                   rule: LayerCoefficients, beta: float, feedback: str,
+                   fb_rule: LayerCoefficients | None = None, sym_detach: bool = True) -> Net:
+    """Present x ``[P, T, n_0]`` (labels ``[P, T]``) one sample at a time, in order."""
+    onehot = F.one_hot(labels, n_out).to(x.dtype)
+    for t in range(x.shape[1]):
+        net = inner_step(net, x[:, t : t + 1], onehot[:, t : t + 1], rule, beta, feedback,
+                         fb_rule, sym_detach)
+    return net
+
+
+class Adam:
+    """Elementwise Adam over ``[P, ...]`` tensors with a per-member 'active' mask.
+
+    Matches torch.optim.Adam (no weight decay, no amsgrad) for active members;
+    inactive members keep their parameters and moments exactly.
+    """
+
+    def __init__(self, shapes: list[tuple[int, ...]], lr: float, betas=(0.9, 0.999),
+                 eps: float = 1e-8, device=None):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m = [torch.zeros(s, device=device) for s in shapes]
+        self.v = [torch.zeros(s, device=device) for s in shapes]
+        self.step_count = torch.zeros(shapes[0][0], device=device)  # per member
+
+    @torch.no_grad()
+    def step(self, params: list[torch.Tensor], grads: list[torch.Tensor],
+             active: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        t = self.step_count + active.float()
+        bc1 = 1 - b1 ** t.clamp(min=1)
+        bc2 = 1 - b2 ** t.clamp(min=1)
+        for p, g, m, v in zip(params, grads, self.m, self.v, strict=True):
+            a = active.view(-1, *[1] * (p.dim() - 1))
+            m_new = b1 * m + (1 - b1) * g
+            v_new = b2 * v + (1 - b2) * g * g
+            shape = (-1, *[1] * (p.dim() - 1))
+            denom = (v_new / bc2.view(shape)).sqrt() + self.eps
+            p_new = p - self.lr * (m_new / bc1.view(shape)) / denom
+            m.copy_(torch.where(a, m_new, m))
+            v.copy_(torch.where(a, v_new, v))
+            p.copy_(torch.where(a, p_new, p))
+        self.step_count = t
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {"adam_step": self.step_count.cpu().numpy()}
+        for i, (m, v) in enumerate(zip(self.m, self.v, strict=True)):
+            out[f"adam_m{i}"] = m.cpu().numpy()
+            out[f"adam_v{i}"] = v.cpu().numpy()
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        dev = self.step_count.device
+        self.step_count = torch.as_tensor(state["adam_step"], device=dev)
+        for i in range(len(self.m)):
+            self.m[i] = torch.as_tensor(state[f"adam_m{i}"], device=dev)
+            self.v[i] = torch.as_tensor(state[f"adam_v{i}"], device=dev)
+
+
+@dataclass
+class MetaConfig:
+    """Everything the meta-trainer needs, already resolved from a recipe."""
+
+    layers: list[int]
+    init: str
+    beta: float
+    feedback: str
+    terms: list[str]
+    term_init: dict[str, float]
+    mask: torch.Tensor  # [P, L, R] (or [L, R], broadcast)
+    fb_terms: list[str] | None = None
+    fb_init: dict[str, float] | None = None
+    fb_mask: torch.Tensor | None = None
+    lr: float = 1e-3
+    l1: float = 0.0
+    grad_clip: float | None = None
+    sym_detach: bool = True
+
+    @classmethod
+    def from_recipe(cls, recipe, n_members: int) -> MetaConfig:
+        L = len(recipe.network.layers) - 1
+        mask = layer_mask(recipe.rule.terms, recipe.rule.layers, L)
+        fb = recipe.feedback_rule
+        return cls(
+            layers=list(recipe.network.layers), init=recipe.network.init,
+            beta=recipe.network.beta, feedback=recipe.feedback, terms=list(recipe.rule.terms),
+            term_init=dict(recipe.rule.init), mask=mask.expand(n_members, L, -1).clone(),
+            fb_terms=list(fb.terms) if fb else None, fb_init=dict(fb.init) if fb else None,
+            fb_mask=layer_mask(fb.terms, fb.layers, L).expand(n_members, L, -1).clone()
+            if fb else None,
+            lr=recipe.meta.lr, l1=recipe.meta.l1, grad_clip=recipe.meta.grad_clip,
+            sym_detach=not recipe.meta.sym_grad_through_feedback,
+        )
+
+
+def _initial_theta(names: list[str], init: dict[str, float], P: int, device) -> torch.Tensor:
+    row = torch.tensor([init.get(n, 0.0) for n in names], dtype=torch.float32)
+    return row.expand(P, -1).clone().to(device)
+
+
+class MetaTrainer:
+    """Meta-train plasticity coefficients for P members in lockstep (P1 Algorithm 1).
+
+    The meta-loss summed over members gives each member exactly the gradient it
+    would get alone; Adam is elementwise, so members never interact.
+    """
+
+    def __init__(self, cfg: MetaConfig, sampler: TaskSampler, seeds: list[int],
+                 device: torch.device):
+        self.cfg, self.sampler, self.seeds, self.device = cfg, sampler, list(seeds), device
+        P = len(seeds)
+        self.P = P
+        self.n_out = cfg.layers[-1]
+        self.mask = cfg.mask.to(device)
+        self.S = selection_matrix(cfg.terms, device)
+        self.theta = _initial_theta(cfg.terms, cfg.term_init, P, device)
+        self.params = [self.theta]
+        if cfg.fb_terms is not None:
+            self.fb_mask = cfg.fb_mask.to(device)
+            self.fb_S = selection_matrix(cfg.fb_terms, device)
+            self.theta_fb = _initial_theta(cfg.fb_terms, cfg.fb_init, P, device)
+            self.params.append(self.theta_fb)
+        self.adam = Adam([tuple(p.shape) for p in self.params], cfg.lr, device=device)
+        self.alive = torch.ones(P, dtype=torch.bool, device=device)
+        self.diverged_at = np.full(P, -1, dtype=np.int64)
+        self.episode = 0
+
+    # ------------------------------------------------------------------ one episode
+    def _unroll(self, ep: Episode, params: list[torch.Tensor]) -> Net:
+        cfg = self.cfg
+        net = init_net(cfg.layers, self.seeds, self.episode, cfg.init, cfg.feedback, self.device)
+        rule = LayerCoefficients.build(params[0] @ self.S, self.mask)
+        fb_rule = None
+        if cfg.fb_terms is not None:
+            fb_rule = LayerCoefficients.build(params[1] @ self.fb_S, self.fb_mask)
+        return run_inner_loop(net, ep.x_train, ep.y_train, self.n_out, rule, cfg.beta,
+                              cfg.feedback, fb_rule, cfg.sym_detach)
+
+    def member_losses(self, ep: Episode, params: list[torch.Tensor]) -> tuple:
+        """(meta-loss ``[P]``, query CE ``[P]``, final net) for given coefficients."""
+        net = self._unroll(ep, params)
+        z = forward(net.W, ep.x_query, self.cfg.beta)[0][-1]  # [P, Q, n_L]
+        ce = F.cross_entropy(z.reshape(-1, self.n_out), ep.y_query.reshape(-1),
+                             reduction="none").view(self.P, -1).mean(1)
+        l1 = sum(p.abs().sum(1) for p in params)
+        return ce + self.cfg.l1 * l1, ce, net
+
+    def run_episode(self) -> dict[str, np.ndarray]:
+        """Sample tasks, unroll, step Adam; return this episode's metrics ``[P, ...]``."""
+        t0 = time.perf_counter()
+        ep = self.sampler.sample(self.seeds, self.episode, self.device)
+        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+        loss, ce, net = self.member_losses(ep, params)
+        finite = torch.isfinite(loss)
+        grads = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(),
+                                    params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads,
+                                                                           strict=True)]
+        ok = finite.clone()
+        for g in grads:
+            ok &= torch.isfinite(g).flatten(1).all(1)
+        if self.cfg.grad_clip is not None:
+            norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads))
+            scale = (self.cfg.grad_clip / norm.clamp(min=1e-12)).clamp(max=1.0)
+            grads = [g * scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+        before = [p.clone() for p in self.params]
+        step_mask = self.alive & ok
+        self.adam.step(self.params, [torch.nan_to_num(g) for g in grads], step_mask)
+        for p, b in zip(self.params, before, strict=True):  # a step that made theta NaN
+            ok &= torch.isfinite(p).flatten(1).all(1)
+            p.copy_(torch.where(ok.view(-1, *[1] * (p.dim() - 1)), p, b))
+        newly_dead = self.alive & ~ok
+        for i in torch.nonzero(newly_dead).flatten().tolist():
+            self.diverged_at[i] = self.episode
+        self.alive &= ok
+
+        with torch.no_grad():
+            W = [w.detach() for w in net.W]
+            det = Net(W=W, Bf=[b.detach() for b in net.Bf] if net.Bf else None, D=net.D)
+            q = diagnostics.query_metrics(det, ep.x_query, ep.y_query, self.cfg.beta,
+                                          self.cfg.feedback)
+        dead = ~self.alive.cpu().numpy()
+        rec = {
+            "meta_loss": loss.detach().cpu().numpy(),
+            "query_ce": ce.detach().cpu().numpy(),
+            "meta_accuracy": q["accuracy"],
+            "theta": self.params[0].detach().cpu().numpy(),
+            "angles": q["angles"],
+            "orthonormality_error": q["orthonormality_error"],
+        }
+        if len(self.params) > 1:
+            rec["theta_feedback"] = self.params[1].detach().cpu().numpy()
+        for k, v in rec.items():
+            if k not in ("theta", "theta_feedback"):
+                v = v.astype(np.float64 if v.dtype == np.float64 else np.float32)
+                v[dead] = np.nan  # a diverged member's later metrics are not results
+                rec[k] = v
+        rec["seconds"] = np.full(self.P, time.perf_counter() - t0, dtype=np.float32)
+        self.episode += 1
+        return rec
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {f"param{i}": p.detach().cpu().numpy() for i, p in enumerate(self.params)}
+        state.update(self.adam.state_dict())
+        state["alive"] = self.alive.cpu().numpy()
+        state["diverged_at"] = self.diverged_at.copy()
+        state["episode"] = np.array(self.episode)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for i, p in enumerate(self.params):
+            p.copy_(torch.as_tensor(state[f"param{i}"], device=self.device))
+        self.adam.load_state_dict(state)
+        self.alive = torch.as_tensor(state["alive"], device=self.device).bool()
+        self.diverged_at = np.asarray(state["diverged_at"]).copy()
+        self.episode = int(state["episode"])

@@ -1,0 +1,99 @@
+"""What every experiment shares: output paths, store creation/resume, provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from plastcli import SIGN_CONVENTION
+from plastcli.data import Dataset, load_dataset
+from plastcli.engine import resolve_device
+from plastcli.errors import PlastError
+from plastcli.recipes import recipe_to_yaml
+from plastcli.store import COMPLETE, Store, read_store
+
+
+def default_out(recipe: Any, results_dir: str | Path = "results") -> Path:
+    """results/<paper>/<name>.h5 (or results/<name>.h5 for a recipe without a paper)."""
+    sub = str(recipe.paper) if getattr(recipe, "paper", None) else ""
+    return Path(results_dir) / sub / f"{recipe.name}.h5"
+
+
+def member_seeds(recipe: Any) -> list[int]:
+    """Seeds of the population members: population.seed + 0..seeds-1."""
+    return [recipe.population.seed + i for i in range(recipe.population.seeds)]
+
+
+def _comparable(recipe_yaml: str, ignore: tuple[str, ...]) -> dict:
+    raw = yaml.safe_load(recipe_yaml)
+    for dotted in ignore:
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return raw
+
+
+@dataclass
+class Run:
+    """An open run: its store, device, dataset and (on resume) checkpoint state."""
+
+    store: Store
+    device: torch.device
+    state: dict[str, np.ndarray] | None
+    resumed: bool
+
+
+def open_run(recipe: Any, out: Path, datasets: list[Dataset], *, resume: bool, overwrite: bool,
+             device_name: str | None = None, extra_attrs: dict | None = None,
+             may_grow: tuple[str, ...] = ()) -> Run:
+    """Create the store (status 'running') or reopen it for ``--resume``.
+
+    ``may_grow`` names recipe keys that may differ on resume (e.g. 'meta.episodes').
+    """
+    device = resolve_device(device_name or recipe.run.device)
+    text = recipe_to_yaml(recipe)
+    if resume:
+        if not out.exists():
+            raise PlastError(f"--resume: {out} does not exist; run without --resume first")
+        stored = read_store(out)
+        if stored.complete and not may_grow:
+            raise PlastError(f"--resume: {out} is already complete")
+        old = stored.attrs.get("recipe_yaml", "")
+        if _comparable(old, may_grow) != _comparable(text, may_grow):
+            raise PlastError(f"--resume: the recipe differs from the one {out} was made with "
+                             f"(only {', '.join(may_grow) or 'nothing'} may change)")
+        store = Store(out)
+        state = store.read_checkpoint()
+        store.set_attrs(recipe_yaml=text, status="running")
+        return Run(store, device, state, True)
+    attrs = {
+        "plast_experiment": recipe.experiment,
+        "name": recipe.name,
+        "paper": recipe.paper if recipe.paper is not None else "",
+        "recipe_yaml": text,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "seeds": member_seeds(recipe),
+        "sign_convention": SIGN_CONVENTION,
+        "data_sha256": {k: v for d in datasets for k, v in d.sha256.items()},
+        "datasets": [f"{d.name}:{d.split}" for d in datasets],
+    }
+    attrs.update(extra_attrs or {})
+    return Run(Store.create(out, attrs, overwrite=overwrite), device, None, False)
+
+
+def finish(store: Store, status: str = COMPLETE, **attrs: Any) -> None:
+    store.set_attrs(**attrs)
+    store.set_status(status)
+
+
+def load_recipe_dataset(dataset_spec, data_dir) -> Dataset:
+    return load_dataset(dataset_spec.name, dataset_spec.split, data_dir)

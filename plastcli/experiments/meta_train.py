@@ -1,0 +1,111 @@
+"""``plast meta-train``: recipe -> MetaTrainer -> store (SPEC §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plastcli.data import TaskSampler
+from plastcli.engine import MetaConfig, MetaTrainer
+from plastcli.experiments.common import finish, load_recipe_dataset, member_seeds, open_run
+from plastcli.progress import Reporter
+from plastcli.recipes import MetaTrainRecipe
+
+
+@dataclass
+class MetaTrainResult:
+    """What the CLI prints at the end."""
+
+    out: Path
+    seeds: list[int]
+    episodes: int
+    final: dict[str, np.ndarray]  # metric -> [P], last-50-episode means
+    theta: np.ndarray  # [P, R] final coefficients
+    terms: list[str]
+    diverged_at: np.ndarray  # [P], -1 = never
+    messages: list[str] = field(default_factory=list)
+
+
+def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: bool = False,
+        data_dir=None, device: str | None = None, reporter: Reporter | None = None,
+        member_masks: np.ndarray | None = None, extra_attrs: dict | None = None
+        ) -> MetaTrainResult:
+    """Meta-train every member of the recipe's population, writing ``out`` as it goes.
+
+    ``member_masks`` ``[P, L, R]`` overrides the per-layer term mask per member (used by
+    ablate-layers); its P must match the recipe's number of seeds.
+    """
+    reporter = reporter or Reporter()
+    data = load_recipe_dataset(recipe.dataset, data_dir)
+    seeds = member_seeds(recipe)
+    r = open_run(recipe, out, [data], resume=resume, overwrite=overwrite, device_name=device,
+                 extra_attrs={"term_names": recipe.rule.terms,
+                              "feedback_term_names": recipe.feedback_rule.terms
+                              if recipe.feedback_rule else [],
+                              **(extra_attrs or {})},
+                 may_grow=("meta.episodes",))
+    torch.manual_seed(0)  # nothing should draw from the global RNG; make sure it is fixed
+    sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,
+                          recipe.task.query_per_class, recipe.dataset.per_class_cap,
+                          recipe.dataset.cap_seed)
+    cfg = MetaConfig.from_recipe(recipe, len(seeds))
+    if member_masks is not None:
+        cfg.mask = torch.as_tensor(member_masks, dtype=torch.float32)
+    trainer = MetaTrainer(cfg, sampler, seeds, r.device)
+    total = recipe.meta.episodes
+    if r.state is not None:
+        trainer.load_state_dict(r.state)
+        r.store.truncate("episodes", trainer.episode)
+    elif r.resumed:  # killed before the first checkpoint: start over in the same file
+        r.store.truncate("episodes", 0)
+    if not r.resumed:
+        r.store.write_arrays("members", {"seed": np.array(seeds)})
+    messages: list[str] = []
+    buffer: list[dict[str, np.ndarray]] = []
+    every = recipe.run.checkpoint_every
+
+    def flush() -> None:
+        r.store.append("episodes", buffer)
+        buffer.clear()
+        r.store.write_arrays("members", {"seed": np.array(seeds),
+                                         "diverged_at": trainer.diverged_at})
+        r.store.checkpoint(trainer.state_dict())
+
+    reporter.start(total, trainer.episode, f"meta-train {recipe.name}")
+    try:
+        while trainer.episode < total:
+            dead_before = trainer.diverged_at.copy()
+            rec = trainer.run_episode()
+            buffer.append(rec)
+            for i in np.nonzero((dead_before < 0) & (trainer.diverged_at >= 0))[0]:
+                msg = (f"member {i} (seed {seeds[i]}) diverged at episode "
+                       f"{trainer.diverged_at[i]}: theta or meta-loss became NaN; "
+                       f"its coefficients are frozen from here on")
+                messages.append(msg)
+                reporter.message(f"[yellow]{msg}")
+            if trainer.episode % every == 0 or trainer.episode == total:
+                flush()
+            reporter.update(trainer.episode, loss=float(np.nanmean(rec["meta_loss"])),
+                            acc=float(np.nanmean(rec["meta_accuracy"])))
+    except KeyboardInterrupt:
+        r.store.set_status("failed: interrupted; continue with --resume")
+        raise
+    except Exception as exc:
+        r.store.set_status(f"failed: {type(exc).__name__}: {exc}")
+        raise
+    from plastcli.store import read_store
+
+    data_out = read_store(out)
+    acc = data_out["episodes/meta_accuracy"]
+    tail = slice(max(0, acc.shape[1] - 50), acc.shape[1])
+    final = {
+        "meta_accuracy": np.nanmean(acc[:, tail], axis=1),
+        "meta_loss": np.nanmean(data_out["episodes/meta_loss"][:, tail], axis=1),
+    }
+    n_div = int((trainer.diverged_at >= 0).sum())
+    finish(r.store, diverged_members=n_div)
+    return MetaTrainResult(out, seeds, total, final, trainer.params[0].detach().cpu().numpy(),
+                           list(recipe.rule.terms), trainer.diverged_at.copy(), messages)

@@ -1,0 +1,195 @@
+"""The HDF5 result store: create, append, checkpoint, read.
+
+Layout (ARCHITECTURE.md): root attributes for provenance and ``status``
+(``running`` / ``complete`` / ``failed: ...``); ``/episodes/<metric>`` ``[P, E, ...]``
+and ``/curves/<metric>`` ``[P, S, ...]`` resizable along axis 1; ``/analysis/...``
+fixed arrays; ``/members/...`` per-member facts; ``/checkpoint/...`` resume state.
+
+Every write opens the file, writes and closes it, so a killed run leaves a
+readable file whose ``status`` still says ``running``. Reading needs only h5py
+and numpy (no torch import here).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from plastcli.errors import PlastError
+
+RUNNING, COMPLETE = "running", "complete"
+
+
+def git_commit() -> str:
+    """The commit of the plast checkout (with '+dirty' if it has uncommitted changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "plastcli"], cwd=here.parent, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("+dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("plast", "torch", "numpy", "h5py"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _to_attr(value: Any) -> Any:
+    if isinstance(value, dict | list | tuple) and not isinstance(value, np.ndarray):
+        return json.dumps(value)
+    return value
+
+
+class Store:
+    """Writer for one result file (opened per operation)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, path: str | Path, attrs: dict[str, Any], overwrite: bool = False) -> Store:
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise PlastError(f"{path} already exists; pass --resume to continue it or "
+                             f"--overwrite to start again")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            f.attrs["git_commit"] = git_commit()
+            for k, v in package_versions().items():
+                f.attrs[f"{k}_version"] = v
+            for k, v in attrs.items():
+                f.attrs[k] = _to_attr(v)
+            f.attrs["status"] = RUNNING
+        return cls(path)
+
+    def _open(self, mode: str = "a") -> h5py.File:
+        return h5py.File(self.path, mode)
+
+    # ------------------------------------------------------------------ writes
+    def set_attrs(self, **attrs: Any) -> None:
+        with self._open() as f:
+            for k, v in attrs.items():
+                f.attrs[k] = _to_attr(v)
+
+    def set_status(self, status: str) -> None:
+        self.set_attrs(status=status)
+
+    def append(self, group: str, rows: list[dict[str, np.ndarray]]) -> None:
+        """Append records (each ``{metric: [P, ...]}``) along axis 1 of ``/group/metric``."""
+        if not rows:
+            return
+        with self._open() as f:
+            g = f.require_group(group)
+            for key in rows[0]:
+                block = np.stack([np.asarray(r[key]) for r in rows], axis=1)  # [P, n, ...]
+                if key not in g:
+                    maxshape = (block.shape[0], None, *block.shape[2:])
+                    chunks = (block.shape[0], max(1, min(64, block.shape[1] * 8)),
+                              *block.shape[2:])
+                    g.create_dataset(key, data=block, maxshape=maxshape, chunks=chunks)
+                else:
+                    ds = g[key]
+                    n = ds.shape[1]
+                    ds.resize(n + block.shape[1], axis=1)
+                    ds[:, n:] = block
+
+    def truncate(self, group: str, n: int) -> None:
+        """Cut every dataset of ``group`` to its first n entries along axis 1."""
+        with self._open() as f:
+            if group in f:
+                for ds in f[group].values():
+                    if ds.shape[1] > n:
+                        ds.resize(n, axis=1)
+
+    def write_arrays(self, group: str, arrays: dict[str, np.ndarray], **attrs: Any) -> None:
+        """(Re)write fixed arrays under ``/group``."""
+        with self._open() as f:
+            g = f.require_group(group)
+            for k, v in arrays.items():
+                if k in g:
+                    del g[k]
+                g.create_dataset(k, data=np.asarray(v))
+            for k, v in attrs.items():
+                g.attrs[k] = _to_attr(v)
+
+    def checkpoint(self, state: dict[str, np.ndarray], **attrs: Any) -> None:
+        self.write_arrays("checkpoint", state, **attrs)
+
+    def read_checkpoint(self) -> dict[str, np.ndarray] | None:
+        with self._open("r") as f:
+            if "checkpoint" not in f:
+                return None
+            return {k: np.asarray(v[()]) for k, v in f["checkpoint"].items()}
+
+
+# ---------------------------------------------------------------------- reading
+
+
+class StoreData:
+    """A store read into memory: ``attrs`` and ``arrays`` keyed 'group/name'."""
+
+    def __init__(self, path: Path, attrs: dict[str, Any], arrays: dict[str, np.ndarray]):
+        self.path, self.attrs, self.arrays = path, attrs, arrays
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", "unknown"))
+
+    @property
+    def complete(self) -> bool:
+        return self.status == COMPLETE
+
+    def json_attr(self, key: str, default: Any = None) -> Any:
+        v = self.attrs.get(key)
+        return default if v is None else json.loads(v)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self.arrays[key]
+        except KeyError:
+            raise PlastError(f"{self.path}: no dataset '{key}' in this store") from None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.arrays
+
+
+def read_store(path: str | Path) -> StoreData:
+    """Read every attribute and dataset (except checkpoints) of a store."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlastError(f"store not found: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise PlastError(f"{path}: not a readable HDF5 store ({exc})") from None
+    arrays: dict[str, np.ndarray] = {}
+    with f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and not name.startswith("checkpoint"):
+                arrays[name] = obj[()]
+
+        f.visititems(visit)
+    return StoreData(path, attrs, arrays)

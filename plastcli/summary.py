@@ -1,0 +1,74 @@
+"""``plast show``: a Rich summary of any result store (reads h5py/numpy only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+from plastcli.store import read_store
+
+TAIL = 50  # episodes averaged for "final" meta-training metrics
+
+
+def final_values(arr: np.ndarray, group: str) -> np.ndarray:
+    """Per member: mean of the last 50 episodes (episodes/) or the last value (curves/)."""
+    if group == "episodes":
+        return np.nanmean(arr[:, -TAIL:], axis=1)
+    return arr[:, -1]
+
+
+def store_summary(path: str | Path) -> list:
+    s = read_store(path)
+    a = s.attrs
+    colour = "green" if s.complete else ("yellow" if s.status == "running" else "red")
+    head = Table.grid(padding=(0, 2))
+    for key in ("name", "plast_experiment", "created", "git_commit", "device", "torch_version",
+                "datasets", "sign_convention"):
+        if key in a:
+            head.add_row(key, str(a[key]))
+    head.add_row("status", f"[{colour}]{s.status}[/]")
+    out: list = [Panel(head, title=str(path))]
+    if "recipe_yaml" in a:
+        out.append(Panel(Syntax(a["recipe_yaml"], "yaml"), title="resolved recipe"))
+
+    seeds = s.arrays.get("members/seed")
+    for group in ("episodes", "curves"):
+        scalars = {k.split("/", 1)[1]: v for k, v in s.arrays.items()
+                   if k.startswith(group + "/") and v.ndim == 2 and k != "curves/samples_seen"}
+        if not scalars:
+            continue
+        n = next(iter(scalars.values())).shape[1]
+        what = f"mean of last {min(TAIL, n)} episodes" if group == "episodes" else "last value"
+        t = Table(title=f"{group}: {n} recorded, per member ({what})")
+        t.add_column("member", justify="right")
+        if seeds is not None:
+            t.add_column("seed", justify="right")
+        for k in scalars:
+            t.add_column(k, justify="right")
+        finals = {k: final_values(v, group) for k, v in scalars.items()}
+        for i in range(len(next(iter(finals.values())))):
+            row = [str(i)] + ([str(seeds[i])] if seeds is not None else [])
+            t.add_row(*row, *[f"{finals[k][i]:.4g}" for k in scalars])
+        out.append(t)
+
+    for key, names_attr in (("episodes/theta", "term_names"),
+                            ("episodes/theta_feedback", "feedback_term_names")):
+        if key in s and s[key].shape[1] > 0:
+            names = s.json_attr(names_attr, [])
+            t = Table(title=f"final coefficients ({key.split('/')[1]})")
+            t.add_column("member", justify="right")
+            for n in names:
+                t.add_column(n, justify="right")
+            for i, row in enumerate(s[key][:, -1]):
+                t.add_row(str(i), *[f"{v:.4g}" for v in row])
+            out.append(t)
+    if "members/diverged_at" in s:
+        d = s["members/diverged_at"]
+        if (d >= 0).any():
+            out.append(f"[yellow]diverged members: "
+                       f"{', '.join(f'{i} at episode {e}' for i, e in enumerate(d) if e >= 0)}")
+    return out
