@@ -70,3 +70,20 @@ def moving_average(x: np.ndarray, window: int = 11) -> np.ndarray:
             cnt = np.sum(~np.isnan(seg), axis=-1)
             out[..., i] = np.where(cnt > 0, np.nansum(seg, axis=-1) / np.maximum(cnt, 1), np.nan)
     return out
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.98, resamples: int = 500,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over runs and a percentile bootstrap confidence interval.
+
+    values ``[runs, ...]``: resample runs with replacement ``resamples`` times (seeded),
+    take the mean of each resample, and return (mean, lower, upper), each ``[...]``,
+    the bounds at the (1-level)/2 and (1+level)/2 percentiles.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
+    means = values[idx].mean(axis=1)  # [resamples, ...]
+    alpha = (1.0 - level) / 2.0
+    lower, upper = np.percentile(means, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return values.mean(axis=0), lower, upper

@@ -97,10 +97,10 @@ class Adam:
         self.step_count = t
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        out = {"adam_step": self.step_count.cpu().numpy()}
+        out = {"adam_step": self.step_count.cpu().numpy().copy()}
         for i, (m, v) in enumerate(zip(self.m, self.v, strict=True)):
-            out[f"adam_m{i}"] = m.cpu().numpy()
-            out[f"adam_v{i}"] = v.cpu().numpy()
+            out[f"adam_m{i}"] = m.cpu().numpy().copy()
+            out[f"adam_v{i}"] = v.cpu().numpy().copy()
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -238,12 +238,13 @@ class MetaTrainer:
             "meta_loss": loss.detach().cpu().numpy(),
             "query_ce": ce.detach().cpu().numpy(),
             "meta_accuracy": q["accuracy"],
-            "theta": self.params[0].detach().cpu().numpy(),
+            # copies: on the CPU .numpy() shares memory with the tensor Adam updates in place
+            "theta": self.params[0].detach().cpu().numpy().copy(),
             "angles": q["angles"],
             "orthonormality_error": q["orthonormality_error"],
         }
         if len(self.params) > 1:
-            rec["theta_feedback"] = self.params[1].detach().cpu().numpy()
+            rec["theta_feedback"] = self.params[1].detach().cpu().numpy().copy()
         for k, v in rec.items():
             if k not in ("theta", "theta_feedback"):
                 v = v.astype(np.float64 if v.dtype == np.float64 else np.float32)
@@ -255,9 +256,9 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, np.ndarray]:
-        state = {f"param{i}": p.detach().cpu().numpy() for i, p in enumerate(self.params)}
+        state = {f"param{i}": p.detach().cpu().numpy().copy() for i, p in enumerate(self.params)}
         state.update(self.adam.state_dict())
-        state["alive"] = self.alive.cpu().numpy()
+        state["alive"] = self.alive.cpu().numpy().copy()
         state["diverged_at"] = self.diverged_at.copy()
         state["episode"] = np.array(self.episode)
         return state

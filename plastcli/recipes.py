@@ -264,6 +264,11 @@ def _convert(value: Any, tp: Any, key: str, md: dict, where: Where) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             where.fail(key, f"expected an integer, got {value!r}")
     elif tp is float:
+        if isinstance(value, str):  # PyYAML reads 1.0e4 (no exponent sign) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             where.fail(key, f"expected a number, got {value!r}")
         value = float(value)

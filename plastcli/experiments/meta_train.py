@@ -29,6 +29,17 @@ class MetaTrainResult:
     messages: list[str] = field(default_factory=list)
 
 
+def _finite_mean(x: np.ndarray, axis=None):
+    """Mean of the finite entries (NaN where there are none, without a warning)."""
+    x = np.asarray(x, dtype=np.float64)
+    ok = np.isfinite(x)
+    n = ok.sum(axis=axis)
+    total = np.where(ok, x, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    return float(out) if axis is None else out
+
+
 def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: bool = False,
         data_dir=None, device: str | None = None, reporter: Reporter | None = None,
         member_masks: np.ndarray | None = None, extra_attrs: dict | None = None
@@ -88,8 +99,8 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                 reporter.message(f"[yellow]{msg}")
             if trainer.episode % every == 0 or trainer.episode == total:
                 flush()
-            reporter.update(trainer.episode, loss=float(np.nanmean(rec["meta_loss"])),
-                            acc=float(np.nanmean(rec["meta_accuracy"])))
+            reporter.update(trainer.episode, loss=_finite_mean(rec["meta_loss"]),
+                            acc=_finite_mean(rec["meta_accuracy"]))
     except KeyboardInterrupt:
         r.store.set_status("failed: interrupted; continue with --resume")
         raise
@@ -102,8 +113,8 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     acc = data_out["episodes/meta_accuracy"]
     tail = slice(max(0, acc.shape[1] - 50), acc.shape[1])
     final = {
-        "meta_accuracy": np.nanmean(acc[:, tail], axis=1),
-        "meta_loss": np.nanmean(data_out["episodes/meta_loss"][:, tail], axis=1),
+        "meta_accuracy": _finite_mean(acc[:, tail], axis=1),
+        "meta_loss": _finite_mean(data_out["episodes/meta_loss"][:, tail], axis=1),
     }
     n_div = int((trainer.diverged_at >= 0).sum())
     finish(r.store, diverged_members=n_div)

@@ -1,0 +1,56 @@
+"""Shared plotting style and helpers: one look for every figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from plastcli.diagnostics import bootstrap_ci, moving_average  # noqa: E402
+
+COLORS = {
+    "BP": "#1f77b4", "BP+Oja": "#d62728", "FA": "#2ca02c", "FA+Oja": "#ff7f0e",
+    "DFA": "#9467bd", "pseudo": "#2ca02c", "eHebb": "#9467bd", "Oja": "#ff7f0e",
+    "bio": "#d62728", "pool": "#8c564b", "plastic": "#e377c2",
+}
+SMOOTH = 11  # episodes (SPEC §4)
+
+plt.rcParams.update({
+    "figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.25, "legend.frameon": False, "font.size": 10,
+})
+
+
+def subplots(n: int = 1, ncols: int | None = None, size=(4.2, 3.2), **kw):
+    """A row (or grid) of n axes sized for reading at a glance; returns (fig, flat axes)."""
+    ncols = ncols or n
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
+                             squeeze=False, **kw)
+    flat = axes.ravel()
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    fig.set_layout_engine("constrained")
+    return fig, flat[:n]
+
+
+def color(label: str, i: int = 0) -> str:
+    return COLORS.get(label, f"C{i % 10}")
+
+
+def mean_sd_band(ax, x, runs: np.ndarray, label: str, c: str, smooth: int = 0):
+    """Mean across runs ``[runs, T]`` with a ±1 sd band (optionally moving-averaged)."""
+    y = moving_average(runs, smooth) if smooth else np.asarray(runs, float)
+    with np.errstate(invalid="ignore"):
+        m, sd = np.nanmean(y, 0), np.nanstd(y, 0)
+    ax.plot(x, m, color=c, label=label, lw=1.6)
+    ax.fill_between(x, m - sd, m + sd, color=c, alpha=0.2, lw=0)
+
+
+def ci_band(ax, x, runs: np.ndarray, label: str, c: str, level: float = 0.98):
+    """Mean across runs ``[runs, T]`` with a bootstrap confidence band (500 resamples)."""
+    m, lo, hi = bootstrap_ci(runs, level=level)
+    ax.plot(x, m, color=c, label=label, lw=1.6)
+    ax.fill_between(x, lo, hi, color=c, alpha=0.2, lw=0)
