@@ -1,0 +1,79 @@
+"""Benchmark meta-training speed and peak memory: `python bench/bench_meta_train.py`.
+
+Prints seconds per episode of recipes/bio.yaml at each population size P (each in a
+fresh subprocess so peak memory is per configuration), and seconds per member-episode.
+Options: --sizes 1 16  --episodes 5  --device cpu|cuda  --recipe recipes/bio.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def measure(recipe: str, P: int, episodes: int, device: str) -> dict:
+    import resource
+    import time
+
+    import torch
+
+    from plastcli.data import TaskSampler, load_dataset
+    from plastcli.engine import MetaConfig, MetaTrainer, resolve_device
+    from plastcli.recipes import load_recipe
+
+    r = load_recipe(recipe, [f"population.seeds={P}"])
+    dev = resolve_device(device)
+    d = load_dataset(r.dataset.name, r.dataset.split)
+    s = TaskSampler(d, r.task.classes, r.task.train_per_class, r.task.query_per_class,
+                    r.dataset.per_class_cap, r.dataset.cap_seed)
+    tr = MetaTrainer(MetaConfig.from_recipe(r, P), s, list(range(P)), dev)
+    tr.run_episode()  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(episodes):
+        tr.run_episode()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    sec = (time.perf_counter() - t0) / episodes
+    out = {"P": P, "s_per_episode": sec, "s_per_member_episode": sec / P,
+           "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "threads": torch.get_num_threads(), "device": str(dev)}
+    if dev.type == "cuda":
+        out["peak_gpu_MiB"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--recipe", default=str(REPO / "recipes/bio.yaml"))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--episodes", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child is not None:
+        print(json.dumps(measure(a.recipe, a.child, a.episodes, a.device)))
+        return
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{__import__('os').cpu_count()} cores; recipe {a.recipe}")
+    print(f"{'P':>6} {'s/episode':>10} {'s/member-episode':>17} {'peak RSS MiB':>13}")
+    for P in a.sizes:
+        res = subprocess.run([sys.executable, __file__, "--recipe", a.recipe, "--episodes",
+                              str(a.episodes), "--device", a.device, "--child", str(P)],
+                             capture_output=True, text=True, check=True)
+        m = json.loads(res.stdout.strip().splitlines()[-1])
+        extra = f"  peak GPU {m['peak_gpu_MiB']:.0f} MiB" if "peak_gpu_MiB" in m else ""
+        print(f"{P:>6} {m['s_per_episode']:>10.3f} {m['s_per_member_episode']:>17.4f} "
+              f"{m['peak_rss_MiB']:>13.0f}{extra}")
+
+
+if __name__ == "__main__":
+    main()
