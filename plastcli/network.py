@@ -82,7 +82,8 @@ def forward(W: list[torch.Tensor], x: torch.Tensor, beta: float):
     ys = [x]
     L = len(W)
     for l in range(1, L + 1):
-        z = torch.matmul(ys[-1], W[l - 1].transpose(1, 2))
+        # z^T = W y^T: the weight gradient then comes back contiguous (no full-size copies)
+        z = torch.matmul(W[l - 1], ys[-1].transpose(1, 2)).transpose(1, 2)
         zs.append(z)
         ys.append(softplus(z, beta) if l < L else torch.softmax(z, dim=-1))
     return zs, ys

@@ -73,6 +73,11 @@ class LayerCoefficients:
         return any(r in USES_PRE_ERROR for r in self.active[l - 1])
 
 
+def _times(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(M v_b) for each batch row: M ``[P, n, m]``, v ``[P, B, m]`` -> ``[P, B, n]``."""
+    return torch.matmul(M, v.transpose(1, 2)).transpose(1, 2)
+
+
 def apply_rule(M: torch.Tensor, c: dict[int, torch.Tensor], active: tuple[int, ...],
                e_post: torch.Tensor, e_pre: torch.Tensor | None, y_post: torch.Tensor,
                y_pre: torch.Tensor, z_post: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,7 +91,7 @@ def apply_rule(M: torch.Tensor, c: dict[int, torch.Tensor], active: tuple[int, .
     on = set(active)
     s7 = None
     if on & {QUAD1, QUAD2}:  # s7 = y_l^T M e_{l-1}, per sample [P, B, 1]
-        s7 = (y_post * torch.matmul(e_pre, M.transpose(1, 2))).sum(-1, keepdim=True)
+        s7 = (y_post * _times(M, e_pre)).sum(-1, keepdim=True)
     lefts, rights = [], []
 
     # left e_l: pseudo_grad, sum_post_grad, quad_2 (times y_{l-1}); err_hebb (times e_{l-1})
@@ -115,7 +120,7 @@ def apply_rule(M: torch.Tensor, c: dict[int, torch.Tensor], active: tuple[int, .
         t = c[QUAD1] * s7
         k = t if k is None else k + t
     if QUAD3 in on:  # s9 = y_{l-1}^T M^T e_l = e_l . (M y_{l-1})
-        mz = z_post if z_post is not None else torch.matmul(y_pre, M.transpose(1, 2))
+        mz = z_post if z_post is not None else _times(M, y_pre)
         t = c[QUAD3] * (e_post * mz).sum(-1, keepdim=True)
         k = t if k is None else k + t
     b = None if k is None else -(k * e_pre)
