@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plastcli import diagnostics
+from plastcli import adjoint, diagnostics
 from plastcli.data import Episode, TaskSampler
 from plastcli.network import Net, errors, forward, init_net, output_error
 from plastcli.rules import LayerCoefficients, apply_rule, layer_mask, selection_matrix
@@ -129,6 +129,7 @@ class MetaConfig:
     l1: float = 0.0
     grad_clip: float | None = None
     sym_detach: bool = True
+    gradient: str = "auto"  # 'auto' uses plastcli.adjoint where supported
 
     @classmethod
     def from_recipe(cls, recipe, n_members: int) -> MetaConfig:
@@ -144,6 +145,7 @@ class MetaConfig:
             if fb else None,
             lr=recipe.meta.lr, l1=recipe.meta.l1, grad_clip=recipe.meta.grad_clip,
             sym_detach=not recipe.meta.sym_grad_through_feedback,
+            gradient=recipe.meta.gradient,
         )
 
 
@@ -199,17 +201,47 @@ class MetaTrainer:
         l1 = sum(p.abs().sum(1) for p in params)
         return ce + self.cfg.l1 * l1, ce, net
 
-    def run_episode(self) -> dict[str, np.ndarray]:
-        """Sample tasks, unroll, step Adam; return this episode's metrics ``[P, ...]``."""
-        t0 = time.perf_counter()
-        ep = self.sampler.sample(self.seeds, self.episode, self.device)
-        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+    @property
+    def uses_adjoint(self) -> bool:
+        cfg = self.cfg
+        return cfg.gradient == "auto" and adjoint.supported(cfg.feedback, cfg.fb_terms is not None,
+                                                            cfg.sym_detach)
+
+    def meta_gradient(self, ep: Episode, params: list[torch.Tensor]):
+        """(meta-loss ``[P]``, query CE ``[P]``, final net, grads like params).
+
+        The hand-written reverse pass where it applies, else autograd; both give the
+        same numbers (tests/test_adjoint.py).
+        """
+        params = [p.detach().clone().requires_grad_(True) for p in params]
+        if self.uses_adjoint:
+            theta_full = params[0] @ self.S
+            coef = theta_full.unsqueeze(1) * self.mask
+            active = LayerCoefficients.build(theta_full.detach(), self.mask).active
+            net0 = init_net(self.cfg.layers, self.seeds, self.episode, self.cfg.init,
+                            self.cfg.feedback, self.device)
+            ce, net, coef_grad = adjoint.meta_loss_and_coef_grad(
+                net0, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef.detach(), active,
+                self.cfg.beta, self.cfg.feedback)
+            l1 = params[0].abs().sum(1)
+            loss = ce + self.cfg.l1 * l1.detach()
+            surrogate = (coef * coef_grad).sum() + self.cfg.l1 * l1.sum()
+            grads = list(torch.autograd.grad(surrogate, params))
+            return loss.detach(), ce, net, grads
         loss, ce, net = self.member_losses(ep, params)
         finite = torch.isfinite(loss)
         grads = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(),
                                     params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads,
                                                                            strict=True)]
+        return loss, ce, net, grads
+
+    def run_episode(self) -> dict[str, np.ndarray]:
+        """Sample tasks, unroll, step Adam; return this episode's metrics ``[P, ...]``."""
+        t0 = time.perf_counter()
+        ep = self.sampler.sample(self.seeds, self.episode, self.device)
+        loss, ce, net, grads = self.meta_gradient(ep, self.params)
+        finite = torch.isfinite(loss)
         ok = finite.clone()
         for g in grads:
             ok &= torch.isfinite(g).flatten(1).all(1)

@@ -100,6 +100,8 @@ class MetaSpec:
     l1: float = spec(0.0, minimum=0.0)
     grad_clip: float | None = spec(None, minimum=0.0)
     sym_grad_through_feedback: bool = spec(False)
+    # auto: the hand-written reverse pass (plastcli/adjoint.py) where it applies, else autograd
+    gradient: str = spec("auto", choices=("auto", "autograd"))
 
 
 @dataclass
@@ -364,3 +366,268 @@ def recipe_from_yaml(text: str, where: str = "<store>") -> Any:
     recipe = parse_dataclass(SCHEMAS[raw["experiment"]], raw, w)
     recipe.validate(w)
     return recipe
+
+
+# --------------------------------------------------------------------------- ablate-layers
+
+
+def layer_names(n_layers: int) -> list[str]:
+    """P1 Table 1's names of the weight layers: W_l maps layer l-1 to l -> 'W01', 'W12', ..."""
+    return [f"W{l - 1}{l}" for l in range(1, n_layers + 1)]
+
+
+@dataclass
+class AssignmentSpec:
+    """One row of P1 Table 1: the layers that add ``ablation.added_terms`` to the base rule."""
+
+    name: str = spec(doc="row label, e.g. 'W01+W12'")
+    layers: list[str] = spec(factory=list, doc="layer names W01, W12, ... (empty: base only)")
+
+
+@dataclass
+class AblationSpec:
+    # Terms of rule.terms that act only on an assignment's layers; the other terms of
+    # rule.terms (the base rule) act on every layer.
+    added_terms: list[str] = spec(factory=lambda: ["err_hebb"], choices=TERM_NAMES)
+    assignments: list[AssignmentSpec] = spec(factory=list)
+    # Angles are averaged over episodes burn_in..end (P1 Table 1: 100..500).
+    burn_in: int = spec(100, minimum=0)
+
+
+@dataclass
+class AblateLayersRecipe(MetaTrainRecipe):
+    """A meta-train recipe whose members are assignments x seeds (P1 Table 1).
+
+    ``population.seeds`` is the number of seeds per assignment; every assignment reuses the
+    same seeds, so all assignments see the same tasks and initial weights.
+    """
+
+    experiment: str = spec("ablate-layers", choices=("ablate-layers",))
+    network: NetworkSpec = spec(factory=lambda: NetworkSpec(layers=[784, 130, 70, 47]))
+    ablation: AblationSpec = spec(factory=AblationSpec)
+
+    def validate(self, where: Where) -> None:
+        super().validate(where)
+        names = layer_names(len(self.network.layers) - 1)
+        if self.rule.layers is not None:
+            where.fail("rule.layers", "not allowed here: ablation.assignments sets the layers")
+        for t in self.ablation.added_terms:
+            if t not in self.rule.terms:
+                where.fail("ablation.added_terms", f"term '{t}' not among rule.terms "
+                           f"({', '.join(self.rule.terms)})")
+        if not [t for t in self.rule.terms if t not in self.ablation.added_terms]:
+            where.fail("ablation.added_terms", "leaves no base term acting on every layer")
+        if not self.ablation.assignments:
+            where.fail("ablation.assignments", "must list at least one assignment")
+        seen = set()
+        for i, a in enumerate(self.ablation.assignments):
+            key = f"ablation.assignments[{i}]"
+            if a.name in seen:
+                where.fail(f"{key}.name", f"'{a.name}' is used twice")
+            seen.add(a.name)
+            for layer in a.layers:
+                if layer not in names:
+                    where.fail(f"{key}.layers", f"layer '{layer}' does not exist in this "
+                               f"{len(names)}-layer network; allowed: {', '.join(names)}")
+            if len(set(a.layers)) != len(a.layers):
+                where.fail(f"{key}.layers", "a layer is named twice")
+        if self.ablation.burn_in >= self.meta.episodes:
+            where.fail("ablation.burn_in", f"{self.ablation.burn_in} leaves no episodes to "
+                       f"average (meta.episodes = {self.meta.episodes})")
+
+
+SCHEMAS["ablate-layers"] = AblateLayersRecipe
+
+
+# --------------------------------------------------------------------------- online (issue 3)
+
+ONLINE_DATASETS = ("mnist", "fashion-mnist", "emnist-balanced")
+
+
+@dataclass
+class OnlineDatasetSpec:
+    """Online data: the stream comes from the train split, validation curves from the test
+    split, and grid-search selection from a held-out part of the train split."""
+
+    name: str = spec("mnist", choices=ONLINE_DATASETS)
+
+
+@dataclass
+class ConditionSpec:
+    """One learning rule of an online comparison: feedback path, terms and coefficient grid."""
+
+    name: str = spec(doc="label used in stores, tables and legends, e.g. 'BP+Oja'")
+    feedback: str = spec("sym", choices=("sym", "fixed", "direct"))
+    terms: list[str] = spec(factory=lambda: ["pseudo_grad"], choices=TERM_NAMES)
+    # Candidate values per term (every term needs a non-empty list); the grid is their
+    # Cartesian product. A single value per term means no search.
+    grid: dict[str, list[float]] = spec(factory=dict, choices=TERM_NAMES)
+
+
+@dataclass
+class OnlineSpec:
+    samples: int = spec(5000, minimum=1, doc="online training samples per run")
+    eval_every: int = spec(100, minimum=1, doc="evaluate every this many samples")
+    val_size: int = spec(1000, minimum=1, doc="fixed validation subset of the TEST split")
+    update_norm_samples: int = spec(16, minimum=1,
+                                    doc="validation images used for the update norms")
+    recon_images: int = spec(4, minimum=1, doc="validation images reconstructed at the end")
+
+
+@dataclass
+class SelectionSpec:
+    """Grid search: grid points x seeds trained on the stream, scored on a held-out part
+    of the TRAIN split that the stream never shows (and that is not the validation set)."""
+
+    heldout: int = spec(5000, minimum=1, doc="train-split images set aside for selection")
+    seeds: int = spec(3, minimum=1)
+    seed: int = spec(1000, minimum=0, doc="first seed of the grid stage (distinct from runs)")
+    samples: int | None = spec(None, minimum=1, doc="online samples in the grid stage "
+                               "(default: online.samples)")
+
+
+@dataclass
+class BaselineRecipe:
+    experiment: str = spec("baseline", choices=("baseline",))
+    name: str = spec("baseline")
+    paper: int | None = spec(None)
+    description: str = spec("")
+    dataset: OnlineDatasetSpec = spec(factory=OnlineDatasetSpec)
+    network: NetworkSpec = spec(factory=lambda: NetworkSpec(layers=[784, 170, 130, 100, 70, 10]))
+    conditions: list[ConditionSpec] = spec(factory=list)
+    online: OnlineSpec = spec(factory=OnlineSpec)
+    selection: SelectionSpec = spec(factory=SelectionSpec)
+    population: PopulationSpec = spec(factory=lambda: PopulationSpec(seeds=20, seed=0))
+    run: RunSpec = spec(factory=RunSpec)
+
+    def validate(self, where: Where) -> None:
+        check_dataset_network(DatasetSpec(name=self.dataset.name, split="train"), self.network,
+                              where)
+        if not self.conditions:
+            where.fail("conditions", "must list at least one condition")
+        seen = set()
+        for i, c in enumerate(self.conditions):
+            key = f"conditions[{i}]"
+            if c.name in seen:
+                where.fail(f"{key}.name", f"'{c.name}' is used twice")
+            seen.add(c.name)
+            check_rule(RuleSpec(terms=c.terms), f"{key}", len(self.network.layers) - 1, where)
+            for term in c.grid:
+                if term not in c.terms:
+                    where.fail(f"{key}.grid.{term}", f"not among {key}.terms "
+                               f"({', '.join(c.terms)})")
+            for term in c.terms:
+                values = c.grid.get(term)
+                if not values:
+                    where.fail(f"{key}.grid.{term}", "needs a non-empty list of values "
+                               "(one value: no search)")
+        if self.online.update_norm_samples > self.online.val_size:
+            where.fail("online.update_norm_samples", f"exceeds online.val_size "
+                       f"({self.online.val_size})")
+        if self.online.recon_images > self.online.val_size:
+            where.fail("online.recon_images", f"exceeds online.val_size ({self.online.val_size})")
+
+
+SCHEMAS["baseline"] = BaselineRecipe
+
+
+@dataclass
+class InitStudyRecipe(BaselineRecipe):
+    """A baseline whose conditions are each run with every initialiser in ``inits``
+    (P2 Fig 5: naive N(0, 0.01^2) vs xavier); network.init is ignored."""
+
+    experiment: str = spec("init-study", choices=("init-study",))
+    inits: list[str] = spec(factory=lambda: ["naive", "xavier"], choices=INITS)
+
+    def validate(self, where: Where) -> None:
+        super().validate(where)
+        if not self.inits:
+            where.fail("inits", f"must list at least one initialiser; allowed: {', '.join(INITS)}")
+        if len(set(self.inits)) != len(self.inits):
+            where.fail("inits", "an initialiser is named twice")
+
+
+SCHEMAS["init-study"] = InitStudyRecipe
+
+
+# --------------------------------------------------------------------------- rnn-memory (issue 5)
+
+
+@dataclass
+class RnnDatasetSpec:
+    """Stream from the train split, selection from a held-out part of it, validation curves
+    from a fixed subset of the test split (as in ``plast baseline``)."""
+
+    name: str = spec("mnist", choices=("mnist", "fashion-mnist"))
+
+
+@dataclass
+class RnnNetworkSpec:
+    # One or more hidden sizes; each is run (grid search included) as its own population.
+    hidden: list[int] = spec(factory=lambda: [100], minimum=1)
+    init: str = spec("xavier", choices=INITS)
+    beta: float = spec(10.0, minimum=1e-6)
+
+
+@dataclass
+class RnnTaskSpec:
+    T: int = spec(50, minimum=1, doc="sequence length (classification at step T)")
+    present: int = spec(5, minimum=1, doc="the image is the input at steps 1..present")
+
+
+@dataclass
+class RnnConditionSpec:
+    """One learning rule: BPTT with coefficient grid ``bptt`` (theta_1) and Oja on W_h with
+    grid ``oja`` (theta_2; [0.0] = plain BPTT). The grid is their Cartesian product."""
+
+    name: str = spec(doc="label, e.g. 'BPTT+Oja'")
+    bptt: list[float] = spec(factory=lambda: [0.01], minimum=0.0)
+    oja: list[float] = spec(factory=lambda: [0.0], minimum=0.0)
+
+
+@dataclass
+class RnnOnlineSpec:
+    samples: int = spec(5000, minimum=1, doc="training sequences per run (one per update)")
+    eval_every: int = spec(250, minimum=1, doc="evaluate every this many sequences")
+    val_size: int = spec(1000, minimum=1, doc="fixed validation subset of the TEST split")
+
+
+@dataclass
+class RnnMemoryRecipe:
+    experiment: str = spec("rnn-memory", choices=("rnn-memory",))
+    name: str = spec("rnn-memory")
+    paper: int | None = spec(None)
+    description: str = spec("")
+    dataset: RnnDatasetSpec = spec(factory=RnnDatasetSpec)
+    network: RnnNetworkSpec = spec(factory=RnnNetworkSpec)
+    task: RnnTaskSpec = spec(factory=RnnTaskSpec)
+    # Oja's presynaptic factor: 'z' = u_t z_t^T as P2 prints it; 'sigma' = u_t sigma(z_t)^T.
+    oja_pre: str = spec("z", choices=("z", "sigma"))
+    conditions: list[RnnConditionSpec] = spec(factory=list)
+    online: RnnOnlineSpec = spec(factory=RnnOnlineSpec)
+    selection: SelectionSpec = spec(factory=SelectionSpec)
+    population: PopulationSpec = spec(factory=lambda: PopulationSpec(seeds=10, seed=0))
+    run: RunSpec = spec(factory=RunSpec)
+
+    def validate(self, where: Where) -> None:
+        if self.task.T < self.task.present:
+            where.fail("task.T", f"T = {self.task.T} is shorter than the presentation length "
+                       f"task.present = {self.task.present}; need T >= present")
+        if not self.network.hidden:
+            where.fail("network.hidden", "must list at least one hidden size")
+        if len(set(self.network.hidden)) != len(self.network.hidden):
+            where.fail("network.hidden", "a hidden size is listed twice")
+        if not self.conditions:
+            where.fail("conditions", "must list at least one condition")
+        seen = set()
+        for i, c in enumerate(self.conditions):
+            if c.name in seen:
+                where.fail(f"conditions[{i}].name", f"'{c.name}' is used twice")
+            seen.add(c.name)
+            for key in ("bptt", "oja"):
+                if not getattr(c, key):
+                    where.fail(f"conditions[{i}].{key}", "needs a non-empty list of values "
+                               "(one value: no search)")
+
+
+SCHEMAS["rnn-memory"] = RnnMemoryRecipe
