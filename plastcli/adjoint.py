@@ -21,8 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from plastcli.network import Net, softplus
-from plastcli.rules import (DECAY, ERR_HEBB, OJA, ONES_PRE_ERR, POST_PRE_ERR, PSEUDO, QUAD1,
-                            QUAD2, QUAD3, SUM_POST, USES_PRE_ERROR)
+from plastcli.rules import (
+    DECAY,
+    ERR_HEBB,
+    OJA,
+    ONES_PRE_ERR,
+    POST_PRE_ERR,
+    PSEUDO,
+    QUAD1,
+    QUAD2,
+    QUAD3,
+    SUM_POST,
+    USES_PRE_ERROR,
+)
 
 
 def supported(feedback: str, has_feedback_rule: bool, sym_detach: bool) -> bool:

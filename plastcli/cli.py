@@ -137,6 +137,190 @@ def meta_train(
     out_console.print(table)
 
 
+@app.command("ablate-layers")
+@user_errors
+def ablate_layers(
+    recipe: Path = RecipeArg,
+    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per assignment; "
+                                     "overrides population.seeds."),
+    episodes: int | None = typer.Option(None, "--episodes", min=1,
+                                        help="Overrides meta.episodes."),
+    device: str | None = DeviceOpt,
+    out: Path | None = OutOpt,
+    set_: list[str] | None = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Meta-train per-layer rule assignments (P1 Table 1) as one population and print the table.
+
+    Each assignment says which layers add the recipe's ablation.added_terms (e.g. err_hebb)
+    to the base rule; all assignments x seeds train together. Prints alignment angles
+    averaged from ablation.burn_in to the end (mean ± sd over seeds) and writes
+    <store>.csv and <store>.md. Example: plast ablate-layers recipes/2022/table1-ablate-layers.yaml
+    """
+    from plastcli.experiments import ablate_layers as exp
+    from plastcli.experiments.common import default_out
+    from plastcli.progress import RichReporter
+    from plastcli.store import read_store
+
+    _check_device(device)
+    extra = []
+    if seeds is not None:
+        extra.append(f"population.seeds={seeds}")
+    if episodes is not None:
+        extra.append(f"meta.episodes={episodes}")
+    rec = _load(recipe, "ablate-layers", set_, extra)
+    path = out or default_out(rec)
+    with RichReporter(err_console) as rep:
+        res = exp.run(rec, path, resume=resume, overwrite=overwrite, data_dir=data_dir,
+                      device=device, reporter=rep)
+    header, body = exp.table1_text(read_store(res.out))
+    table = Table(title=f"ablate-layers {rec.name} (P1 Table 1): angles averaged over episodes "
+                  f"{rec.ablation.burn_in}..{rec.meta.episodes}, mean ± sd over seeds")
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i < 3 else "right")
+    for row in body:
+        table.add_row(*row)
+    out_console.print(table)
+    for line in res.diverged:
+        err_console.print(f"[yellow]{line}[/]", highlight=False)
+    for f in res.files:
+        out_console.print(f"wrote {f}", highlight=False)
+
+
+def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_, resume,
+                    overwrite, data_dir) -> None:
+    """Shared body of ``plast baseline`` and ``plast init-study``."""
+    from plastcli.experiments import baseline, init_study
+    from plastcli.experiments.common import default_out
+    from plastcli.progress import RichReporter
+
+    _check_device(device)
+    extra = []
+    if seeds is not None:
+        extra.append(f"population.seeds={seeds}")
+    if samples is not None:
+        extra.append(f"online.samples={samples}")
+    rec = _load(recipe, kind, set_, extra)
+    path = out or default_out(rec)
+    exp = baseline if kind == "baseline" else init_study
+    with RichReporter(err_console) as rep:
+        res = exp.run(rec, path, resume=resume, overwrite=overwrite, data_dir=data_dir,
+                      device=device, reporter=rep)
+    table = Table(title=f"{kind} {rec.name}: {rec.online.samples} online samples, "
+                  f"{rec.population.seeds} runs per condition -> {res.out}")
+    table.add_column("condition")
+    table.add_column("coefficients" + (" (grid-searched)" if res.grid_searched else ""))
+    table.add_column("final val. accuracy (mean)", justify="right")
+    table.add_column("98% CI", justify="right")
+    from plastcli.rules import IDX
+
+    for i, name in enumerate(res.conditions):
+        coefs = ", ".join(f"{t}={res.theta[i, IDX[t]]:.3g}" for t in res.terms[i])
+        table.add_row(name, coefs, f"{res.final_mean[i]:.4f}",
+                      f"[{res.final_lo[i]:.4f}, {res.final_hi[i]:.4f}]")
+    out_console.print(table)
+
+
+SamplesOpt = typer.Option(None, "--samples", min=1, help="Overrides online.samples.")
+
+
+@app.command("baseline")
+@user_errors
+def baseline_cmd(
+    recipe: Path = RecipeArg,
+    seeds: int | None = SeedsOpt,
+    samples: int | None = SamplesOpt,
+    device: str | None = DeviceOpt,
+    out: Path | None = OutOpt,
+    set_: list[str] | None = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Online (batch size 1) learning with fixed coefficients: BP, FA, DFA, +Oja, any pool rule.
+
+    Grid-searches the coefficients on a held-out part of the train split, then trains
+    every condition x seed as one population and records validation curves (test-split
+    subset), alignment angles, activation norms, reconstruction errors and update norms.
+    Example: plast baseline recipes/2024/fig1-depth5.yaml
+    """
+    _online_command("baseline", recipe, seeds, samples, device, out, set_, resume, overwrite,
+                    data_dir)
+
+
+@app.command("init-study")
+@user_errors
+def init_study_cmd(
+    recipe: Path = RecipeArg,
+    seeds: int | None = SeedsOpt,
+    samples: int | None = SamplesOpt,
+    device: str | None = DeviceOpt,
+    out: Path | None = OutOpt,
+    set_: list[str] | None = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """The baseline with each rule run under every initialiser (naive N(0, 0.01^2) vs xavier).
+
+    Example: plast init-study recipes/2024/fig5-naive-init.yaml
+    """
+    _online_command("init-study", recipe, seeds, samples, device, out, set_, resume, overwrite,
+                    data_dir)
+
+
+@app.command("rnn-memory")
+@user_errors
+def rnn_memory_cmd(
+    recipe: Path = RecipeArg,
+    seeds: int | None = SeedsOpt,
+    samples: int | None = typer.Option(None, "--samples", min=1,
+                                       help="Overrides online.samples (training sequences)."),
+    device: str | None = DeviceOpt,
+    out: Path | None = OutOpt,
+    set_: list[str] | None = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Recurrent delayed-memory task (P2 Fig 7): BPTT vs BPTT+Oja on W_h.
+
+    An image is the input for the first task.present steps, zeros until step T, then the
+    class is read out. Grid-searches the coefficients on a held-out part of the train split,
+    then trains every condition x seed (per hidden size) online, one sequence per update.
+    Example: plast rnn-memory recipes/2024/fig7-rnn-memory.yaml
+    """
+    from plastcli.experiments import rnn_memory as exp
+    from plastcli.experiments.common import default_out
+    from plastcli.progress import RichReporter
+
+    _check_device(device)
+    extra = []
+    if seeds is not None:
+        extra.append(f"population.seeds={seeds}")
+    if samples is not None:
+        extra.append(f"online.samples={samples}")
+    rec = _load(recipe, "rnn-memory", set_, extra)
+    path = out or default_out(rec)
+    with RichReporter(err_console) as rep:
+        res = exp.run(rec, path, resume=resume, overwrite=overwrite, data_dir=data_dir,
+                      device=device, reporter=rep)
+    table = Table(title=f"rnn-memory {rec.name}: {rec.online.samples} sequences (T = "
+                  f"{rec.task.T}, image for {rec.task.present} steps), {rec.population.seeds} "
+                  f"runs per condition -> {res.out}")
+    for col in ("hidden", "condition", "θ_1 (BPTT)", "θ_2 (Oja)", "final val. accuracy (mean)",
+                "98% CI"):
+        table.add_column(col, justify="left" if col == "condition" else "right")
+    for row in res.rows:
+        star = " (grid)" if row["searched"] else ""
+        table.add_row(str(row["hidden"]), row["condition"] + star, f"{row['theta_bptt']:.3g}",
+                      f"{row['theta_oja']:.3g}", f"{row['mean']:.4f}",
+                      f"[{row['lo']:.4f}, {row['hi']:.4f}]")
+    out_console.print(table)
+
+
 @app.command("show")
 @user_errors
 def show(store: Path = typer.Argument(..., help="A result store (.h5).")) -> None:

@@ -87,3 +87,75 @@ def bootstrap_ci(values: np.ndarray, level: float = 0.98, resamples: int = 500,
     alpha = (1.0 - level) / 2.0
     lower, upper = np.percentile(means, [100 * alpha, 100 * (1 - alpha)], axis=0)
     return values.mean(axis=0), lower, upper
+
+
+# ----------------------------------------------------------------------------------------
+# Online-learning diagnostics (P2 Figs 2, 3, 4, 6, S1).
+
+
+def activation_norms(ys) -> torch.Tensor:
+    """||y_l||_2 of the hidden layers l = 1..L-1, averaged over the batch: ``[P, L-1]``."""
+    return torch.stack([y.norm(dim=-1).mean(-1) for y in ys[1:-1]], 1)
+
+
+def reconstruction_error(W: list[torch.Tensor], ys) -> torch.Tensor:
+    """Per hidden layer l = 1..L-1, the batch mean of ||y_{l-1} - W_l^T y_l||^2, where
+    y_l = sigma(W_l y_{l-1}) (P2 Fig 2): ``[P, L-1]``."""
+    out = []
+    for l in range(1, len(W)):
+        rec = torch.matmul(ys[l], W[l - 1])  # rows: (W_l^T y_l)^T, [P, B, n_{l-1}]
+        out.append((ys[l - 1] - rec).pow(2).sum(-1).mean(-1))
+    return torch.stack(out, 1)
+
+
+def reconstruct_inputs(W: list[torch.Tensor], ys, layers: list[int]) -> torch.Tensor:
+    """x_hat(l) = W_1^T W_2^T ... W_l^T y_l for each l in ``layers`` (P2 Fig 3).
+
+    Returns ``[P, B, len(layers), n_0]``.
+    """
+    out = []
+    for l in layers:
+        v = ys[l]  # [P, B, n_l]
+        for k in range(l, 0, -1):
+            v = torch.matmul(v, W[k - 1])  # (W_k^T v)^T
+        out.append(v)
+    return torch.stack(out, 2)
+
+
+def pca_cumulative_variance(y: torch.Tensor) -> torch.Tensor:
+    """Cumulative explained-variance ratio of the principal components of y ``[P, B, n]``
+    (samples along B): ``[P, min(B, n)]``, non-decreasing, ending at 1."""
+    centred = y - y.mean(1, keepdim=True)
+    var = torch.linalg.svdvals(centred.double()).pow(2)  # eigenvalues of the covariance * B
+    total = var.sum(-1, keepdim=True)
+    return (var.cumsum(-1) / total).float()
+
+
+def update_norms(net: Net, x: torch.Tensor, labels: torch.Tensor, rule, pseudo: torch.Tensor,
+                 beta: float, feedback: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frobenius norms of the single-sample updates the rule would make now, averaged over
+    the samples of x ``[P, B, n_0]`` (each sample applied alone, not summed).
+
+    Returns (||Delta W_BP||, ||Delta W||), each ``[P, L]``: the pseudo-gradient part
+    theta_pseudo * e_l y_{l-1}^T (rank one: |theta| ||e_l|| ||y_{l-1}||) and the whole update
+    of ``rule`` (a :class:`plastcli.rules.LayerCoefficients`). ``pseudo`` ``[P]`` holds
+    theta_pseudo (0 where the rule has none).
+    """
+    from plastcli.rules import apply_rule
+
+    zs, ys = forward(net.W, x, beta)
+    onehot = F.one_hot(labels, net.W[-1].shape[1]).to(x.dtype)
+    need_e0 = rule.needs_pre_error(1)
+    es = errors(net, zs, ys, output_error(ys[-1], onehot), beta, feedback, need_e0)
+    L, B = net.n_layers, x.shape[1]
+    bp = torch.stack([pseudo.view(-1, 1).abs() * es[l].norm(dim=-1) * ys[l - 1].norm(dim=-1)
+                      for l in range(1, L + 1)], 1).mean(-1)  # [P, L]
+    whole = torch.zeros_like(bp)
+    for b in range(B):
+        s = slice(b, b + 1)
+        for l in range(1, L + 1):
+            new = apply_rule(net.W[l - 1], rule.views[l - 1], rule.active[l - 1], es[l][:, s],
+                             None if es[l - 1] is None else es[l - 1][:, s], ys[l][:, s],
+                             ys[l - 1][:, s], zs[l][:, s])
+            whole[:, l - 1] += (new - net.W[l - 1]).flatten(1).norm(dim=-1) / B
+    return bp, whole

@@ -33,7 +33,10 @@ class Net:
 
 
 def init_matrix(n_out: int, n_in: int, init: str, g: torch.Generator) -> torch.Tensor:
-    """One ``[n_out, n_in]`` matrix: xavier U(-a, a), a = sqrt(6/(n_in+n_out)); naive N(0, 0.01^2)."""
+    """One ``[n_out, n_in]`` matrix.
+
+    xavier: U(-a, a), a = sqrt(6 / (n_in + n_out)); naive: N(0, 0.01^2).
+    """
     if init == "xavier":
         a = math.sqrt(6.0 / (n_in + n_out))
         return (torch.rand(n_out, n_in, generator=g) * 2.0 - 1.0) * a

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_engine import _config, _tiny_sampler
 
 from plastcli import adjoint
 from plastcli.engine import MetaTrainer
 from plastcli.network import init_net
 from plastcli.recipes import TERM_NAMES
 from plastcli.rules import LayerCoefficients, layer_mask
-from test_engine import LAYERS, _config, _tiny_sampler
 
 SMALL = {"quad_1", "quad_2", "quad_3", "sum_post_grad"}  # large values blow the net up
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_idx
+
 from plastcli import data
 from plastcli.errors import PlastError
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from conftest import REPO
 from typer.testing import CliRunner
 
-from conftest import REPO
 from plastcli.cli import app
 from plastcli.experiments import meta_train
 from plastcli.progress import Reporter

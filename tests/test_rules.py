@@ -9,6 +9,7 @@ import torch
 from plastcli.recipes import TERM_NAMES
 from plastcli.rules import IDX, LayerCoefficients, apply_rule, layer_mask
 
+
 def literal_term(name, W, e_post, e_pre, y_post, y_pre):
     """F_r for one sample, straight from SPEC §3.1 with numpy (no grouping tricks)."""
     e_l, e_m, y_l, y_m = e_post, e_pre, y_post, y_pre
@@ -59,7 +60,8 @@ def test_each_term_matches_literal_loop(name):
     W, e_post, e_pre, y_post, y_pre = _random_layer(B=2)
     P = W.shape[0]
     theta = torch.zeros(P, len(TERM_NAMES), dtype=torch.float64)
-    theta[:, IDX[name]] = torch.tensor([0.5, -1.3, 2.0], dtype=torch.float64)  # a different coefficient per member
+    # a different coefficient per member
+    theta[:, IDX[name]] = torch.tensor([0.5, -1.3, 2.0], dtype=torch.float64)
     rule = _coefficients(theta, [name])
     z_post = torch.matmul(y_pre, W.transpose(1, 2))
     new = apply_rule(W, rule.views[0], rule.active[0], e_post, e_pre, y_post, y_pre, z_post)

@@ -42,21 +42,23 @@ def _finite_mean(x: np.ndarray, axis=None):
 
 def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: bool = False,
         data_dir=None, device: str | None = None, reporter: Reporter | None = None,
-        member_masks: np.ndarray | None = None, extra_attrs: dict | None = None
-        ) -> MetaTrainResult:
+        member_masks: np.ndarray | None = None, extra_attrs: dict | None = None,
+        seeds: list[int] | None = None) -> MetaTrainResult:
     """Meta-train every member of the recipe's population, writing ``out`` as it goes.
 
     ``member_masks`` ``[P, L, R]`` overrides the per-layer term mask per member (used by
-    ablate-layers); its P must match the recipe's number of seeds.
+    ablate-layers); its P must match the number of member seeds. ``seeds`` overrides the
+    member seeds (default population.seed + 0..seeds-1); ablate-layers repeats the same seeds
+    for every assignment, so all assignments see the same tasks and initial weights.
     """
     reporter = reporter or Reporter()
     data = load_recipe_dataset(recipe.dataset, data_dir)
-    seeds = member_seeds(recipe)
+    seeds = list(seeds) if seeds is not None else member_seeds(recipe)
     r = open_run(recipe, out, [data], resume=resume, overwrite=overwrite, device_name=device,
                  extra_attrs={"term_names": recipe.rule.terms,
                               "feedback_term_names": recipe.feedback_rule.terms
                               if recipe.feedback_rule else [],
-                              **(extra_attrs or {})},
+                              "seeds": seeds, **(extra_attrs or {})},
                  may_grow=("meta.episodes",))
     torch.manual_seed(0)  # nothing should draw from the global RNG; make sure it is fixed
     sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,

@@ -6,9 +6,9 @@ whose stores exist and are complete, and names the missing ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from plastcli.errors import PlastError
 from plastcli.store import StoreData, read_store
@@ -74,7 +74,8 @@ def draw_paper(paper: str, results_dir: Path, out_dir: Path, formats: list[str])
         stores = {n: get(n) for n in spec.stores}
         missing = [n for n, st in stores.items() if st is None]
         if missing:
-            report.skipped.append(f"{spec.stem}: needs {', '.join(str(results_dir / (m + '.h5')) for m in missing)}")
+            paths = ", ".join(str(results_dir / f"{m}.h5") for m in missing)
+            report.skipped.append(f"{spec.stem}: needs {paths}")
             continue
         for n in spec.optional:
             if get(n) is not None:

@@ -1,0 +1,263 @@
+"""``plast rnn-memory``: the recurrent delayed-memory task, BPTT vs BPTT+Oja (SPEC §6,
+P2 Fig 7), many runs batched along the population axis.
+
+Members. A member is (hidden size, condition, grid point, seed). Members of one hidden size
+form one population trained together (:func:`train`); a member's trajectory is the same
+alone or batched (its initial weights and its stream come from its own seed only).
+
+Data (all from ``dataset.name``; the same split as ``plast baseline``):
+- stream: the TRAIN split minus a held-out part; member p sees its own seeded permutation,
+  one image per sequence, one sequence per update;
+- selection: the held-out part of the TRAIN split (``selection.heldout`` images); the grid
+  stage scores every grid point on it. It is never streamed and is not the validation set;
+- validation: a fixed ``online.val_size`` subset of the TEST split behind every curve.
+
+Stages, per hidden size. (1) Grid: every condition's grid points x ``selection.seeds``
+seeds (from ``selection.seed``) trained ``selection.samples`` sequences; best point per
+condition = highest mean held-out accuracy at the end (skipped when a condition has one
+point). (2) Final: the best point of every condition x ``population.seeds`` seeds,
+evaluated every ``online.eval_every`` sequences on the validation set.
+
+Store: ``/curves/{val_accuracy, val_loss}`` ``[P, S]`` and ``/curves/hidden_norm``
+``[P, S, T+1]`` (mean over validation sequences of ``||sigma(z_t)||``, t = 0..T) against
+``/curves/samples_seen`` ``[P, S]``; ``/members/...`` (hidden, condition, grid point,
+coefficients, seed, final accuracy); ``/grid/...`` every grid point's held-out accuracy and
+the chosen point per (hidden size, condition).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plastcli import diagnostics, rnn
+from plastcli.errors import PlastError
+from plastcli.experiments.baseline import OnlineData, split_data
+from plastcli.experiments.common import finish, open_run
+from plastcli.online import eval_points, stream_order
+from plastcli.progress import Reporter
+from plastcli.recipes import RnnMemoryRecipe
+
+CI_LEVEL, CI_RESAMPLES = 0.98, 500
+N_CLASSES = 10
+EVAL_FLOATS = 2_000_000  # hidden states per evaluation chunk: P * chunk * hidden
+
+
+@dataclass
+class Members:
+    """Population of one hidden size: condition index, grid point index, theta_1, theta_2
+    and seed, each ``[P]``."""
+
+    condition: np.ndarray
+    point: np.ndarray
+    theta_bptt: np.ndarray
+    theta_oja: np.ndarray
+    seeds: list[int]
+
+
+def grid_points(recipe: RnnMemoryRecipe) -> list[list[tuple[float, float]]]:
+    """Per condition, its (theta_1, theta_2) grid points."""
+    return [list(itertools.product(c.bptt, c.oja)) for c in recipe.conditions]
+
+
+def layout(points: list[list[tuple[float, float]]], chosen: list[list[int]],
+           seeds: list[int]) -> Members:
+    """Members condition-major, then grid point (indices ``chosen[c]``), then seed."""
+    rows = [(c, k, *points[c][k], s) for c in range(len(points)) for k in chosen[c]
+            for s in seeds]
+    c, k, t1, t2, s = zip(*rows, strict=True)
+    return Members(np.array(c), np.array(k), np.array(t1, np.float32), np.array(t2, np.float32),
+                   list(s))
+
+
+def _chunk(P: int, hidden: int) -> int:
+    return max(1, EVAL_FLOATS // (P * hidden))
+
+
+def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineData,
+          samples: int, stream: int, device, evaluate: bool, reporter: Reporter
+          ) -> tuple[rnn.RnnNet, list[dict[str, np.ndarray]]]:
+    """Train every member online for ``samples`` sequences; return the final population and
+    (when ``evaluate``) one validation record per evaluation point."""
+    T, present, beta = recipe.task.T, recipe.task.present, recipe.network.beta
+    images = data.train.images.to(device)
+    labels = data.train.labels.to(device)
+    xv = data.test.images[data.val].to(device)
+    yv = data.test.labels[data.val].to(device)
+    net = rnn.init_rnn(images.shape[1], hidden, N_CLASSES, members.seeds, recipe.network.init,
+                       device)
+    order = stream_order(members.seeds, data.pool, samples, stream).to(device)
+    th1 = torch.as_tensor(members.theta_bptt, device=device)
+    th2 = torch.as_tensor(members.theta_oja, device=device)
+    points = set(eval_points(samples, recipe.online.eval_every)) if evaluate else set()
+    chunk = _chunk(net.P, hidden)
+    records: list[dict[str, np.ndarray]] = []
+
+    def record(seen: int) -> None:
+        r = rnn.evaluate(net, xv, yv, T, present, beta, chunk)
+        rec = {k: v.float().cpu().numpy() for k, v in r.items()}
+        rec["samples_seen"] = np.full(net.P, seen, dtype=np.int64)
+        records.append(rec)
+
+    if evaluate:
+        record(0)
+    for t in range(samples):
+        idx = order[:, t]
+        net = rnn.update(net, images[idx].unsqueeze(1), labels[idx].unsqueeze(1), th1, th2, T,
+                         present, beta, recipe.oja_pre)
+        if (t + 1) in points:
+            record(t + 1)
+            reporter.update(t + 1, acc=float(np.nanmean(records[-1]["val_accuracy"])))
+        elif (t + 1) % 50 == 0 or t + 1 == samples:
+            reporter.update(t + 1)
+    return net, records
+
+
+def grid_stage(recipe: RnnMemoryRecipe, hidden: int, data: OnlineData, device,
+               reporter: Reporter) -> tuple[list[int], dict[str, np.ndarray]]:
+    """Score every grid point of every condition on the held-out selection set; return the
+    chosen point index per condition and this hidden size's ``/grid`` rows."""
+    points = grid_points(recipe)
+    seeds = [recipe.selection.seed + i for i in range(recipe.selection.seeds)]
+    members = layout(points, [list(range(len(p))) for p in points], seeds)
+    samples = recipe.selection.samples or recipe.online.samples
+    reporter.start(samples, 0, f"grid search {recipe.name} hidden {hidden} "
+                   f"({len(members.seeds)} members)")
+    net, _ = train(members, hidden, recipe, data, samples, 1, device, False, reporter)
+    xs = data.train.images[data.heldout].to(device)
+    ys = data.train.labels[data.heldout].to(device)
+    acc = rnn.evaluate(net, xs, ys, recipe.task.T, recipe.task.present, recipe.network.beta,
+                       _chunk(net.P, hidden))["val_accuracy"].cpu().numpy()
+    acc = np.where(np.isfinite(acc), acc, 0.0)
+    S = len(seeds)
+    rows: dict[str, list] = {k: [] for k in ("point_hidden", "point_condition", "point_index",
+                                             "point_theta_bptt", "point_theta_oja",
+                                             "point_mean_accuracy")}
+    best, k = [], 0
+    for c, pts in enumerate(points):
+        means = []
+        for i, (t1, t2) in enumerate(pts):
+            means.append(float(acc[k : k + S].mean()))
+            for key, v in (("point_hidden", hidden), ("point_condition", c), ("point_index", i),
+                           ("point_theta_bptt", t1), ("point_theta_oja", t2),
+                           ("point_mean_accuracy", means[-1])):
+                rows[key].append(v)
+            k += S
+        best.append(int(np.argmax(means)))  # ties: the first (smallest) values
+    arrays = {key: np.array(v, np.float32 if "theta" in key else None)
+              for key, v in rows.items()}
+    arrays.update({"member_hidden": np.full(len(acc), hidden), "member_condition":
+                   members.condition, "member_point": members.point,
+                   "member_seed": np.array(members.seeds), "member_selection_accuracy": acc})
+    return best, arrays
+
+
+@dataclass
+class RnnResult:
+    out: Path
+    rows: list[dict]  # per (hidden, condition): chosen coefficients and final accuracy
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: bool = False,
+        data_dir=None, device: str | None = None, reporter: Reporter | None = None
+        ) -> RnnResult:
+    """Grid search (where a condition has several points), then the final runs, per hidden
+    size; write the store (see module doc)."""
+    if resume:
+        raise PlastError("--resume is not supported by rnn-memory (a run takes minutes); "
+                         "start again with --overwrite")
+    reporter = reporter or Reporter()
+    data = split_data(recipe, data_dir)
+    samples = recipe.online.samples
+    grid_samples = recipe.selection.samples or samples
+    for key, n in (("online.samples", samples), ("selection.samples", grid_samples)):
+        if n > len(data.pool):
+            raise PlastError(f"{key} = {n} exceeds the {len(data.pool)} stream images")
+    points = grid_points(recipe)
+    searched = any(len(p) > 1 for p in points)
+    ds = recipe.dataset.name
+    attrs = {
+        "condition_names": [c.name for c in recipe.conditions],
+        "hidden_sizes": list(recipe.network.hidden),
+        "T": recipe.task.T, "present": recipe.task.present, "oja_pre": recipe.oja_pre,
+        "stream_split": f"{ds} train split minus the {len(data.heldout)} held-out images; "
+                        f"each member streams its own seeded permutation (one sequence per "
+                        f"update)",
+        "validation_split": f"fixed {len(data.val)}-image subset of the {ds} TEST split "
+                            f"(generator_for(0, 0, 'val')); curves and tables use it",
+        "selection_split": (f"held-out {len(data.heldout)} images of the {ds} TRAIN split "
+                            f"(generator_for(0, 0, 'grid')), never streamed and separate from "
+                            f"the validation set; grid points scored by mean accuracy at the "
+                            f"end of {grid_samples} sequences over {recipe.selection.seeds} "
+                            f"seeds, per hidden size and condition" if searched
+                            else "none: every condition has a single grid point"),
+        "ci": f"{int(CI_LEVEL * 100)}% percentile bootstrap over seeds, {CI_RESAMPLES} resamples",
+    }
+    r = open_run(recipe, out, [data.train, data.test], resume=False, overwrite=overwrite,
+                 device_name=device, extra_attrs=attrs)
+    torch.manual_seed(0)
+    seeds = [recipe.population.seed + i for i in range(recipe.population.seeds)]
+    grids, curves, members_out, rows = [], [], [], []
+    try:
+        for hidden in recipe.network.hidden:
+            if searched:
+                best, g = grid_stage(recipe, hidden, data, r.device, reporter)
+                grids.append(g)
+            else:
+                best = [0] * len(points)
+            members = layout(points, [[b] for b in best], seeds)
+            reporter.start(samples, 0, f"rnn-memory {recipe.name} hidden {hidden} "
+                           f"({len(members.seeds)} runs)")
+            _, records = train(members, hidden, recipe, data, samples, 0, r.device, True,
+                               reporter)
+            cur = {k: np.stack([rec[k] for rec in records], 1) for k in records[0]}
+            curves.append(cur)
+            final = cur["val_accuracy"][:, -1]
+            members_out.append({
+                "hidden": np.full(len(members.seeds), hidden), "condition": members.condition,
+                "grid_point": members.point, "theta_bptt": members.theta_bptt,
+                "theta_oja": members.theta_oja, "seed": np.array(members.seeds),
+                "final_val_accuracy": final,
+            })
+            for c, cond in enumerate(recipe.conditions):
+                m, lo, hi = diagnostics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
+                                                     CI_RESAMPLES)
+                t1, t2 = points[c][best[c]]
+                rows.append({"hidden": hidden, "condition": cond.name, "theta_bptt": t1,
+                             "theta_oja": t2, "mean": float(m), "lo": float(lo),
+                             "hi": float(hi), "searched": len(points[c]) > 1})
+        allc = _concat(curves)
+        r.store.append("curves", [{k: v[:, i] for k, v in allc.items()}
+                                  for i in range(allc["samples_seen"].shape[1])])
+        mem = _concat(members_out)
+        mem["condition_name"] = np.array([recipe.conditions[c].name for c in mem["condition"]],
+                                         dtype="S")
+        r.store.write_arrays("members", mem)
+        if grids:
+            g = _concat(grids)
+            chosen = [(row["hidden"], recipe.conditions.index(next(
+                c for c in recipe.conditions if c.name == row["condition"]))) for row in rows]
+            best_rows = [int(np.nonzero((g["point_hidden"] == h) & (g["point_condition"] == c)
+                                        & np.isclose(g["point_theta_bptt"], row["theta_bptt"])
+                                        & np.isclose(g["point_theta_oja"], row["theta_oja"]))[0][0])
+                         for (h, c), row in zip(chosen, rows, strict=True)]
+            g["best_row"] = np.array(best_rows)
+            g["best_hidden"] = np.array([h for h, _ in chosen])
+            g["best_condition"] = np.array([c for _, c in chosen])
+            r.store.write_arrays("grid", g, selection=attrs["selection_split"])
+    except KeyboardInterrupt:
+        r.store.set_status("failed: interrupted; start again with --overwrite")
+        raise
+    except Exception as exc:
+        r.store.set_status(f"failed: {type(exc).__name__}: {exc}")
+        raise
+    finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
+    return RnnResult(out, rows)

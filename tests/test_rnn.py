@@ -1,0 +1,192 @@
+"""The recurrent delayed-memory task (SPEC §6) against independent computations: a plain
+autograd forward, a literal per-time-step numpy loop for the Oja term, members run alone;
+and ``plast rnn-memory`` end to end on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from typer.testing import CliRunner
+
+from plastcli import rnn
+from plastcli.cli import app
+from plastcli.store import read_store
+
+N_IN, HIDDEN, N_OUT, T, PRESENT, BETA = 13, 7, 4, 9, 3, 10.0
+
+
+def _net(P=2, dtype=torch.float64):
+    net = rnn.init_rnn(N_IN, HIDDEN, N_OUT, list(range(3, 3 + P)), "xavier", "cpu")
+    # a stronger recurrence than xavier so that the gradient through time is not negligible
+    return rnn.RnnNet(net.Wx.to(dtype), (2.5 * net.Wh).to(dtype), net.Wo.to(dtype))
+
+
+def _inputs(P=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(P, 1, N_IN, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, N_OUT, (P, 1), generator=g)
+    return x, labels
+
+
+def _plain_loss(Wx, Wh, Wo, x, label):
+    """One member, written from SPEC §6 with no code shared with plastcli.rnn."""
+    z = torch.zeros(Wh.shape[0], dtype=Wh.dtype)
+    for t in range(1, T + 1):
+        inp = x if t <= PRESENT else torch.zeros_like(x)
+        z = Wh @ (torch.log1p(torch.exp(BETA * z)) / BETA) + Wx @ inp
+    out = Wo @ (torch.log1p(torch.exp(BETA * z)) / BETA)
+    return -torch.log_softmax(out, 0)[label]
+
+
+def test_update_without_oja_is_minus_theta_times_autograd_gradient():
+    P = 2
+    net, (x, labels) = _net(P), _inputs(P)
+    theta = torch.tensor([0.05, 0.2], dtype=torch.float64)
+    new = rnn.update(net, x, labels, theta, torch.zeros(P, dtype=torch.float64), T, PRESENT,
+                     BETA)
+    for p in range(P):
+        W = [w[p].clone().requires_grad_(True) for w in net.weights()]
+        grads = torch.autograd.grad(_plain_loss(*W, x[p, 0], labels[p, 0]), W)
+        for name, w_new, w, g in zip(("Wx", "Wh", "Wo"), new.weights(), net.weights(), grads,
+                                     strict=True):
+            assert g.abs().max() > 1e-6, f"{name}: gradient too small to test"
+            torch.testing.assert_close(w_new[p], w[p] - theta[p] * g, rtol=1e-9, atol=1e-12,
+                                       msg=f"{name} of member {p}")
+
+
+@pytest.mark.parametrize("pre", ["z", "sigma"])
+def test_oja_term_matches_a_per_time_step_numpy_loop(pre):
+    P = 2
+    net, (x, labels) = _net(P), _inputs(P, seed=1)
+    theta1 = torch.tensor([0.0, 0.0], dtype=torch.float64)
+    theta2 = torch.tensor([0.03, 0.1], dtype=torch.float64)
+    new = rnn.update(net, x, labels, theta1, theta2, T, PRESENT, BETA, pre)
+    for p in range(P):
+        Wx, Wh = net.Wx[p].numpy(), net.Wh[p].numpy()
+        xp = x[p, 0].numpy()
+        z = np.zeros(HIDDEN)
+        total = np.zeros_like(Wh)
+        for t in range(T):  # t = 0..T-1: the term uses z_t, then z_{t+1} is computed
+            s = np.log1p(np.exp(BETA * z)) / BETA
+            u = Wh @ s
+            prev = z if pre == "z" else s
+            total += np.outer(u, prev) - np.outer(u, u) @ Wh
+            z = u + (Wx @ xp if t + 1 <= PRESENT else 0.0)
+        np.testing.assert_allclose(new.Wh[p].numpy(), Wh + theta2[p].item() * total,
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(new.Wx[p].numpy(), Wx)  # Oja acts on W_h only
+
+
+def test_batched_members_equal_members_run_alone():
+    from plastcli.experiments.rnn_memory import Members, train
+
+    class _Spec:  # the recipe fields train() reads
+        class task:
+            T, present = 6, 2
+
+        class network:
+            beta, init = 10.0, "xavier"
+
+        class online:
+            eval_every = 5
+
+        oja_pre = "z"
+
+    from plastcli.data import Dataset
+    from plastcli.experiments.baseline import OnlineData
+
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset("tiny", "train", torch.rand(40, N_IN, generator=g),
+                 torch.randint(0, 10, (40,), generator=g), 10, {})
+    data = OnlineData(ds, ds, torch.arange(30), torch.arange(30, 40), torch.arange(8))
+    members = Members(np.array([0, 1, 1]), np.zeros(3, int),
+                      np.array([0.05, 0.05, 0.1], np.float32),
+                      np.array([0.0, 0.01, 0.01], np.float32), [5, 6, 7])
+    from plastcli.progress import Reporter
+
+    net, recs = train(members, HIDDEN, _Spec, data, 12, 0, "cpu", True, Reporter())
+    for i in range(3):
+        alone = Members(members.condition[i:i + 1], members.point[i:i + 1],
+                        members.theta_bptt[i:i + 1], members.theta_oja[i:i + 1],
+                        members.seeds[i:i + 1])
+        net1, recs1 = train(alone, HIDDEN, _Spec, data, 12, 0, "cpu", True, Reporter())
+        for a, b in zip(net.weights(), net1.weights(), strict=True):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-6)
+        for ra, rb in zip(recs, recs1, strict=True):
+            np.testing.assert_allclose(ra["hidden_norm"][i:i + 1], rb["hidden_norm"], rtol=1e-5)
+    assert recs[-1]["hidden_norm"].shape == (3, 7)  # T + 1 time points
+    assert not torch.allclose(net.Wh[1], net.Wh[2])  # members really differ
+
+
+TINY = {
+    "experiment": "rnn-memory", "name": "tiny", "dataset": {"name": "mnist"},
+    "network": {"hidden": [6, 4], "init": "xavier", "beta": 10.0},
+    "task": {"T": 8, "present": 2},
+    "conditions": [{"name": "BPTT", "bptt": [0.01, 0.05], "oja": [0.0]},
+                   {"name": "BPTT+Oja", "bptt": [0.05], "oja": [0.001, 0.01]}],
+    "online": {"samples": 30, "eval_every": 10, "val_size": 40},
+    "selection": {"heldout": 50, "seeds": 2, "seed": 1000, "samples": 20},
+    "population": {"seeds": 3, "seed": 0},
+    "run": {"device": "cpu"},
+}
+
+
+def _write(tmp_path, recipe, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_rnn_memory_cli_writes_a_complete_store(tmp_path):
+    out = tmp_path / "r.h5"
+    res = CliRunner().invoke(app, ["rnn-memory", str(_write(tmp_path, TINY)), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "BPTT+Oja" in res.output
+    st = read_store(out)
+    assert st.complete
+    P, S = 12, 4  # 2 hidden sizes x 2 conditions x 3 seeds; evaluations at 0, 10, 20, 30
+    assert st["curves/val_accuracy"].shape == (P, S)
+    assert st["curves/val_loss"].shape == (P, S)
+    assert st["curves/hidden_norm"].shape == (P, S, 9)
+    np.testing.assert_array_equal(st["curves/samples_seen"][0], [0, 10, 20, 30])
+    np.testing.assert_array_equal(st["members/hidden"], [6] * 6 + [4] * 6)
+    np.testing.assert_array_equal(st["members/seed"], [0, 1, 2] * 4)
+    assert np.all(st["members/theta_oja"][st["members/condition"] == 0] == 0)
+    # grid: the chosen point has the highest mean held-out accuracy in its (hidden, condition)
+    g = st.arrays
+    for row, h, c in zip(g["grid/best_row"], g["grid/best_hidden"], g["grid/best_condition"],
+                         strict=True):
+        mine = (g["grid/point_hidden"] == h) & (g["grid/point_condition"] == c)
+        assert g["grid/point_mean_accuracy"][row] == g["grid/point_mean_accuracy"][mine].max()
+        chosen = (st["members/hidden"] == h) & (st["members/condition"] == c)
+        assert np.all(st["members/theta_bptt"][chosen] == g["grid/point_theta_bptt"][row])
+    assert "held-out" in st.attrs["selection_split"]
+    # the curves start from the untrained nets: the same seed has the same start in both rules
+    np.testing.assert_allclose(st["curves/val_accuracy"][:3, 0], st["curves/val_accuracy"][3:6, 0])
+
+
+def test_T_shorter_than_presentation_is_one_line_exit_2(tmp_path):
+    bad = dict(TINY, task={"T": 3, "present": 5})
+    res = CliRunner().invoke(app, ["rnn-memory", str(_write(tmp_path, bad))])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "task.T" in lines[0] and "present" in lines[0], res.output
+
+
+def test_unknown_dataset_is_one_line_exit_2(tmp_path):
+    bad = dict(TINY, dataset={"name": "emnist-balanced"})
+    res = CliRunner().invoke(app, ["rnn-memory", str(_write(tmp_path, bad))])
+    assert res.exit_code == 2 and "allowed: mnist, fashion-mnist" in res.output
+
+
+def test_plain_loss_matches_module_forward():
+    """Guards the reference itself: the plain forward equals rnn.run_sequence + loss."""
+    net, (x, labels) = _net(1), _inputs(1)
+    zs = rnn.run_sequence(net, x, T, PRESENT, BETA)
+    ref = rnn.loss_fn(rnn.logits(net, zs[T], BETA), labels)[0]
+    torch.testing.assert_close(_plain_loss(net.Wx[0], net.Wh[0], net.Wo[0], x[0, 0],
+                                           labels[0, 0]), ref)
+    assert F.softplus(torch.tensor(0.0), beta=BETA) > 0  # sigma(z_0) != 0: u_0 matters
