@@ -92,7 +92,7 @@ def fig8(s):
     ax[3].axhline(90, color="grey", lw=0.6, ls="--")
     ax[3].set(xlabel="episode", ylabel="alignment angle to backprop (degrees)", ylim=(0, 120),
               title="error alignment of the plastic-feedback network")
-    ax[3].legend(fontsize=8, ncol=2)
+    ax[3].legend(fontsize=8, ncol=3, loc="lower left")
     fig.suptitle("P2 Fig 8 — meta-learning plasticity with plastic feedback vs meta-trained BP")
     return {"fig8-plastic-feedback": fig, "fig8-plastic-feedback.md": fig8_summary(plastic, bp)}
 
@@ -157,7 +157,7 @@ def online_fig5(s):
     fig, ax = subplots(2, ncols=2, size=(5.2, 3.8))
     conds = ["BP (naive)", "BP+Oja (naive)", "BP (xavier)", "BP+Oja (xavier)"]
     _on.accuracy_panel(ax[0], st, conds, "(a) validation accuracy, 5 layers",
-                       ls={c: "--" for c in conds if "xavier" in c})
+                       ls={c: "--" for c in conds if "xavier" in c}, legend_below=True)
     for name in conds:
         _on.stat_band(ax[1], st, "val_loss", name, ls="--" if "xavier" in name else "-")
     ax[1].set(xlabel="training samples seen", ylabel="validation cross-entropy",
@@ -193,11 +193,12 @@ def online_fig_s1(s):
     st = s[NAIVE]
     fig, ax = subplots(3, ncols=3, size=(4.2, 3.4))
     _on.layer_lines(ax[0], st, "update_norm_bp", "BP (naive)", "(a) BP: ‖ΔW_BP‖",
-                    "Frobenius norm of a single-sample update")
+                    "Frobenius norm of a single-sample update", prefix="W_")
     _on.layer_lines(ax[1], st, "update_norm_bp", "BP+Oja (naive)",
-                    "(b) BP+Oja: its BP part ‖ΔW_BP‖", "Frobenius norm of a single-sample update")
+                    "(b) BP+Oja: its BP part ‖ΔW_BP‖", "Frobenius norm of a single-sample update",
+                    prefix="W_")
     _on.layer_lines(ax[2], st, "update_norm", "BP+Oja (naive)", "(c) BP+Oja: whole ‖ΔW‖",
-                    "Frobenius norm of a single-sample update")
+                    "Frobenius norm of a single-sample update", prefix="W_")
     lo = min(a.get_ylim()[0] for a in ax)
     hi = max(a.get_ylim()[1] for a in ax)
     for a in ax:

@@ -1,0 +1,412 @@
+"""``plast baseline`` (and the machinery of ``plast init-study``): online learning with fixed
+coefficients, many runs batched along the population axis (P1 Fig 1; P2 Figs 1-6, S1).
+
+Members. A member is (condition, grid point, seed). Conditions are the recipe's rules
+(BP, FA, DFA, BP+Oja, ...; init-study repeats each per initialiser). Members sharing a
+feedback mode and initialiser form one *group* trained as one population by
+:func:`plastcli.online.run_online`; members of a condition are contiguous.
+
+Data (all from ``dataset.name``):
+- stream: the TRAIN split minus a held-out part; member p sees its own seeded permutation;
+- selection: the held-out part of the TRAIN split (``selection.heldout`` images, seeded);
+  the grid stage scores every grid point on it. It is never streamed and is not the
+  validation set;
+- validation: a fixed ``online.val_size`` subset of the TEST split; the curves, end-of-run
+  analyses and the results tables use it.
+
+Stages. (1) Grid: every grid point x ``selection.seeds`` seeds (seeds from
+``selection.seed``) trained ``selection.samples`` samples; best point per condition =
+highest mean held-out accuracy at the end. Skipped when every condition has one point.
+(2) Final: the best point of every condition x ``population.seeds`` seeds, evaluated every
+``online.eval_every`` samples on the validation set.
+
+Store: ``/curves/<metric>`` ``[P, S, ...]`` against ``/curves/samples_seen`` ``[P, S]``;
+``/stats/<metric>_{mean,lo,hi}`` ``[C, S, ...]`` (mean over runs, 98% bootstrap CI, 500
+resamples); ``/analysis/...`` end-of-run PCA spectra and reconstructions; ``/members/...``;
+``/grid/...``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from plastcli import diagnostics
+from plastcli.data import Dataset, generator_for, load_dataset
+from plastcli.experiments.common import finish, open_run
+from plastcli.network import Net, forward, init_net
+from plastcli.online import eval_points, run_online, stream_order
+from plastcli.progress import Reporter
+from plastcli.recipes import TERM_NAMES, BaselineRecipe, InitStudyRecipe
+from plastcli.rules import IDX, PSEUDO, LayerCoefficients, layer_mask
+
+CI_LEVEL, CI_RESAMPLES = 0.98, 500
+CHUNK = 500  # validation images per forward pass when only accuracy is needed
+
+
+# --------------------------------------------------------------------------- members
+
+
+@dataclass
+class Condition:
+    """A resolved rule: name, feedback path, terms, initialiser and coefficient grid."""
+
+    name: str
+    feedback: str
+    terms: list[str]
+    init: str
+    grid: dict[str, list[float]]
+
+    def points(self) -> list[np.ndarray]:
+        """Every grid point as a full-pool coefficient vector ``[R]``."""
+        out = []
+        for values in itertools.product(*(self.grid[t] for t in self.terms)):
+            theta = np.zeros(len(TERM_NAMES), dtype=np.float32)
+            for t, v in zip(self.terms, values, strict=True):
+                theta[IDX[t]] = v
+            out.append(theta)
+        return out
+
+
+def resolve_conditions(recipe: BaselineRecipe) -> list[Condition]:
+    """The recipe's conditions; init-study repeats each one per initialiser ('BP (naive)')."""
+    if isinstance(recipe, InitStudyRecipe):
+        return [Condition(f"{c.name} ({init})", c.feedback, list(c.terms), init, dict(c.grid))
+                for init in recipe.inits for c in recipe.conditions]
+    return [Condition(c.name, c.feedback, list(c.terms), recipe.network.init, dict(c.grid))
+            for c in recipe.conditions]
+
+
+@dataclass
+class Members:
+    """Population layout: condition index ``[P]``, coefficients ``[P, R]``, seeds."""
+
+    condition: np.ndarray
+    theta: np.ndarray
+    seeds: list[int]
+
+    def groups(self, conds: list[Condition]) -> list[tuple[slice, str, str]]:
+        """Contiguous runs of members sharing (feedback, init): (slice, feedback, init)."""
+        out, start = [], 0
+        key = lambda i: (conds[self.condition[i]].feedback, conds[self.condition[i]].init)  # noqa: E731
+        for i in range(1, len(self.seeds) + 1):
+            if i == len(self.seeds) or key(i) != key(start):
+                out.append((slice(start, i), *key(start)))
+                start = i
+        return out
+
+
+def layout(conds: list[Condition], points: list[list[np.ndarray]], seeds: list[int]) -> Members:
+    """Members condition-major, then grid point, then seed."""
+    c_idx, thetas, member_seeds = [], [], []
+    for c, pts in enumerate(points):
+        for theta in pts:
+            for s in seeds:
+                c_idx.append(c)
+                thetas.append(theta)
+                member_seeds.append(s)
+    return Members(np.array(c_idx), np.stack(thetas).astype(np.float32), member_seeds)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class OnlineData:
+    """Stream pool, selection set and validation set (see module doc)."""
+
+    train: Dataset
+    test: Dataset
+    pool: torch.Tensor  # [N_stream] train indices available to streams
+    heldout: torch.Tensor  # [N_sel] train indices for grid selection
+    val: torch.Tensor  # [V] test indices for curves
+
+
+def split_data(recipe: BaselineRecipe, data_dir=None) -> OnlineData:
+    train = load_dataset(recipe.dataset.name, "train", data_dir)
+    test = load_dataset(recipe.dataset.name, "test", data_dir)
+    n_held = recipe.selection.heldout
+    if n_held >= len(train.labels):
+        from plastcli.errors import PlastError
+
+        raise PlastError(f"selection.heldout = {n_held} leaves no training images "
+                         f"({len(train.labels)} in the train split)")
+    perm = torch.randperm(len(train.labels), generator=generator_for(0, 0, "grid"))
+    heldout, pool = perm[:n_held].sort().values, perm[n_held:].sort().values
+    if recipe.online.val_size > len(test.labels):
+        from plastcli.errors import PlastError
+
+        raise PlastError(f"online.val_size = {recipe.online.val_size} exceeds the "
+                         f"{len(test.labels)} images of the test split")
+    val = torch.randperm(len(test.labels), generator=generator_for(0, 0, "val"))
+    return OnlineData(train, test, pool, heldout, val[: recipe.online.val_size])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def group_rule(members: Members, sl: slice, conds: list[Condition], L: int,
+               device) -> LayerCoefficients:
+    theta = torch.as_tensor(members.theta[sl], device=device)
+    mask = torch.stack([layer_mask(conds[c].terms, None, L) for c in members.condition[sl]])
+    return LayerCoefficients.build(theta, mask.to(device))
+
+
+@torch.no_grad()
+def chunked_accuracy(W: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                     beta: float) -> torch.Tensor:
+    """Accuracy ``[P]`` of every member on the same images x ``[N, n_0]``, labels ``[N]``."""
+    P = W[0].shape[0]
+    correct = torch.zeros(P, device=x.device)
+    for i in range(0, len(y), CHUNK):
+        xb = x[i : i + CHUNK].unsqueeze(0).expand(P, -1, -1)
+        z = forward(W, xb, beta)[0][-1]
+        correct += (z.argmax(-1) == y[i : i + CHUNK]).float().sum(-1)
+    return correct / len(y)
+
+
+class Evaluator:
+    """The periodic evaluation of one group on the validation set: per-member records."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_norm: int, beta: float,
+                 feedback: str, rule: LayerCoefficients, pseudo: torch.Tensor):
+        self.x, self.y, self.n_norm, self.beta = x, y, n_norm, beta
+        self.feedback, self.rule, self.pseudo = feedback, rule, pseudo
+        self.records: list[dict[str, np.ndarray]] = []
+
+    def __call__(self, net: Net, seen: int) -> None:
+        P = net.W[0].shape[0]
+        xb = self.x.unsqueeze(0).expand(P, -1, -1)
+        yb = self.y.unsqueeze(0).expand(P, -1)
+        zs, ys = forward(net.W, xb, self.beta)
+        L = net.n_layers
+        z_out = zs[-1]
+        loss = F.cross_entropy(z_out.reshape(-1, z_out.shape[-1]), yb.reshape(-1),
+                               reduction="none").view(P, -1).mean(1)
+        if self.feedback == "sym":
+            angles = torch.zeros(P, L)
+        else:
+            angles = diagnostics.alignment_angles(net, zs, ys, yb, self.beta, self.feedback)
+        k = self.n_norm
+        bp, whole = diagnostics.update_norms(net, xb[:, :k], yb[:, :k], self.rule, self.pseudo,
+                                             self.beta, self.feedback)
+        rec = {
+            "samples_seen": np.full(P, seen, dtype=np.int64),
+            "val_accuracy": diagnostics.accuracy(z_out, yb),
+            "val_loss": loss,
+            "angles": angles,
+            "activation_norm": diagnostics.activation_norms(ys),
+            "reconstruction_error": diagnostics.reconstruction_error(net.W, ys),
+            "update_norm_bp": bp,
+            "update_norm": whole,
+        }
+        self.records.append({k: v if isinstance(v, np.ndarray) else v.float().cpu().numpy()
+                             for k, v in rec.items()})
+
+
+def end_analysis(net: Net, x: torch.Tensor, n_images: int, beta: float) -> dict[str, np.ndarray]:
+    """PCA spectra of every hidden layer over the validation set and reconstructions of the
+    first ``n_images`` validation images from every hidden layer (P2 Figs 3-4)."""
+    P = net.W[0].shape[0]
+    _, ys = forward(net.W, x.unsqueeze(0).expand(P, -1, -1), beta)
+    L = net.n_layers
+    out = {f"pca_cumvar_y{l}": diagnostics.pca_cumulative_variance(ys[l]).cpu().numpy()
+           for l in range(1, L)}
+    hidden = list(range(1, L))
+    out["recon_images"] = diagnostics.reconstruct_inputs(
+        net.W, [y[:, :n_images] for y in ys], hidden).cpu().numpy()  # [P, n, L-1, n_0]
+    return out
+
+
+def train_members(members: Members, conds: list[Condition], recipe: BaselineRecipe,
+                  data: OnlineData, samples: int, stream: int, device, evaluate: bool,
+                  reporter: Reporter, done: int) -> tuple[list[Net], list[Evaluator]]:
+    """Run every group of ``members`` online for ``samples`` steps; return final nets and
+    (when ``evaluate``) their evaluators, in group order."""
+    layers, beta = list(recipe.network.layers), recipe.network.beta
+    L, n_out = len(layers) - 1, layers[-1]
+    images, labels = data.train.images.to(device), data.train.labels.to(device)
+    xv = data.test.images[data.val].to(device)
+    yv = data.test.labels[data.val].to(device)
+    nets, evals = [], []
+    for sl, feedback, init in members.groups(conds):
+        seeds = members.seeds[sl]
+        net = init_net(layers, seeds, 0, init, feedback, device)
+        rule = group_rule(members, sl, conds, L, device)
+        order = stream_order(seeds, data.pool, samples, stream).to(device)
+        pseudo = torch.as_tensor(members.theta[sl, PSEUDO], device=device)
+        ev = Evaluator(xv, yv, recipe.online.update_norm_samples, beta, feedback, rule, pseudo)
+        base = done
+
+        def on_eval(net_now: Net, seen: int, ev=ev, base=base) -> None:
+            if evaluate:
+                ev(net_now, seen)
+            reporter.update(base + seen, **({"acc": float(ev.records[-1]["val_accuracy"].mean())}
+                                            if evaluate else {}))
+
+        net = run_online(net, rule, images, labels, order, n_out, beta, feedback,
+                         recipe.online.eval_every if evaluate else max(1, samples // 10),
+                         on_eval)
+        nets.append(net)
+        evals.append(ev)
+        done += samples
+    return nets, evals
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def grid_stage(conds: list[Condition], recipe: BaselineRecipe, data: OnlineData, device,
+               reporter: Reporter) -> tuple[list[int], dict[str, np.ndarray]]:
+    """Score every grid point on the held-out selection set; return the best point index per
+    condition and the ``/grid`` arrays."""
+    points = [c.points() for c in conds]
+    seeds = [recipe.selection.seed + i for i in range(recipe.selection.seeds)]
+    members = layout(conds, points, seeds)
+    samples = recipe.selection.samples or recipe.online.samples
+    n_groups = len(members.groups(conds))
+    reporter.start(samples * n_groups, 0, f"grid search {recipe.name} ({len(members.seeds)} "
+                   f"members)")
+    nets, _ = train_members(members, conds, recipe, data, samples, 1, device, False, reporter, 0)
+    xs = data.train.images[data.heldout].to(device)
+    ys = data.train.labels[data.heldout].to(device)
+    acc = torch.cat([chunked_accuracy(n.W, xs, ys, recipe.network.beta) for n in nets])
+    acc = acc.cpu().numpy()
+    acc = np.where(np.isfinite(acc), acc, 0.0)
+    point_cond, point_theta, point_mean, best = [], [], [], []
+    S = len(seeds)
+    k = 0
+    for c, pts in enumerate(points):
+        means = []
+        for theta in pts:
+            point_cond.append(c)
+            point_theta.append(theta)
+            means.append(float(acc[k : k + S].mean()))
+            k += S
+        first = len(point_mean)
+        point_mean.extend(means)
+        best.append(first + int(np.argmax(means)))  # ties: the first (smallest) values
+    arrays = {
+        "member_condition": members.condition, "member_theta": members.theta,
+        "member_seed": np.array(members.seeds), "member_selection_accuracy": acc,
+        "point_condition": np.array(point_cond), "point_theta": np.stack(point_theta),
+        "point_mean_accuracy": np.array(point_mean), "best_point": np.array(best),
+        "best_theta": np.stack([point_theta[b] for b in best]),
+    }
+    return best, arrays
+
+
+@dataclass
+class BaselineResult:
+    out: Path
+    conditions: list[str]
+    theta: np.ndarray  # [C, R] chosen coefficients
+    final_mean: np.ndarray  # [C] final validation accuracy, mean over runs
+    final_lo: np.ndarray
+    final_hi: np.ndarray
+    grid_searched: bool
+    terms: list[list[str]]
+
+
+def stats(curves: dict[str, np.ndarray], condition: np.ndarray, C: int) -> dict[str, np.ndarray]:
+    """Mean and 98% bootstrap CI (500 resamples across runs) per condition of every curve."""
+    out = {}
+    for key, arr in curves.items():
+        if key == "samples_seen":
+            continue
+        m, lo, hi = zip(*(diagnostics.bootstrap_ci(arr[condition == c], CI_LEVEL, CI_RESAMPLES)
+                          for c in range(C)), strict=True)
+        out[f"{key}_mean"], out[f"{key}_lo"], out[f"{key}_hi"] = map(np.stack, (m, lo, hi))
+    return out
+
+
+def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: bool = False,
+        data_dir=None, device: str | None = None, reporter: Reporter | None = None
+        ) -> BaselineResult:
+    """Grid search (if any), then the final runs; write the store (see module doc)."""
+    from plastcli.errors import PlastError
+
+    if resume:
+        raise PlastError("--resume is not supported by online experiments (a run takes "
+                         "minutes); start again with --overwrite")
+    reporter = reporter or Reporter()
+    conds = resolve_conditions(recipe)
+    data = split_data(recipe, data_dir)
+    ds = recipe.dataset.name
+    samples = recipe.online.samples
+    if samples > len(data.pool):
+        raise PlastError(f"online.samples = {samples} exceeds the {len(data.pool)} stream images")
+    grid_samples = recipe.selection.samples or samples
+    if grid_samples > len(data.pool):
+        raise PlastError(f"selection.samples = {grid_samples} exceeds the {len(data.pool)} "
+                         f"stream images")
+    searched = any(len(c.points()) > 1 for c in conds)
+    attrs = {
+        "condition_names": [c.name for c in conds],
+        "condition_feedback": [c.feedback for c in conds],
+        "condition_terms": [c.terms for c in conds],
+        "condition_init": [c.init for c in conds],
+        "term_names": list(TERM_NAMES),
+        "stream_split": f"{ds} train split minus the {len(data.heldout)} held-out images; "
+                        f"each member streams its own seeded permutation (one sample per step)",
+        "validation_split": f"fixed {len(data.val)}-image subset of the {ds} TEST split "
+                            f"(generator_for(0, 0, 'val')); curves and tables use it",
+        "selection_split": (f"held-out {len(data.heldout)} images of the {ds} TRAIN split "
+                            f"(generator_for(0, 0, 'grid')), never streamed; grid points scored "
+                            f"by mean accuracy at the end of {grid_samples} samples over "
+                            f"{recipe.selection.seeds} seeds" if searched
+                            else "none: every condition has a single grid point"),
+        "ci": f"{int(CI_LEVEL * 100)}% percentile bootstrap over runs, {CI_RESAMPLES} resamples",
+    }
+    r = open_run(recipe, out, [data.train, data.test], resume=False, overwrite=overwrite,
+                 device_name=device, extra_attrs=attrs)
+    torch.manual_seed(0)
+    try:
+        if searched:
+            best, grid_arrays = grid_stage(conds, recipe, data, r.device, reporter)
+            r.store.write_arrays("grid", grid_arrays)
+            chosen = [grid_arrays["point_theta"][b] for b in best]
+        else:
+            chosen = [c.points()[0] for c in conds]
+        seeds = [recipe.population.seed + i for i in range(recipe.population.seeds)]
+        members = layout(conds, [[t] for t in chosen], seeds)
+        n_groups = len(members.groups(conds))
+        reporter.start(samples * n_groups, 0, f"online {recipe.name} ({len(members.seeds)} runs)")
+        nets, evals = train_members(members, conds, recipe, data, samples, 0, r.device, True,
+                                    reporter, 0)
+        curves = {k: np.concatenate([np.stack([rec[k] for rec in ev.records], 1) for ev in evals])
+                  for k in evals[0].records[0]}
+        r.store.append("curves", [{k: v[:, i] for k, v in curves.items()}
+                                  for i in range(curves["samples_seen"].shape[1])])
+        C = len(conds)
+        r.store.write_arrays("stats", stats(curves, members.condition, C))
+        xv = data.test.images[data.val].to(r.device)
+        analysis = [end_analysis(n, xv, recipe.online.recon_images, recipe.network.beta)
+                    for n in nets]
+        arrays = {k: np.concatenate([a[k] for a in analysis]) for k in analysis[0]}
+        arrays["recon_inputs"] = xv[: recipe.online.recon_images].cpu().numpy()
+        arrays["recon_labels"] = data.test.labels[data.val][: recipe.online.recon_images].numpy()
+        arrays["final_val_accuracy"] = curves["val_accuracy"][:, -1]
+        r.store.write_arrays("analysis", arrays)
+        r.store.write_arrays("members", {
+            "condition": members.condition, "theta": members.theta,
+            "seed": np.array(members.seeds),
+            "condition_name": np.array([conds[c].name for c in members.condition], dtype="S"),
+        })
+    except KeyboardInterrupt:
+        r.store.set_status("failed: interrupted; start again with --overwrite")
+        raise
+    except Exception as exc:
+        r.store.set_status(f"failed: {type(exc).__name__}: {exc}")
+        raise
+    final = curves["val_accuracy"][:, -1]
+    m, lo, hi = zip(*(diagnostics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
+                                               CI_RESAMPLES) for c in range(C)), strict=True)
+    finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
+    return BaselineResult(out, [c.name for c in conds], np.stack(chosen), np.array(m),
+                          np.array(lo), np.array(hi), searched, [c.terms for c in conds])

@@ -1,0 +1,119 @@
+"""``plast baseline`` / ``plast init-study`` end to end on tiny data: store layout, grid
+selection on the held-out train split, statistics, and one-line recipe errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from plastcli import diagnostics
+from plastcli.cli import app
+from plastcli.experiments.baseline import split_data
+from plastcli.recipes import load_recipe
+from plastcli.store import read_store
+
+TINY = {
+    "experiment": "baseline", "name": "tiny", "dataset": {"name": "mnist"},
+    "network": {"layers": [784, 8, 6, 10], "init": "xavier", "beta": 10.0},
+    "conditions": [
+        {"name": "BP", "feedback": "sym", "terms": ["pseudo_grad"],
+         "grid": {"pseudo_grad": [0.001, 0.05]}},
+        {"name": "FA+Oja", "feedback": "fixed", "terms": ["pseudo_grad", "oja"],
+         "grid": {"pseudo_grad": [0.05], "oja": [0.0, 0.001]}},
+        {"name": "DFA", "feedback": "direct", "terms": ["pseudo_grad"],
+         "grid": {"pseudo_grad": [0.05]}},
+    ],
+    "online": {"samples": 60, "eval_every": 20, "val_size": 50, "update_norm_samples": 2,
+               "recon_images": 2},
+    "selection": {"heldout": 100, "seeds": 2, "seed": 1000, "samples": 40},
+    "population": {"seeds": 3, "seed": 0},
+    "run": {"device": "cpu"},
+}
+
+
+def _write(tmp_path, recipe: dict, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_baseline_cli_writes_a_complete_store(tmp_path):
+    out = tmp_path / "b.h5"
+    res = CliRunner().invoke(app, ["baseline", str(_write(tmp_path, TINY)), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "final val. accuracy" in res.output
+    st = read_store(out)
+    assert st.complete
+    P, S = 9, 4  # 3 conditions x 3 seeds; evaluations at 0, 20, 40, 60
+    assert st["curves/val_accuracy"].shape == (P, S)
+    np.testing.assert_array_equal(st["curves/samples_seen"][0], [0, 20, 40, 60])
+    assert st["curves/angles"].shape == (P, S, 3)
+    assert st["curves/activation_norm"].shape == (P, S, 2)
+    assert st["analysis/recon_images"].shape == (P, 2, 2, 784)
+    assert st["analysis/pca_cumvar_y1"].shape == (P, 8)
+    np.testing.assert_array_equal(st["members/condition"], np.repeat([0, 1, 2], 3))
+    np.testing.assert_array_equal(st["members/seed"], [0, 1, 2] * 3)
+    # BP's angles are 0 by definition; FA's and DFA's are not.
+    assert np.all(st["curves/angles"][:3] == 0) and np.all(st["curves/angles"][3:, 1:, 1] > 0)
+    # grid: best point = highest mean held-out accuracy, per condition
+    pm, pc = st["grid/point_mean_accuracy"], st["grid/point_condition"]
+    for c, b in enumerate(st["grid/best_point"]):
+        assert pc[b] == c and pm[b] == pm[pc == c].max()
+        np.testing.assert_array_equal(st["members/theta"][3 * c], st["grid/point_theta"][b])
+    acc = st["grid/member_selection_accuracy"].reshape(-1, 2).mean(1)
+    np.testing.assert_allclose(pm, acc, rtol=1e-6)
+    # stats = bootstrap over the runs of each condition
+    m, lo, hi = diagnostics.bootstrap_ci(st["curves/val_accuracy"][3:6])
+    np.testing.assert_allclose(st["stats/val_accuracy_mean"][1], m)
+    np.testing.assert_allclose(st["stats/val_accuracy_lo"][1], lo)
+    assert "TRAIN split" in st.attrs["selection_split"]
+    assert "TEST split" in st.attrs["validation_split"]
+
+
+def test_selection_split_is_disjoint_from_the_stream(tmp_path):
+    rec = load_recipe(_write(tmp_path, TINY))
+    d = split_data(rec)
+    held, pool = set(d.heldout.tolist()), set(d.pool.tolist())
+    assert len(held) == 100 and not held & pool and len(held | pool) == len(d.train.labels)
+    assert len(set(d.val.tolist())) == 50
+
+
+def test_init_study_cli_runs_each_rule_under_each_init(tmp_path):
+    recipe = dict(TINY, experiment="init-study", inits=["naive", "xavier"],
+                  conditions=TINY["conditions"][:1])
+    out = tmp_path / "i.h5"
+    res = CliRunner().invoke(app, ["init-study", str(_write(tmp_path, recipe)), "--out",
+                                   str(out), "--samples", "20"])
+    assert res.exit_code == 0, res.output
+    st = read_store(out)
+    assert st.json_attr("condition_names") == ["BP (naive)", "BP (xavier)"]
+    assert st.json_attr("condition_init") == ["naive", "xavier"]
+    w_naive = st["analysis/recon_images"]  # exists for both
+    assert w_naive.shape[0] == 6
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda r: r["conditions"][0].update(grid={"pseudo_grad": []}), "conditions[0].grid"),
+    (lambda r: r["conditions"][0].update(grid={"pseudo_grad": [0.1], "oja": [0.1]}),
+     "conditions[0].grid.oja"),
+    (lambda r: r["conditions"][0].update(grid={"pseudo_grd": [0.1]}), "conditions[0].grid"),
+    (lambda r: r["conditions"][1]["grid"].pop("oja"), "conditions[1].grid.oja"),
+    (lambda r: r.update(conditions=[]), "conditions"),
+    (lambda r: r["conditions"][0].update(feedback="plastic"), "conditions[0].feedback"),
+])
+def test_bad_recipe_is_one_line_exit_2(tmp_path, change, key):
+    import copy
+
+    recipe = copy.deepcopy(TINY)
+    change(recipe)
+    res = CliRunner().invoke(app, ["baseline", str(_write(tmp_path, recipe))])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert f"key '{key}" in text and text.count("error:") == 1
+
+
+def test_wrong_command_for_recipe_is_an_error(tmp_path):
+    res = CliRunner().invoke(app, ["init-study", str(_write(tmp_path, TINY))])
+    assert res.exit_code == 2 and "plast baseline" in res.output
