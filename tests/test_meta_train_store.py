@@ -77,6 +77,16 @@ def test_resume_can_extend_episodes_but_not_change_the_rule(tmp_path):
         meta_train.run(tiny_recipe(6, ["meta.lr=0.5"]), tmp_path / "s.h5", resume=True)
 
 
+def test_store_made_before_a_new_recipe_key_still_resumes(tmp_path):
+    """A key added to the schema later (here meta.gradient) takes its default on resume."""
+    meta_train.run(tiny_recipe(2), tmp_path / "old.h5")
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        f.attrs["recipe_yaml"] = f.attrs["recipe_yaml"].replace("  gradient: auto\n", "")
+    assert "gradient" not in read_store(tmp_path / "old.h5").attrs["recipe_yaml"]
+    meta_train.run(tiny_recipe(3), tmp_path / "old.h5", resume=True)
+    assert read_store(tmp_path / "old.h5")["episodes/theta"].shape[1] == 3
+
+
 def test_diverging_member_is_detected_frozen_and_reported(tmp_path):
     rec = tiny_recipe(3, ["rule.init.err_hebb=-1.0e4"])  # also checks 1.0e4-style floats
     res = meta_train.run(rec, tmp_path / "nan.h5")

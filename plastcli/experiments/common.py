@@ -14,7 +14,7 @@ from plastcli import SIGN_CONVENTION
 from plastcli.data import Dataset, load_dataset
 from plastcli.engine import resolve_device
 from plastcli.errors import PlastError
-from plastcli.recipes import recipe_to_yaml
+from plastcli.recipes import recipe_from_yaml, recipe_to_yaml
 from plastcli.store import COMPLETE, Store, read_store
 
 
@@ -30,7 +30,12 @@ def member_seeds(recipe: Any) -> list[int]:
 
 
 def _comparable(recipe_yaml: str, ignore: tuple[str, ...]) -> dict:
-    raw = yaml.safe_load(recipe_yaml)
+    """The recipe resolved through today's schema (so keys added since, like
+    meta.gradient, take their defaults), minus the keys that may change on resume."""
+    try:
+        raw = yaml.safe_load(recipe_to_yaml(recipe_from_yaml(recipe_yaml)))
+    except PlastError:
+        raw = yaml.safe_load(recipe_yaml)
     for dotted in ignore:
         node = raw
         *parents, leaf = dotted.split(".")
