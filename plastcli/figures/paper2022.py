@@ -148,7 +148,8 @@ def fig9(s):
                          f"F_{label}", color(label, i), smooth=SMOOTH)
         ax[l].set(xlabel="episode", yscale="log", title=f"layer W_{l + 1}",
                   ylabel="E_W = ||z - W Wᵀ σ(z)||²" if l == 0 else None)
-    ax[0].legend()
+    handles, labels = ax[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(rules))
     fig.suptitle("P1 Fig 9 — orthonormality error per layer (query-set mean; output layer "
                  "excluded)")
     return fig
@@ -168,9 +169,25 @@ def fig_all(s):
 
 
 def final_per_seed(st, key: str) -> np.ndarray:
-    """Mean over the last 50 episodes, per seed (and per trailing index)."""
-    a = st[f"episodes/{key}"]
-    return np.nanmean(a[:, -TAIL:], axis=1)
+    """Mean over each seed's last 50 finite episodes (per trailing index).
+
+    A member that diverged has NaN metrics from its divergence on; its final value is
+    the mean of the 50 episodes before it diverged (all-NaN members give NaN).
+    """
+    a = np.asarray(st[f"episodes/{key}"], dtype=np.float64)
+    out = []
+    for member in a:  # [E, ...]
+        finite = np.isfinite(member.reshape(len(member), -1)).all(1)
+        rows = member[finite][-TAIL:]
+        out.append(rows.mean(0) if len(rows) else np.full(member.shape[1:], np.nan))
+    return np.asarray(out)
+
+
+def diverged_text(st) -> str:
+    d = st.arrays.get("members/diverged_at")
+    if d is None or (np.asarray(d) < 0).all():
+        return "none"
+    return ", ".join(f"seed {i}: ep {e}" for i, e in enumerate(d) if e >= 0)
 
 
 def meta_table_rows(stores: dict) -> list[dict]:
@@ -202,14 +219,16 @@ def report(s):
     ew = {k: float(np.nanmean(final_per_seed(v, "orthonormality_error")[:, :-1]))
           for k, v in stores.items()}
     lines = ["# Reproduction report — P1 (2022), meta-learning", "",
-             f"Final values are means over the last {TAIL} episodes of each seed, then over "
-             "seeds. Angles: mean of α_0..α_{L-1}; E_W: mean over hidden layers.", "",
-             "| rule | seeds | episodes | meta-accuracy | mean angle (°) | E_W | final θ |",
-             "|---|---|---|---|---|---|---|"]
+             f"Final values are means over the last {TAIL} finite episodes of each seed (for a "
+             "seed that diverged: the 50 episodes before it did), then over seeds. Angles: "
+             "mean of α_0..α_{L-1}; E_W: mean over hidden layers. θ: last episode (a diverged "
+             "seed's θ is frozen at its last finite value).", "",
+             "| rule | seeds | episodes | meta-accuracy | mean angle (°) | E_W | diverged | "
+             "final θ |", "|---|---|---|---|---|---|---|---|"]
     for row, k in zip(meta_table_rows(stores), stores, strict=True):
         lines.append(f"| {row['rule']} | {row['seeds']} | {row['episodes']} | "
                      f"{row['acc_mean']:.3f} ± {row['acc_sd']:.3f} | {ang[k]:.1f} | "
-                     f"{ew[k]:.3g} | {row['theta']} |")
+                     f"{ew[k]:.3g} | {diverged_text(stores[k])} | {row['theta']} |")
     lines += ["", "## Claims (SPEC §7)", "", "| claim | measured | result |", "|---|---|---|"]
 
     def claim(text, needs, test, measured):
@@ -247,6 +266,11 @@ def report(s):
         final = np.abs(st["episodes/theta"][:, -1, :]).mean(0)
         return [names[i] for i in np.argsort(-final)]
 
+    if "pool" in stores and (np.asarray(stores["pool"].arrays.get("members/diverged_at", [-1]))
+                             >= 0).all():
+        lines.append("| the L1 pool search keeps pseudo_grad, err_hebb and oja | every seed "
+                     f"diverged ({diverged_text(stores['pool'])}) | NOT REPRODUCED |")
+        return "\n".join(lines) + "\n"
     claim("the L1 pool search keeps pseudo_grad, err_hebb and oja (top 3 by abs θ)", ["pool"],
           lambda: set(pool_top()[:3]) == {"pseudo_grad", "err_hebb", "oja"},
           lambda: "ranking: " + ", ".join(pool_top()[:5]))

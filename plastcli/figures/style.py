@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -43,7 +45,8 @@ def color(label: str, i: int = 0) -> str:
 def mean_sd_band(ax, x, runs: np.ndarray, label: str, c: str, smooth: int = 0):
     """Mean across runs ``[runs, T]`` with a ±1 sd band (optionally moving-averaged)."""
     y = moving_average(runs, smooth) if smooth else np.asarray(runs, float)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # columns where every run diverged are NaN: a gap
+        warnings.simplefilter("ignore", RuntimeWarning)
         m, sd = np.nanmean(y, 0), np.nanstd(y, 0)
     ax.plot(x, m, color=c, label=label, lw=1.6)
     ax.fill_between(x, m - sd, m + sd, color=c, alpha=0.2, lw=0)
