@@ -87,6 +87,22 @@ def _load(recipe: Path, kind: str, sets: list[str] | None, extra: list[str]):
     return load_recipe(recipe, list(extra) + list(sets or []), expected=kind)
 
 
+def _run(kind: str, module, recipe: Path, set_, device, out, resume, overwrite, data_dir,
+         shortcuts: dict):
+    """Load the recipe (shortcut options such as --seeds become overrides), run the
+    experiment under a progress bar; return (recipe, result)."""
+    from plastcli.experiments.common import default_out
+    from plastcli.progress import RichReporter
+
+    _check_device(device)
+    extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    rec = _load(recipe, kind, set_, extra)
+    with RichReporter(err_console) as rep:
+        res = module.run(rec, out or default_out(rec), resume=resume, overwrite=overwrite,
+                         data_dir=data_dir, device=device, reporter=rep)
+    return rec, res
+
+
 @app.command("meta-train")
 @user_errors
 def meta_train(
@@ -108,20 +124,8 @@ def meta_train(
     loss through the whole inner loop. Example: plast meta-train recipes/bio.yaml
     """
     from plastcli.experiments import meta_train as exp
-    from plastcli.experiments.common import default_out
-    from plastcli.progress import RichReporter
-
-    _check_device(device)
-    extra = []
-    if seeds is not None:
-        extra.append(f"population.seeds={seeds}")
-    if episodes is not None:
-        extra.append(f"meta.episodes={episodes}")
-    rec = _load(recipe, "meta-train", set_, extra)
-    path = out or default_out(rec)
-    with RichReporter(err_console) as rep:
-        res = exp.run(rec, path, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                      device=device, reporter=rep)
+    rec, res = _run("meta-train", exp, recipe, set_, device, out, resume, overwrite, data_dir,
+                    {"population.seeds": seeds, "meta.episodes": episodes})
     table = Table(title=f"meta-train {rec.name}: {res.episodes} episodes -> {res.out}")
     table.add_column("seed", justify="right")
     table.add_column("meta-acc (last 50)", justify="right")
@@ -160,21 +164,10 @@ def ablate_layers(
     <store>.csv and <store>.md. Example: plast ablate-layers recipes/2022/table1-ablate-layers.yaml
     """
     from plastcli.experiments import ablate_layers as exp
-    from plastcli.experiments.common import default_out
-    from plastcli.progress import RichReporter
     from plastcli.store import read_store
 
-    _check_device(device)
-    extra = []
-    if seeds is not None:
-        extra.append(f"population.seeds={seeds}")
-    if episodes is not None:
-        extra.append(f"meta.episodes={episodes}")
-    rec = _load(recipe, "ablate-layers", set_, extra)
-    path = out or default_out(rec)
-    with RichReporter(err_console) as rep:
-        res = exp.run(rec, path, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                      device=device, reporter=rep)
+    rec, res = _run("ablate-layers", exp, recipe, set_, device, out, resume, overwrite, data_dir,
+                    {"population.seeds": seeds, "meta.episodes": episodes})
     header, body = exp.table1_text(read_store(res.out))
     table = Table(title=f"ablate-layers {rec.name} (P1 Table 1): angles averaged over episodes "
                   f"{rec.ablation.burn_in}..{rec.meta.episodes}, mean ± sd over seeds")
@@ -193,21 +186,10 @@ def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_, 
                     overwrite, data_dir) -> None:
     """Shared body of ``plast baseline`` and ``plast init-study``."""
     from plastcli.experiments import baseline, init_study
-    from plastcli.experiments.common import default_out
-    from plastcli.progress import RichReporter
 
-    _check_device(device)
-    extra = []
-    if seeds is not None:
-        extra.append(f"population.seeds={seeds}")
-    if samples is not None:
-        extra.append(f"online.samples={samples}")
-    rec = _load(recipe, kind, set_, extra)
-    path = out or default_out(rec)
     exp = baseline if kind == "baseline" else init_study
-    with RichReporter(err_console) as rep:
-        res = exp.run(rec, path, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                      device=device, reporter=rep)
+    rec, res = _run(kind, exp, recipe, set_, device, out, resume, overwrite, data_dir,
+                    {"population.seeds": seeds, "online.samples": samples})
     table = Table(title=f"{kind} {rec.name}: {rec.online.samples} online samples, "
                   f"{rec.population.seeds} runs per condition -> {res.out}")
     table.add_column("condition")
@@ -293,20 +275,8 @@ def rnn_memory_cmd(
     Example: plast rnn-memory recipes/2024/fig7-rnn-memory.yaml
     """
     from plastcli.experiments import rnn_memory as exp
-    from plastcli.experiments.common import default_out
-    from plastcli.progress import RichReporter
-
-    _check_device(device)
-    extra = []
-    if seeds is not None:
-        extra.append(f"population.seeds={seeds}")
-    if samples is not None:
-        extra.append(f"online.samples={samples}")
-    rec = _load(recipe, "rnn-memory", set_, extra)
-    path = out or default_out(rec)
-    with RichReporter(err_console) as rep:
-        res = exp.run(rec, path, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                      device=device, reporter=rep)
+    rec, res = _run("rnn-memory", exp, recipe, set_, device, out, resume, overwrite, data_dir,
+                    {"population.seeds": seeds, "online.samples": samples})
     table = Table(title=f"rnn-memory {rec.name}: {rec.online.samples} sequences (T = "
                   f"{rec.task.T}, image for {rec.task.present} steps), {rec.population.seeds} "
                   f"runs per condition -> {res.out}")
