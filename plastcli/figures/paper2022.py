@@ -17,13 +17,13 @@ def _x(store) -> np.ndarray:
     return np.arange(1, store["episodes/meta_accuracy"].shape[1] + 1)
 
 
-def _accuracy_panel(ax, stores: dict) -> None:
+def _accuracy_panel(ax, stores: dict, loc: str = "upper left") -> None:
     for i, (label, st) in enumerate(stores.items()):
         mean_sd_band(ax, _x(st), st["episodes/meta_accuracy"], f"F_{label}", color(label, i),
                      smooth=SMOOTH)
     ax.set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
-           title=f"meta-accuracy (moving average {SMOOTH}, mean ± sd over seeds)")
-    ax.legend(loc="upper left")
+           title=f"meta-accuracy (moving avg. {SMOOTH}; mean ± sd, seeds)")
+    ax.legend(loc=loc)
 
 
 def _loss_panel(ax, stores: dict) -> None:
@@ -91,7 +91,8 @@ def _rule_figure(s, key: str, label: str, title: str):
     _accuracy_panel(ax[0], stores)
     _theta_panel(ax[1], rule, label)
     _angle_panel(ax[2], rule, label, ref=s["fig3-pseudo"])
-    fig.suptitle(title)
+    diverged = diverged_text(rule)
+    fig.suptitle(title if diverged == "none" else f"{title} (diverged: {diverged})")
     return fig
 
 
@@ -119,19 +120,22 @@ def fig4(s):
     fig, ax = subplots(3, size=(4.8, 3.6))
     _accuracy_panel(ax[0], {"pseudo": s["fig3-pseudo"], "pool": pool})
     _theta_panel(ax[1], pool, "pool")
+    ax[1].legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     names = pool.json_attr("term_names", [])
     final = np.abs(pool["episodes/theta"][:, -1, :])  # [P, R]
     order = np.argsort(-final.mean(0))
     ax[2].bar(range(len(names)), final.mean(0)[order], yerr=final.std(0)[order],
               color=[f"C{r}" for r in order])
     ax[2].set_xticks(range(len(names)), [names[r] for r in order], rotation=60, ha="right")
+    diverged = diverged_text(pool)
     ax[2].set(ylabel="|θ| at the last episode", yscale="log",
-              title="which terms survive the L1 penalty")
+              title="which terms survive the L1 penalty" if diverged == "none"
+              else "|θ| frozen where each seed diverged")
     import yaml
 
     l1 = yaml.safe_load(pool.attrs["recipe_yaml"])["meta"]["l1"]
     fig.suptitle(f"P1 Fig 4 — meta-learning all ten pool terms with an L1 penalty "
-                 f"(λ = {l1:g}) on θ")
+                 f"(λ = {l1:g}) on θ; diverged: {diverged}")
     return fig
 
 
@@ -160,8 +164,9 @@ def fig9(s):
 def fig_all(s):
     stores = {lab: s[name] for lab, name in RULE_STORES.items() if name in s}
     fig, ax = subplots(1, size=(6.5, 4.2))
-    _accuracy_panel(ax[0], stores)
-    fig.suptitle("P1 — meta-accuracy of every meta-learned rule")
+    _accuracy_panel(ax[0], stores, loc="lower right")
+    fig.suptitle("P1 — meta-accuracy of every meta-learned rule (a diverged seed's curve ends "
+                 "where it diverged)")
     return fig
 
 
