@@ -38,14 +38,13 @@ import torch.nn.functional as F
 
 from plastcli import diagnostics
 from plastcli.data import Dataset, generator_for, load_dataset
-from plastcli.experiments.common import finish, open_run
+from plastcli.experiments.common import CI_LEVEL, CI_RESAMPLES, finish, open_run, split_attrs
 from plastcli.network import Net, forward, init_net
 from plastcli.online import eval_points, run_online, stream_order
 from plastcli.progress import Reporter
 from plastcli.recipes import TERM_NAMES, BaselineRecipe, InitStudyRecipe
 from plastcli.rules import IDX, PSEUDO, LayerCoefficients, layer_mask
 
-CI_LEVEL, CI_RESAMPLES = 0.98, 500
 CHUNK = 500  # validation images per forward pass when only accuracy is needed
 
 
@@ -352,16 +351,8 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         "condition_terms": [c.terms for c in conds],
         "condition_init": [c.init for c in conds],
         "term_names": list(TERM_NAMES),
-        "stream_split": f"{ds} train split minus the {len(data.heldout)} held-out images; "
-                        f"each member streams its own seeded permutation (one sample per step)",
-        "validation_split": f"fixed {len(data.val)}-image subset of the {ds} TEST split "
-                            f"(generator_for(0, 0, 'val')); curves and tables use it",
-        "selection_split": (f"held-out {len(data.heldout)} images of the {ds} TRAIN split "
-                            f"(generator_for(0, 0, 'grid')), never streamed; grid points scored "
-                            f"by mean accuracy at the end of {grid_samples} samples over "
-                            f"{recipe.selection.seeds} seeds" if searched
-                            else "none: every condition has a single grid point"),
-        "ci": f"{int(CI_LEVEL * 100)}% percentile bootstrap over runs, {CI_RESAMPLES} resamples",
+        **split_attrs(ds, len(data.heldout), len(data.val), grid_samples=grid_samples,
+                      grid_seeds=recipe.selection.seeds, searched=searched),
     }
     r = open_run(recipe, out, [data.train, data.test], resume=False, overwrite=overwrite,
                  device_name=device, extra_attrs=attrs)

@@ -102,3 +102,28 @@ def finish(store: Store, status: str = COMPLETE, **attrs: Any) -> None:
 
 def load_recipe_dataset(dataset_spec, data_dir) -> Dataset:
     return load_dataset(dataset_spec.name, dataset_spec.split, data_dir)
+
+
+CI_LEVEL, CI_RESAMPLES = 0.98, 500  # P2: 98% bootstrap CI over runs, 500 resamples
+
+
+def split_attrs(ds: str, n_heldout: int, n_val: int, *, grid_samples: int, grid_seeds: int,
+                searched: bool, item: str = "sample", per: str = "step",
+                scope: str = "", runs: str = "runs") -> dict[str, str]:
+    """Store attributes naming the three disjoint data sets of an online experiment
+    (stream, grid selection, validation) and the confidence interval used."""
+    selection = "none: every condition has a single grid point"
+    if searched:
+        selection = (f"held-out {n_heldout} images of the {ds} TRAIN split (generator_for(0, 0, "
+                     f"'grid')), never streamed and separate from the validation set; grid points "
+                     f"scored by mean accuracy at the end of {grid_samples} {item}s over "
+                     f"{grid_seeds} seeds{scope}")
+    return {
+        "stream_split": f"{ds} train split minus the {n_heldout} held-out images; each member "
+                        f"streams its own seeded permutation (one {item} per {per})",
+        "validation_split": f"fixed {n_val}-image subset of the {ds} TEST split "
+                            f"(generator_for(0, 0, 'val')); curves and tables use it",
+        "selection_split": selection,
+        "ci": f"{int(CI_LEVEL * 100)}% percentile bootstrap over {runs}, {CI_RESAMPLES} "
+              f"resamples",
+    }

@@ -37,12 +37,11 @@ import torch
 from plastcli import diagnostics, rnn
 from plastcli.errors import PlastError
 from plastcli.experiments.baseline import OnlineData, split_data
-from plastcli.experiments.common import finish, open_run
+from plastcli.experiments.common import CI_LEVEL, CI_RESAMPLES, finish, open_run, split_attrs
 from plastcli.online import eval_points, stream_order
 from plastcli.progress import Reporter
 from plastcli.recipes import RnnMemoryRecipe
 
-CI_LEVEL, CI_RESAMPLES = 0.98, 500
 N_CLASSES = 10
 EVAL_FLOATS = 2_000_000  # hidden states per evaluation chunk: P * chunk * hidden
 
@@ -188,18 +187,9 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
         "condition_names": [c.name for c in recipe.conditions],
         "hidden_sizes": list(recipe.network.hidden),
         "T": recipe.task.T, "present": recipe.task.present, "oja_pre": recipe.oja_pre,
-        "stream_split": f"{ds} train split minus the {len(data.heldout)} held-out images; "
-                        f"each member streams its own seeded permutation (one sequence per "
-                        f"update)",
-        "validation_split": f"fixed {len(data.val)}-image subset of the {ds} TEST split "
-                            f"(generator_for(0, 0, 'val')); curves and tables use it",
-        "selection_split": (f"held-out {len(data.heldout)} images of the {ds} TRAIN split "
-                            f"(generator_for(0, 0, 'grid')), never streamed and separate from "
-                            f"the validation set; grid points scored by mean accuracy at the "
-                            f"end of {grid_samples} sequences over {recipe.selection.seeds} "
-                            f"seeds, per hidden size and condition" if searched
-                            else "none: every condition has a single grid point"),
-        "ci": f"{int(CI_LEVEL * 100)}% percentile bootstrap over seeds, {CI_RESAMPLES} resamples",
+        **split_attrs(ds, len(data.heldout), len(data.val), grid_samples=grid_samples,
+                      grid_seeds=recipe.selection.seeds, searched=searched, item="sequence",
+                      per="update", scope=", per hidden size and condition", runs="seeds"),
     }
     r = open_run(recipe, out, [data.train, data.test], resume=False, overwrite=overwrite,
                  device_name=device, extra_attrs=attrs)
