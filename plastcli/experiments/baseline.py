@@ -38,7 +38,14 @@ import torch.nn.functional as F
 
 from plastcli import diagnostics
 from plastcli.data import Dataset, generator_for, load_dataset
-from plastcli.experiments.common import CI_LEVEL, CI_RESAMPLES, finish, open_run, split_attrs
+from plastcli.experiments.common import (
+    CI_LEVEL,
+    CI_RESAMPLES,
+    finish,
+    mark_failed,
+    open_run,
+    split_attrs,
+)
 from plastcli.network import Net, forward, init_net
 from plastcli.online import eval_points, run_online, stream_order
 from plastcli.progress import Reporter
@@ -389,11 +396,8 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
             "seed": np.array(members.seeds),
             "condition_name": np.array([conds[c].name for c in members.condition], dtype="S"),
         })
-    except KeyboardInterrupt:
-        r.store.set_status("failed: interrupted; start again with --overwrite")
-        raise
-    except Exception as exc:
-        r.store.set_status(f"failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:  # the store must never look complete or still running
+        mark_failed(r.store, exc, "start again with --overwrite")
         raise
     final = curves["val_accuracy"][:, -1]
     m, lo, hi = zip(*(diagnostics.bootstrap_ci(final[members.condition == c], CI_LEVEL,

@@ -95,6 +95,14 @@ def open_run(recipe: Any, out: Path, datasets: list[Dataset], *, resume: bool, o
     return Run(Store.create(out, attrs, overwrite=overwrite), device, None, False)
 
 
+def mark_failed(store: Store, exc: BaseException, hint: str) -> None:
+    """Record why a run stopped: 'failed: interrupted; <hint>' or 'failed: <error>'."""
+    if isinstance(exc, KeyboardInterrupt):
+        store.set_status(f"failed: interrupted; {hint}")
+    else:
+        store.set_status(f"failed: {type(exc).__name__}: {exc}")
+
+
 def finish(store: Store, status: str = COMPLETE, **attrs: Any) -> None:
     store.set_attrs(**attrs)
     store.set_status(status)

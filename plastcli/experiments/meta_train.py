@@ -10,7 +10,13 @@ import torch
 
 from plastcli.data import TaskSampler
 from plastcli.engine import MetaConfig, MetaTrainer
-from plastcli.experiments.common import finish, load_recipe_dataset, member_seeds, open_run
+from plastcli.experiments.common import (
+    finish,
+    load_recipe_dataset,
+    mark_failed,
+    member_seeds,
+    open_run,
+)
 from plastcli.progress import Reporter
 from plastcli.recipes import MetaTrainRecipe
 
@@ -103,11 +109,8 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                 flush()
             reporter.update(trainer.episode, loss=_finite_mean(rec["meta_loss"]),
                             acc=_finite_mean(rec["meta_accuracy"]))
-    except KeyboardInterrupt:
-        r.store.set_status("failed: interrupted; continue with --resume")
-        raise
-    except Exception as exc:
-        r.store.set_status(f"failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:  # the store must never look complete or still running
+        mark_failed(r.store, exc, "continue with --resume")
         raise
     from plastcli.store import read_store
 

@@ -37,7 +37,14 @@ import torch
 from plastcli import diagnostics, rnn
 from plastcli.errors import PlastError
 from plastcli.experiments.baseline import OnlineData, split_data
-from plastcli.experiments.common import CI_LEVEL, CI_RESAMPLES, finish, open_run, split_attrs
+from plastcli.experiments.common import (
+    CI_LEVEL,
+    CI_RESAMPLES,
+    finish,
+    mark_failed,
+    open_run,
+    split_attrs,
+)
 from plastcli.online import eval_points, stream_order
 from plastcli.progress import Reporter
 from plastcli.recipes import RnnMemoryRecipe
@@ -243,11 +250,8 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
             g["best_hidden"] = np.array([h for h, _ in chosen])
             g["best_condition"] = np.array([c for _, c in chosen])
             r.store.write_arrays("grid", g, selection=attrs["selection_split"])
-    except KeyboardInterrupt:
-        r.store.set_status("failed: interrupted; start again with --overwrite")
-        raise
-    except Exception as exc:
-        r.store.set_status(f"failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:  # the store must never look complete or still running
+        mark_failed(r.store, exc, "start again with --overwrite")
         raise
     finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
     return RnnResult(out, rows)
