@@ -53,10 +53,16 @@ class RichReporter(Reporter):
 
     def start(self, total: int, done: int = 0, label: str = "") -> None:
         self.task = self.progress.add_task(label, total=total, completed=done, metrics="")
+        self.total, self.label, self.last_tenth = max(total, 1), label, done * 10 // max(total, 1)
 
     def update(self, done: int, **metrics: float) -> None:
         text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.progress.update(self.task, completed=done, metrics=text)
+        tenth = done * 10 // self.total
+        if not self.console.is_terminal and tenth > self.last_tenth:
+            # a log file sees no live bar: say how far we are every 10%
+            self.last_tenth = tenth
+            self.console.print(f"{self.label}: {done}/{self.total}  {text}", highlight=False)
 
     def message(self, text: str) -> None:
         self.progress.console.print(text)
