@@ -125,5 +125,7 @@ def test_cli_meta_train_show_and_errors(tmp_path):
                             str(tmp_path / "nodata")])
     assert r.exit_code == 2 and "data file missing" in r.output
     assert "Traceback" not in r.output
+    r = runner.invoke(app, ["data", "fetch", "mnist", "--data-dir", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "plast[download]" in r.output  # brackets survive Rich markup
     r = runner.invoke(app, ["figures", "--paper", "1999"])
     assert r.exit_code == 2 and "allowed: 2022, 2024" in r.output
