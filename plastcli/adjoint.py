@@ -73,20 +73,13 @@ def _update(W, c, on, g, q, u, p, z):
     s.s9 = _dot(g, z) if QUAD3 in on else None
     s.v = _mtv(W, u) if OJA in on else None
     k = c.__getitem__  # c[r]: [P, 1] coefficient of term r on this layer
-    alpha = 0.0
-    if PSEUDO in on:
-        alpha = alpha + k(PSEUDO)
-    if SUM_POST in on:
-        alpha = alpha + k(SUM_POST) * s.s6
-    if QUAD2 in on:
-        alpha = alpha + k(QUAD2) * s.s7
-    gamma = 0.0
-    if POST_PRE_ERR in on:
-        gamma = gamma + k(POST_PRE_ERR)
-    if QUAD1 in on:
-        gamma = gamma + k(QUAD1) * s.s7
-    if QUAD3 in on:
-        gamma = gamma + k(QUAD3) * s.s9
+
+    def scale(*parts):  # sum of c_r * factor over the active terms (factor None = 1)
+        return sum((k(r) if f is None else k(r) * f for r, f in parts if r in on), 0.0)
+
+    # alpha scales y_{l-1} in the e_l group; gamma scales e_{l-1} in the y_l group
+    alpha = scale((PSEUDO, None), (SUM_POST, s.s6), (QUAD2, s.s7))
+    gamma = scale((POST_PRE_ERR, None), (QUAD1, s.s7), (QUAD3, s.s9))
     s.alpha, s.gamma = alpha, gamma
     has_a = bool(on & {PSEUDO, SUM_POST, QUAD2, ERR_HEBB})
     has_b = bool(on & {POST_PRE_ERR, QUAD1, QUAD3, OJA})
