@@ -1,7 +1,8 @@
 """Benchmark meta-training speed and peak memory: `python bench/bench_meta_train.py`.
 
-Prints seconds per episode of recipes/bio.yaml at each population size P (each in a
-fresh subprocess so peak memory is per configuration), and seconds per member-episode.
+Prints the median seconds per episode of recipes/bio.yaml at each population size P
+(each in a fresh subprocess so peak memory is per configuration; min and max too),
+and seconds per member-episode.
 Options: --sizes 1 16  --episodes 5  --device cpu|cuda  --recipe recipes/bio.yaml
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +39,17 @@ def measure(recipe: str, P: int, episodes: int, device: str) -> dict:
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(episodes):
+        t0 = time.perf_counter()
         tr.run_episode()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    sec = (time.perf_counter() - t0) / episodes
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    # the median episode: robust to another process stealing a core for a moment
+    sec = statistics.median(times)
     out = {"P": P, "s_per_episode": sec, "s_per_member_episode": sec / P,
+           "s_per_episode_min": min(times), "s_per_episode_max": max(times),
            "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "threads": torch.get_num_threads(), "device": str(dev)}
     if dev.type == "cuda":
@@ -55,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--recipe", default=str(REPO / "recipes/bio.yaml"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--episodes", type=int, default=5)
+    ap.add_argument("--episodes", type=int, default=9)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -64,14 +70,16 @@ def main() -> None:
         return
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{__import__('os').cpu_count()} cores; recipe {a.recipe}")
-    print(f"{'P':>6} {'s/episode':>10} {'s/member-episode':>17} {'peak RSS MiB':>13}")
+    print(f"{'P':>6} {'s/episode':>10} {'(min - max)':>15} {'s/member-episode':>17} "
+          f"{'peak RSS MiB':>13}")
     for P in a.sizes:
         res = subprocess.run([sys.executable, __file__, "--recipe", a.recipe, "--episodes",
                               str(a.episodes), "--device", a.device, "--child", str(P)],
                              capture_output=True, text=True, check=True)
         m = json.loads(res.stdout.strip().splitlines()[-1])
         extra = f"  peak GPU {m['peak_gpu_MiB']:.0f} MiB" if "peak_gpu_MiB" in m else ""
-        print(f"{P:>6} {m['s_per_episode']:>10.3f} {m['s_per_member_episode']:>17.4f} "
+        spread = f"({m['s_per_episode_min']:.3f} - {m['s_per_episode_max']:.3f})"
+        print(f"{P:>6} {m['s_per_episode']:>10.3f} {spread:>15} {m['s_per_member_episode']:>17.4f} "
               f"{m['peak_rss_MiB']:>13.0f}{extra}")
 
 

@@ -51,6 +51,12 @@ GAMMA_TERMS = frozenset({POST_PRE_ERR, QUAD1, QUAD3})
 # With decay the rebuild divides by (1 - c_decay); below this factor the layer keeps
 # a copy per step instead, so rounding is never amplified by more than 2x per step.
 MIN_REBUILD_FACTOR = 0.5
+# Layers with fewer weights per member than this apply their updates at once.
+MIN_DEFER_SIZE = 50_000
+# Bytes of W, B and G the members of one CPU group may hold (see group_size): with
+# more, every pass over the weights goes to main memory (measured on the 2-core
+# benchmark machine: bio.yaml runs fastest per member in groups of 8, 6.4 MiB of weights).
+CACHE_BYTES = 18 * 2**20
 
 
 def supported(feedback: str, has_feedback_rule: bool, sym_detach: bool) -> bool:
@@ -66,8 +72,70 @@ def _add(acc, val):
     return val if acc is None else acc.add_(val)
 
 
+def _addmul(acc, a, b, value: float = 1.0):
+    """acc + value * a * b (one operation when acc exists); acc may be None."""
+    if acc is None:
+        out = torch.mul(a, b)
+        return out if value == 1.0 else out.mul_(value)
+    return acc.addcmul_(a, b, value=value)
+
+
 def _col(v):  # row [P, 1, n] -> column view [P, n, 1]
     return v.transpose(1, 2)
+
+
+class _LowRank:
+    """A matrix ``M = base + sign * U V`` whose rank-one terms are still pending.
+
+    base ``[P, n, m]`` is changed in place only when the pending terms are folded in:
+    one GEMM for up to ``cap`` terms instead of one pass over the matrix per term, so a
+    chunk of steps reads and writes each weight matrix once. Products with M add the
+    pending terms' contribution (two thin ``bmm``). ``cap = 0`` applies terms at once.
+    """
+
+    def __init__(self, base: torch.Tensor, cap: int, sign: float = 1.0):
+        self.base, self.cap, self.sign, self.j = base, cap, sign, 0
+        self.base_T = base.transpose(1, 2)  # a view: stays valid as base changes in place
+        if cap:
+            P, n, m = base.shape
+            self.U = base.new_zeros(P, n, cap)  # left factors as columns
+            self.V = base.new_zeros(P, cap, m)  # right factors as rows
+
+    def add(self, cols, rows) -> None:
+        """M += sign * sum_i cols[i] rows[i]; columns ``[P, n, 1]``, rows ``[P, 1, m]``."""
+        if not self.cap:
+            for a, b in zip(cols, rows, strict=True):
+                self.base.addcmul_(a, b, value=self.sign)
+            return
+        if self.j + len(cols) > self.cap:
+            self.fold()
+        for a, b in zip(cols, rows, strict=True):
+            self.U[:, :, self.j : self.j + 1] = a
+            self.V[:, self.j : self.j + 1] = b
+            self.j += 1
+
+    def fold(self) -> None:
+        """Fold the pending terms into base (one batched GEMM)."""
+        if self.j:
+            j = self.j
+            self.base.baddbmm_(self.U[:, :, :j], self.V[:, :j], alpha=self.sign)
+            self.j = 0
+
+    def times_T(self, x, base_part=None):
+        """x M^T for rows x ``[P, k, m]`` -> ``[P, k, n]`` (base_part: x base^T if known)."""
+        out = torch.bmm(x, self.base_T) if base_part is None else base_part
+        if self.j:
+            c = torch.bmm(x, self.V[:, : self.j].transpose(1, 2))  # [P, k, j]
+            out = torch.baddbmm(out, c, self.U[:, :, : self.j].transpose(1, 2), alpha=self.sign)
+        return out
+
+    def times(self, y, base_part=None):
+        """y M for rows y ``[P, k, n]`` -> ``[P, k, m]`` (base_part: y base if known)."""
+        out = torch.bmm(y, self.base) if base_part is None else base_part
+        if self.j:
+            c = torch.bmm(y, self.U[:, :, : self.j])  # [P, k, j]
+            out = torch.baddbmm(out, c, self.V[:, : self.j], alpha=self.sign)
+        return out
 
 
 class _Coefs:
@@ -84,33 +152,45 @@ class _Coefs:
 class _Saved:
     """What one layer's update at one step keeps for the reverse pass (all small)."""
 
-    __slots__ = ("a", "b", "ones", "s6", "s7", "s9", "alpha", "gamma", "Wq", "v", "W")
+    __slots__ = ("a", "b", "ones", "s6", "s7", "s9", "alpha", "gamma", "Wq", "v", "W",
+                 "lefts", "cols", "rights", "ucol")
+
+    def set_factors(self, g, u, ones) -> None:
+        """The update's rank-one terms in the order applied: left rows ``lefts``, their
+        column views ``cols`` (made once, reused by the reverse pass) and ``rights``."""
+        pairs = [(lf, rt) for lf, rt in ((g, self.a), (u, self.b), (ones, self.ones))
+                 if rt is not None]
+        self.lefts = [lf for lf, _ in pairs]
+        self.rights = [rt for _, rt in pairs]
+        self.cols = [_col(lf) for lf in self.lefts]
+        self.ucol = self.cols[1 if self.a is not None else 0] if self.b is not None else None
 
 
-def _update(W, k: _Coefs, g, q, u, p, z, keep_copy: bool) -> _Saved:
-    """Apply one layer's rule in place: W <- kappa W + e_l a^T + y_l b^T + 1 c^T.
+def _update(M: _LowRank, k: _Coefs, g, q, u, p, z, ones, keep_copy: bool) -> _Saved:
+    """Apply one layer's rule: W <- kappa W + e_l a^T + y_l b^T + 1 c^T (M holds W).
 
-    g = e_l, u = y_l, z = z_l ``[P, 1, n]``; q = e_{l-1}, p = y_{l-1} ``[P, 1, m]``.
+    g = e_l, u = y_l, z = z_l, ones ``[P, 1, n]``; q = e_{l-1}, p = y_{l-1} ``[P, 1, m]``.
     a = -alpha p - c_err_hebb q, alpha = c_pseudo + c_sum_post s6 + c_quad2 s7;
     b = -gamma q + c_oja (p - W^T u), gamma = c_post_pre + c_quad1 s7 + c_quad3 s9;
     c = -c_ones q (SPEC §3.1, grouped as in rules.apply_rule).
     """
     on, c, neg = k.on, k.c, k.neg
     s = _Saved()
-    s.W = W.clone() if keep_copy else None
+    s.W = M.base.clone() if keep_copy else None
     s.s6 = u.sum(-1, keepdim=True) if SUM_POST in on else None
-    s.Wq = torch.bmm(q, W.transpose(1, 2)) if on & {QUAD1, QUAD2} else None
+    s.Wq = M.times_T(q) if on & {QUAD1, QUAD2} else None  # (W e_{l-1})^T
     s.s7 = _dot(u, s.Wq) if s.Wq is not None else None
     s.s9 = _dot(g, z) if QUAD3 in on else None
-    s.v = torch.bmm(u, W) if OJA in on or s.s7 is not None else None  # W^T u
+    s.v = M.times(u) if OJA in on or s.s7 is not None else None  # (W^T y_l)^T
     s.alpha = s.gamma = s.a = s.b = s.ones = None
     if on & A_TERMS:
         alpha = c.get(PSEUDO)
         for r, f in ((SUM_POST, s.s6), (QUAD2, s.s7)):
             if r in on:
                 alpha = c[r] * f if alpha is None else alpha + c[r] * f
-        s.alpha = alpha
-        a = None if alpha is None else -(alpha * p)
+        # -alpha, kept for the reverse pass (a coefficient view when alpha is constant)
+        s.alpha = None if alpha is None else neg[PSEUDO] if alpha is c.get(PSEUDO) else -alpha
+        a = None if alpha is None else s.alpha * p
         if ERR_HEBB in on:
             a = neg[ERR_HEBB] * q if a is None else a.addcmul_(neg[ERR_HEBB], q)
         s.a = a
@@ -127,30 +207,21 @@ def _update(W, k: _Coefs, g, q, u, p, z, keep_copy: bool) -> _Saved:
         s.b = b
     if ONES_PRE_ERR in on:
         s.ones = neg[ONES_PRE_ERR] * q
-    if k.kappa is not None:
-        W.mul_(k.kappa)
-    if s.a is not None:
-        W.addcmul_(_col(g), s.a)
-    if s.b is not None:
-        W.addcmul_(_col(u), s.b)
-    if s.ones is not None:
-        W.add_(s.ones)  # 1 c^T adds the row c to every row
+    if k.kappa is not None:  # decay layers never defer (cap 0), so base is W itself
+        M.base.mul_(k.kappa)
+    s.set_factors(g, u, ones)
+    M.add(s.cols, s.rights)
     return s
 
 
-def _restore(W, k: _Coefs, s: _Saved, g, u) -> None:
-    """Undo :func:`_update` in place: W_{t+1} -> W_t (same operations, reverse order)."""
+def _restore(M: _LowRank, k: _Coefs, s: _Saved) -> None:
+    """Undo :func:`_update`: W_{t+1} -> W_t. M has sign -1; same terms, reverse order."""
     if s.W is not None:
-        W.copy_(s.W)
+        M.base.copy_(s.W)
         return
-    if s.ones is not None:
-        W.sub_(s.ones)
-    if s.b is not None:
-        W.addcmul_(_col(u), s.b, value=-1.0)
-    if s.a is not None:
-        W.addcmul_(_col(g), s.a, value=-1.0)
+    M.add(s.cols[::-1], s.rights[::-1])
     if k.kappa is not None:
-        W.div_(k.kappa)
+        M.base.div_(k.kappa)
 
 
 class _Adjoints:
@@ -162,27 +233,29 @@ class _Adjoints:
         self.z = [None] * (L + 1)
 
 
-def _update_adjoint(G, W, k: _Coefs, s: _Saved, l: int, g, q, u, p, z, adj: _Adjoints,
-                    bars: dict[str, list]) -> torch.Tensor | None:
+def _update_adjoint(G: _LowRank, W: _LowRank, k: _Coefs, s: _Saved, l: int, g, q, u, p, z,
+                    ones, adj: _Adjoints, bars: dict[str, list],
+                    known: dict) -> torch.Tensor | None:
     """Reverse of one layer's update, given G = dLoss/dW_{t+1} and W = W_t (restored).
 
     Adds to the vector adjoints in ``adj`` and returns the right factor ``r`` of the part
     of dLoss/dW_t that comes through the update's own W-dependence, ``y_l r^T``
     (oja's W^T u, quad's u^T W q), or None. The adjoints of the update's factors
     (``abar = G^T e_l``, ``bbar = G^T y_l``, ``cbar = G^T 1``) and decay's coefficient
-    gradient are appended to ``bars`` for :func:`_coefficient_grads`.
+    gradient are appended to ``bars`` for :func:`_coefficient_grads`. ``known`` holds
+    products with G's base that were computed for a whole chunk of steps at once.
     """
     on, c, neg = k.on, k.c, k.neg
-    Gt = G.transpose(1, 2)
     s7bar = s9bar = r = None
     if s.a is not None:
-        abar = torch.bmm(g, G)
+        abar = G.times(g, known.get("abar"))  # G^T e_l
         bars["abar"].append(abar)
-        adj.e[l] = _add(adj.e[l], torch.bmm(s.a, Gt))  # G a
-        if s.alpha is not None:
-            adj.y[l - 1] = _add(adj.y[l - 1], -(s.alpha * abar))
+        # rows taken from a chunk product are read once each, so in-place adds are safe
+        adj.e[l] = _add(adj.e[l], G.times_T(s.a, known.get("Ga")))  # G a
+        if s.alpha is not None:  # s.alpha holds -alpha
+            adj.y[l - 1] = _addmul(adj.y[l - 1], s.alpha, abar)
         if ERR_HEBB in on:
-            adj.e[l - 1] = _add(adj.e[l - 1], neg[ERR_HEBB] * abar)
+            adj.e[l - 1] = _addmul(adj.e[l - 1], neg[ERR_HEBB], abar)
         if on & ALPHA_CHAIN:
             alphabar = -_dot(abar, p)
             if SUM_POST in on:  # d s6 / d u = 1
@@ -190,11 +263,11 @@ def _update_adjoint(G, W, k: _Coefs, s: _Saved, l: int, g, q, u, p, z, adj: _Adj
             if QUAD2 in on:
                 s7bar = alphabar * c[QUAD2]
     if s.b is not None:
-        bbar = torch.bmm(u, G)
+        bbar = G.times(u, known.get("bbar"))  # G^T y_l
         bars["bbar"].append(bbar)
-        adj.y[l] = _add(adj.y[l], torch.bmm(s.b, Gt))  # G b
+        adj.y[l] = _add(adj.y[l], G.times_T(s.b, known.get("Gb")))  # G b
         if s.gamma is not None:
-            adj.e[l - 1] = _add(adj.e[l - 1], -(s.gamma * bbar))
+            adj.e[l - 1] = _addmul(adj.e[l - 1], s.gamma, bbar, -1.0)
             if on & {QUAD1, QUAD3}:
                 gammabar = -_dot(bbar, q)
                 if QUAD1 in on:
@@ -203,23 +276,56 @@ def _update_adjoint(G, W, k: _Coefs, s: _Saved, l: int, g, q, u, p, z, adj: _Adj
                 if QUAD3 in on:
                     s9bar = gammabar * c[QUAD3]
         if OJA in on:  # b gains c (p - v) with v = W^T u, so vbar = -c bbar
-            adj.y[l - 1] = _add(adj.y[l - 1], c[OJA] * bbar)
+            adj.y[l - 1] = _addmul(adj.y[l - 1], c[OJA], bbar)
             r = neg[OJA] * bbar
-            adj.y[l] = _add(adj.y[l], torch.bmm(r, W.transpose(1, 2)))  # W vbar
+            adj.y[l] = _add(adj.y[l], W.times_T(r))  # W vbar
     if s.ones is not None:
-        cbar = G.sum(1, keepdim=True)  # G^T 1
+        cbar = G.times(ones, known.get("cbar"))  # G^T 1
         bars["cbar"].append(cbar)
-        adj.e[l - 1] = _add(adj.e[l - 1], neg[ONES_PRE_ERR] * cbar)
-    if DECAY in on:
-        bars["decay"].append(-(G * W).sum((1, 2)))
+        adj.e[l - 1] = _addmul(adj.e[l - 1], neg[ONES_PRE_ERR], cbar)
+    if DECAY in on:  # decay layers never defer (cap 0): both bases are the matrices
+        bars["decay"].append(-(G.base * W.base).sum((1, 2)))
     if s9bar is not None:  # s9 = e_l . z_l
-        adj.e[l] = _add(adj.e[l], s9bar * z)
-        adj.z[l] = _add(adj.z[l], s9bar * g)
+        adj.e[l] = _addmul(adj.e[l], s9bar, z)
+        adj.z[l] = _addmul(adj.z[l], s9bar, g)
     if s7bar is not None:  # s7 = y_l^T W e_{l-1}: also gives y_l (s7bar e_{l-1})^T
-        adj.y[l] = _add(adj.y[l], s7bar * s.Wq)
-        adj.e[l - 1] = _add(adj.e[l - 1], s7bar * s.v)
+        adj.y[l] = _addmul(adj.y[l], s7bar, s.Wq)
+        adj.e[l - 1] = _addmul(adj.e[l - 1], s7bar, s.v)
         r = s7bar * q if r is None else r.addcmul_(s7bar, q)
     return r
+
+
+class _ChunkReads:
+    """Products of G's base with the known factors of a whole chunk of steps.
+
+    In the reverse pass G_{t+1} = G_base + (pending terms of later steps in the chunk);
+    the factors e_l, y_l, 1 and a, b of every step were fixed by the forward pass, so
+    ``[e_l; y_l; 1] G_base`` and ``[a; b] G_base^T`` for all steps of the chunk are two
+    GEMMs; each step then adds only its thin pending-term correction.
+    """
+
+    def __init__(self, G: _LowRank, c0: int, steps: list[_Saved]):
+        self.c0 = c0
+        lefts, rights = [], []
+        for s in steps:  # forward order
+            lefts += s.lefts
+            rights += s.rights[: (s.a is not None) + (s.b is not None)]
+        self.nl = len(lefts) // len(steps)
+        self.nr = len(rights) // len(steps)
+        self.left = torch.bmm(torch.cat(lefts, 1), G.base) if lefts else None
+        self.right = torch.bmm(torch.cat(rights, 1), G.base_T) if rights else None
+
+    def at(self, t: int, s: _Saved) -> dict:
+        """The base products of step t by name (abar, bbar, cbar, Ga, Gb)."""
+        i, out = t - self.c0, {}
+        names_l = [n for n, x in (("abar", s.a), ("bbar", s.b), ("cbar", s.ones))
+                   if x is not None]
+        names_r = [n for n, x in (("Ga", s.a), ("Gb", s.b)) if x is not None]
+        for j, n in enumerate(names_l):
+            out[n] = self.left[:, i * self.nl + j : i * self.nl + j + 1]
+        for j, n in enumerate(names_r):
+            out[n] = self.right[:, i * self.nr + j : i * self.nr + j + 1]
+        return out
 
 
 def _coefficient_grads(bars: list[dict[str, list]], tape: list, coefs: list[_Coefs],
@@ -306,37 +412,90 @@ def _query_loss_and_grad(W: list[torch.Tensor], xq, yq, beta: float, n_out: int)
     return ce.detach(), [g.contiguous() for g in G]
 
 
+def chunk_steps(P: int, device: torch.device | str) -> int:
+    """Steps whose weight updates are deferred and folded in by one GEMM (1 = none).
+
+    On the CPU a population's matrices outgrow the caches and every pass over them costs
+    memory bandwidth, so from P = 4 chunks of 16 steps pay for their extra thin products;
+    small populations are bound by per-operation overhead and GPUs by kernel launches.
+    """
+    return 16 if torch.device(device).type == "cpu" and P >= 4 else 1
+
+
+def group_size(net: Net, device: torch.device | str) -> int:
+    """Members run together: on the CPU about as many as keep W, B and G within
+    CACHE_BYTES, in groups of even size; on a GPU the whole population."""
+    P = net.W[0].shape[0]
+    if torch.device(device).type != "cpu":
+        return P
+    per_member = 3 * sum(w[0].numel() * w.element_size() for w in net.W)
+    most = max(1, CACHE_BYTES // per_member)
+    n_groups = -(-P // most)
+    return -(-P // n_groups)
+
+
 @torch.no_grad()
 def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
                             xq: torch.Tensor, yq: torch.Tensor, coef: torch.Tensor,
-                            active: list[tuple[int, ...]], beta: float, feedback: str):
+                            active: list[tuple[int, ...]], beta: float, feedback: str,
+                            chunk: int | None = None, group: int | None = None):
     """Run the inner loop and return (query CE ``[P]``, final Net, dCE_sum/dcoef ``[P, L, R]``).
 
     x ``[P, T, n_0]``, labels ``[P, T]``, xq ``[P, Q, n_0]``, yq ``[P, Q]``; coef ``[P, L, R]``
-    are the per-layer coefficients (theta times mask). ``net`` is not modified.
+    are the per-layer coefficients (theta times mask). Members are independent, so they
+    run in groups of ``group`` (default :func:`group_size`). ``chunk``: see
+    :func:`chunk_steps` (the default); any value gives the same numbers up to float
+    rounding. ``net`` is not modified.
     """
+    P = x.shape[0]
+    G = group_size(net, x.device) if group is None else group
+    if G >= P:
+        return _run_group(net, x, labels, xq, yq, coef, active, beta, feedback, chunk)
+    parts = []
+    for i in range(0, P, G):
+        sl = slice(i, i + G)
+        sub = Net(W=[w[sl] for w in net.W], Bf=[b[sl] for b in net.Bf] if net.Bf else None)
+        parts.append(_run_group(sub, x[sl], labels[sl], xq[sl], yq[sl], coef[sl], active, beta,
+                                feedback, chunk))
+    ce = torch.cat([p[0] for p in parts])
+    W = [torch.cat([p[1].W[l] for p in parts]) for l in range(net.n_layers)]
+    return ce, Net(W=W, Bf=net.Bf, D=net.D), torch.cat([p[2] for p in parts])
+
+
+def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: str,
+               chunk: int | None):
+    """:func:`meta_loss_and_coef_grad` for one group of members."""
     P, T, _ = x.shape
     L = net.n_layers
-    R = coef.shape[2]
     n_out = net.W[-1].shape[1]
     ons = [frozenset(a) for a in active]
     need_e0 = bool(ons[0] & USES_PRE_ERROR)
     coefs = [_Coefs(coef[:, l], ons[l]) for l in range(L)]
     keep = [k.kappa is not None and bool((k.kappa.abs() < MIN_REBUILD_FACTOR).any())
             for k in coefs]
+    K = chunk_steps(P, x.device) if chunk is None else chunk
+    # decay rescales the whole matrix every step, so its layers never defer; small
+    # matrices stay in cache anyway and would only pay for the thin products
+    Ks = [1 if k.kappa is not None or w[0].numel() < MIN_DEFER_SIZE else K
+          for k, w in zip(coefs, net.W, strict=True)]
     xs = x.unsqueeze(2).unbind(1)  # T rows [P, 1, n_0]
     targets = F.one_hot(labels, n_out).to(x.dtype).unsqueeze(2).unbind(1)
     d0s = (1.0 - torch.exp(-beta * x)).unsqueeze(2).unbind(1) if need_e0 else None
+    ones = [x.new_ones(P, 1, w.shape[1]) if ONES_PRE_ERR in on else None
+            for w, on in zip(net.W, ons, strict=True)]
     W = [w.clone() for w in net.W]  # updated in place, then rebuilt backwards
-    Wt = [w.transpose(1, 2) for w in W]
-    B = W if feedback == "sym" else list(net.Bf)
-    Bt = [b.transpose(1, 2) for b in B]
+    Mw = [_LowRank(w, 3 * k if k > 1 else 0) for w, k in zip(W, Ks, strict=True)]
+    Bt = None if feedback == "sym" else [b.transpose(1, 2) for b in net.Bf]
 
-    tape = []  # per step: (ys, zs, ds, es, hs, saved); hs[l] = back_l * sigma''(z_l)
+    tape = []  # per step: (ys, zs, ds, es, hs, saved); hs[l] = back_l * d_l (1 - d_l)
+    z1_base = None  # the inputs are known in advance: W_1 x_t for a whole chunk is one GEMM
     for t in range(T):
+        if Ks[0] > 1 and t % Ks[0] == 0:
+            z1_base = torch.bmm(x[:, t : t + Ks[0]], Mw[0].base_T)  # [P, K, n_1]
         ys, zs, ds = [xs[t]], [None], [None]
         for l in range(1, L + 1):
-            z = torch.bmm(ys[-1], Wt[l - 1])
+            known = z1_base[:, t % Ks[0] : t % Ks[0] + 1] if l == 1 and Ks[0] > 1 else None
+            z = Mw[l - 1].times_T(ys[-1], known)
             zs.append(z)
             if l < L:
                 ds.append(torch.sigmoid(z * beta))
@@ -349,36 +508,50 @@ def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
         for l in range(L, 0, -1):
             if l == 1 and not need_e0:
                 break
-            back = torch.bmm(es[l], B[l - 1])  # (B_l^T e_l)^T
+            # (B_l^T e_l)^T; sym: B_l = W_l by value
+            back = Mw[l - 1].times(es[l]) if Bt is None else torch.bmm(es[l], net.Bf[l - 1])
             d = ds[l - 1] if l > 1 else d0s[t]
             es[l - 1] = back * d
-            if l > 1:  # d e_{l-1} / d z_{l-1} = back * beta d (1 - d)
-                hs[l - 1] = back.mul_(beta * d * (1.0 - d))
-        saved = [_update(W[l - 1], coefs[l - 1], es[l], es[l - 1], ys[l], ys[l - 1], zs[l],
-                         keep[l - 1]) for l in range(1, L + 1)]
+            if l > 1:  # d e_{l-1} / d z_{l-1} = beta * back * d (1 - d); beta applied in reverse
+                hs[l - 1] = torch.ops.aten.sigmoid_backward(back, d)
+        saved = [_update(Mw[l - 1], coefs[l - 1], es[l], es[l - 1], ys[l], ys[l - 1], zs[l],
+                         ones[l - 1], keep[l - 1]) for l in range(1, L + 1)]
         tape.append((ys, zs, ds, es, hs, saved))
+        for m, k in zip(Mw, Ks, strict=True):
+            if (t + 1) % k == 0 or t == T - 1:
+                m.fold()
     final_W = [w.clone() for w in W]
 
     ce, G = _query_loss_and_grad(W, xq, yq, beta, n_out)
+    Mw = [_LowRank(w, 3 * k if k > 1 else 0, sign=-1.0) for w, k in zip(W, Ks, strict=True)]
+    Mg = [_LowRank(g, 2 * k if k > 1 else 0) for g, k in zip(G, Ks, strict=True)]
+    reads: list[_ChunkReads | None] = [None] * L
     bars = [{"abar": [], "bbar": [], "cbar": [], "decay": []} for _ in range(L)]
     for t in range(T - 1, -1, -1):
         ys, zs, ds, es, hs, saved = tape[t]
         adj = _Adjoints(L)
         rights = []
         for l in range(1, L + 1):
-            k, s = coefs[l - 1], saved[l - 1]
-            _restore(W[l - 1], k, s, es[l], ys[l])
-            rights.append(_update_adjoint(G[l - 1], W[l - 1], k, s, l, es[l], es[l - 1],
-                                          ys[l], ys[l - 1], zs[l], adj, bars[l - 1]))
+            k, s, K_l = coefs[l - 1], saved[l - 1], Ks[l - 1]
+            if K_l > 1 and (t == T - 1 or (t + 1) % K_l == 0):  # top of a chunk
+                c0 = t - t % K_l
+                reads[l - 1] = _ChunkReads(Mg[l - 1], c0, [st[5][l - 1] for st in tape[c0 : t + 1]])
+            known = reads[l - 1].at(t, s) if K_l > 1 else {}
+            _restore(Mw[l - 1], k, s)
+            rights.append(_update_adjoint(Mg[l - 1], Mw[l - 1], k, s, l, es[l], es[l - 1],
+                                          ys[l], ys[l - 1], zs[l], ones[l - 1], adj,
+                                          bars[l - 1], known))
         # error chain e_{l-1} = (B_l^T e_l) * d_{l-1}, reversed from e_0 upwards
         for l in range(1, L + 1):
             ebar = adj.e[l - 1]
             if es[l - 1] is None or ebar is None:
                 continue
             d = ds[l - 1] if l > 1 else d0s[t]
-            adj.e[l] = _add(adj.e[l], torch.bmm(ebar * d, Bt[l - 1]))
+            dd = ebar * d
+            back_bar = Mw[l - 1].times_T(dd) if Bt is None else torch.bmm(dd, Bt[l - 1])
+            adj.e[l] = _add(adj.e[l], back_bar)
             if l > 1:
-                adj.z[l - 1] = _add(adj.z[l - 1], ebar * hs[l - 1])
+                adj.z[l - 1] = _addmul(adj.z[l - 1], ebar, hs[l - 1], beta)
         if adj.e[L] is not None:  # e_L = y_L - target
             adj.y[L] = _add(adj.y[L], adj.e[L])
         # forward chain, top down; then dLoss/dW_t = kappa G + zbar p^T + y_l r^T
@@ -387,22 +560,29 @@ def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
             if ybar is not None:
                 if l == L:  # y_L = softmax(z_L)
                     zbar = ys[L] * (ybar - _dot(ybar, ys[L]))
+                    adj.z[l] = _add(adj.z[l], zbar)
                 else:  # softplus' = sigmoid(beta z)
-                    zbar = ybar * ds[l]
-                adj.z[l] = _add(adj.z[l], zbar)
+                    adj.z[l] = _addmul(adj.z[l], ybar, ds[l])
             zbar = adj.z[l]
             if zbar is not None and l > 1:
-                adj.y[l - 1] = _add(adj.y[l - 1], torch.bmm(zbar, W[l - 1]))
-            Gl = G[l - 1]
+                adj.y[l - 1] = _add(adj.y[l - 1], Mw[l - 1].times(zbar))
             if coefs[l - 1].kappa is not None:
-                Gl.mul_(coefs[l - 1].kappa)
+                Mg[l - 1].base.mul_(coefs[l - 1].kappa)
+            cols, rows = [], []
             if zbar is not None:
-                Gl.addcmul_(_col(zbar), ys[l - 1])
+                cols.append(_col(zbar))
+                rows.append(ys[l - 1])
             if rights[l - 1] is not None:
-                Gl.addcmul_(_col(ys[l]), rights[l - 1])
+                s = saved[l - 1]
+                cols.append(s.ucol if s.ucol is not None else _col(ys[l]))
+                rows.append(rights[l - 1])
+            Mg[l - 1].add(cols, rows)
+        for mg, mw, k in zip(Mg, Mw, Ks, strict=True):
+            if t % k == 0:  # bottom of a chunk
+                mg.fold()
+                mw.fold()
     for b in bars:  # collected newest-first
         for v in b.values():
             v.reverse()
-    # the tape's layer index for p, q is l (ys[l], es[l] of layer l+1's inputs)
     grad = _coefficient_grads(bars, tape, coefs, coef)
     return ce, Net(W=final_W, Bf=net.Bf, D=net.D), grad

@@ -15,9 +15,11 @@ from plastcli.rules import LayerCoefficients, layer_mask
 SMALL = {"quad_1", "quad_2", "quad_3", "sum_post_grad"}  # large values blow the net up
 
 
-def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8)):
+def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1):
     """(autograd grad, adjoint grad, autograd CE, adjoint CE) in float64."""
     torch.set_default_dtype(torch.float64)
+    min_defer = adjoint.MIN_DEFER_SIZE
+    adjoint.MIN_DEFER_SIZE = 0  # the tiny layers defer too when chunk > 1
     try:
         sampler = _tiny_sampler()
         cfg = _config(terms, feedback, P=len(seeds))
@@ -39,32 +41,53 @@ def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8)):
         active = LayerCoefficients.build(full.detach(), tr.mask).active
         ce, _, cg = adjoint.meta_loss_and_coef_grad(net, ep.x_train, ep.y_train, ep.x_query,
                                                     ep.y_query, coef.detach(), active, 10.0,
-                                                    feedback)
+                                                    feedback, chunk=chunk)
         got = torch.autograd.grad(coef, theta, cg)[0]
         return ref, got, ce_ref.detach(), ce
     finally:
         torch.set_default_dtype(torch.float32)
+        adjoint.MIN_DEFER_SIZE = min_defer
 
 
+# chunk 1 applies every update at once; 5 defers them (12 steps: two full chunks and a
+# partial one), exercising the low-rank products and the chunked reads of G
+@pytest.mark.parametrize("chunk", [1, 5])
 @pytest.mark.parametrize("term", TERM_NAMES)
-def test_each_term_alone_matches_autograd(term):
+def test_each_term_alone_matches_autograd(term, chunk):
     terms = ["pseudo_grad"] if term == "pseudo_grad" else ["pseudo_grad", term]
-    ref, got, ce_ref, ce = _both_gradients(terms, "fixed")
+    ref, got, ce_ref, ce = _both_gradients(terms, "fixed", chunk=chunk)
     torch.testing.assert_close(ce, ce_ref, rtol=1e-12, atol=1e-12)
     assert ref.abs().max() > 1e-3  # a gradient worth comparing
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("chunk", [1, 5])
 @pytest.mark.parametrize("feedback", ["fixed", "sym"])
-def test_whole_pool_matches_autograd(feedback):
-    ref, got, _, _ = _both_gradients(list(TERM_NAMES), feedback)
+def test_whole_pool_matches_autograd(feedback, chunk):
+    ref, got, _, _ = _both_gradients(list(TERM_NAMES), feedback, chunk=chunk)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
-def test_per_layer_mask_matches_autograd():
+@pytest.mark.parametrize("feedback", ["fixed", "sym"])
+def test_pool_without_decay_defers_updates_and_matches_autograd(feedback):
+    """Decay forces a layer to apply updates at once; without it every term is deferred."""
+    terms = [t for t in TERM_NAMES if t != "decay"]
+    ref, got, _, _ = _both_gradients(terms, feedback, chunk=5)
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
+
+
+def test_strong_decay_keeps_weight_copies_and_matches_autograd(monkeypatch):
+    """Below MIN_REBUILD_FACTOR a decay layer restores stored copies instead of dividing."""
+    monkeypatch.setattr(adjoint, "MIN_REBUILD_FACTOR", 2.0)  # every decay layer keeps copies
+    ref, got, _, _ = _both_gradients(["pseudo_grad", "decay", "oja"], "fixed")
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_per_layer_mask_matches_autograd(chunk):
     terms = ["pseudo_grad", "err_hebb", "oja"]
     per_layer = [["pseudo_grad", "err_hebb"], ["pseudo_grad"], ["pseudo_grad", "oja"]]
-    ref, got, _, _ = _both_gradients(terms, "fixed", per_layer)
+    ref, got, _, _ = _both_gradients(terms, "fixed", per_layer, chunk=chunk)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
@@ -87,3 +110,31 @@ def test_unsupported_configurations_fall_back_to_autograd():
     assert not adjoint.supported("plastic", True, True)
     assert not adjoint.supported("sym", False, False)
     assert adjoint.supported("sym", False, True) and adjoint.supported("fixed", False, True)
+
+
+def test_groups_of_members_give_the_same_numbers_as_one_batch():
+    """Members are independent: running them in groups (as on the CPU) changes nothing."""
+    sampler = _tiny_sampler()
+    terms = ["pseudo_grad", "err_hebb", "oja"]
+    seeds = [3, 4, 5]
+    cfg = _config(terms, P=3)
+    tr = MetaTrainer(cfg, sampler, seeds, torch.device("cpu"))
+    ep = sampler.sample(seeds, 0, "cpu")
+    full = tr.params[0] @ tr.S
+    coef = full.unsqueeze(1) * tr.mask
+    active = LayerCoefficients.build(full, tr.mask).active
+    net = init_net(cfg.layers, seeds, 0, cfg.init, cfg.feedback)
+    out = {g: adjoint.meta_loss_and_coef_grad(net, ep.x_train, ep.y_train, ep.x_query,
+                                              ep.y_query, coef, active, 10.0, "fixed", group=g)
+           for g in (1, 2, 3)}
+    for g in (1, 2):
+        torch.testing.assert_close(out[g][0], out[3][0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(out[g][2], out[3][2], rtol=1e-5, atol=1e-6)
+        for a, b in zip(out[g][1].W, out[3][1].W, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_group_size_keeps_groups_even_and_whole_population_on_gpu():
+    net = init_net([784, 170, 130, 100, 70, 47], list(range(16)), 0, "xavier", "fixed")
+    assert adjoint.group_size(net, "cpu") == 8  # 2.1 MB of W, B, G per member
+    assert adjoint.group_size(net, "meta") == 16  # any non-CPU device: one batch
