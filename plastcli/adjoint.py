@@ -47,7 +47,6 @@ from plastcli.rules import (
 A_TERMS = frozenset({PSEUDO, SUM_POST, QUAD2, ERR_HEBB})  # left factor e_l
 B_TERMS = frozenset({POST_PRE_ERR, QUAD1, QUAD3, OJA})  # left factor y_l
 ALPHA_CHAIN = frozenset({SUM_POST, QUAD2})  # alpha depends on the state
-GAMMA_TERMS = frozenset({POST_PRE_ERR, QUAD1, QUAD3})
 # With decay the rebuild divides by (1 - c_decay); below this factor the layer keeps
 # a copy per step instead, so rounding is never amplified by more than 2x per step.
 MIN_REBUILD_FACTOR = 0.5
@@ -329,65 +328,57 @@ class _ChunkReads:
 
 
 def _coefficient_grads(bars: list[dict[str, list]], tape: list, coefs: list[_Coefs],
-                       like: torch.Tensor) -> torch.Tensor:
+                       x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """dLoss/dcoef ``[P, L, R]`` (like ``like``) from the per-step vectors, stacked once.
 
     ``bars[l]`` holds the reverse pass's per-step adjoints in forward order; the forward
-    quantities (p = y_{l-1}, q = e_{l-1}, v = W^T y_l, s6, s7, s9) come from ``tape``.
+    quantities (p = y_{l-1}, q = e_{l-1}, v = W^T y_l, s6, s7, s9) come from ``tape``
+    (p of layer 1 is the input x ``[P, T, n_0]`` itself).
     """
     grad = torch.zeros_like(like)
 
-    def fwd(l, pick):  # [P, T, n] (rows) or [P, T] (scalars) over the steps
-        out = torch.cat([pick(step, l) for step in tape], 1)
-        return out.squeeze(-1) if out.shape[-1] == 1 and pick in SCALARS else out
+    def dot(a, b):  # [P, T, n] x [P, T, n] -> [P], without a [P, T, n] temporary
+        P = a.shape[0]
+        return torch.bmm(a.reshape(P, 1, -1), b.reshape(P, -1, 1)).view(P)
 
-    def p_of(step, l):
-        return step[0][l]
-
-    def q_of(step, l):
-        return step[3][l]
-
-    def s6_of(step, l):
-        return step[5][l].s6
-
-    def s7_of(step, l):
-        return step[5][l].s7
-
-    def s9_of(step, l):
-        return step[5][l].s9
-
-    def v_of(step, l):
-        return step[5][l].v
-
-    SCALARS = (s6_of, s7_of, s9_of)
     for l, (k, b) in enumerate(zip(coefs, bars, strict=True)):
-        on = k.on
+        on, cache = k.on, {}
+
+        def fwd(name, l=l, cache=cache):  # [P, T, n] rows, or [P, T] for the scalars
+            if name not in cache:
+                if name == "p" and l == 0:
+                    cache[name] = x
+                else:
+                    pick = {"p": lambda st: st[0][l], "q": lambda st: st[3][l]}.get(
+                        name, lambda st: getattr(st[5][l], name))
+                    out = torch.cat([pick(st) for st in tape], 1)
+                    cache[name] = out.squeeze(-1) if name in ("s6", "s7", "s9") else out
+            return cache[name]
+
         if b["abar"]:
             abar = torch.cat(b["abar"], 1)
-            alphabar = -(abar * fwd(l, p_of)).sum(-1)  # [P, T]
+            if on & ALPHA_CHAIN:
+                alphabar = -(abar * fwd("p")).sum(-1)  # [P, T]
+                for r, f in ((SUM_POST, "s6"), (QUAD2, "s7")):
+                    if r in on:
+                        grad[:, l, r] = (alphabar * fwd(f)).sum(1)
             if PSEUDO in on:
-                grad[:, l, PSEUDO] = alphabar.sum(1)
-            if SUM_POST in on:
-                grad[:, l, SUM_POST] = (alphabar * fwd(l, s6_of)).sum(1)
-            if QUAD2 in on:
-                grad[:, l, QUAD2] = (alphabar * fwd(l, s7_of)).sum(1)
+                grad[:, l, PSEUDO] = -dot(abar, fwd("p"))
             if ERR_HEBB in on:
-                grad[:, l, ERR_HEBB] = -(abar * fwd(l, q_of)).sum((1, 2))
+                grad[:, l, ERR_HEBB] = -dot(abar, fwd("q"))
         if b["bbar"]:
             bbar = torch.cat(b["bbar"], 1)
-            if on & GAMMA_TERMS:
-                gammabar = -(bbar * fwd(l, q_of)).sum(-1)
-                if POST_PRE_ERR in on:
-                    grad[:, l, POST_PRE_ERR] = gammabar.sum(1)
-                if QUAD1 in on:
-                    grad[:, l, QUAD1] = (gammabar * fwd(l, s7_of)).sum(1)
-                if QUAD3 in on:
-                    grad[:, l, QUAD3] = (gammabar * fwd(l, s9_of)).sum(1)
+            if on & {QUAD1, QUAD3}:
+                gammabar = -(bbar * fwd("q")).sum(-1)  # [P, T]
+                for r, f in ((QUAD1, "s7"), (QUAD3, "s9")):
+                    if r in on:
+                        grad[:, l, r] = (gammabar * fwd(f)).sum(1)
+            if POST_PRE_ERR in on:
+                grad[:, l, POST_PRE_ERR] = -dot(bbar, fwd("q"))
             if OJA in on:
-                grad[:, l, OJA] = (bbar * (fwd(l, p_of) - fwd(l, v_of))).sum((1, 2))
+                grad[:, l, OJA] = dot(bbar, fwd("p")) - dot(bbar, fwd("v"))
         if b["cbar"]:
-            cbar = torch.cat(b["cbar"], 1)
-            grad[:, l, ONES_PRE_ERR] = -(cbar * fwd(l, q_of)).sum((1, 2))
+            grad[:, l, ONES_PRE_ERR] = -dot(torch.cat(b["cbar"], 1), fwd("q"))
         if b["decay"]:
             grad[:, l, DECAY] = torch.stack(b["decay"], 1).sum(1)
     return grad
@@ -584,5 +575,5 @@ def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback:
     for b in bars:  # collected newest-first
         for v in b.values():
             v.reverse()
-    grad = _coefficient_grads(bars, tape, coefs, coef)
+    grad = _coefficient_grads(bars, tape, coefs, x, coef)
     return ce, Net(W=final_W, Bf=net.Bf, D=net.D), grad
