@@ -95,10 +95,21 @@ class _LowRank:
     def __init__(self, base: torch.Tensor, cap: int, sign: float = 1.0):
         self.base, self.cap, self.sign, self.j = base, cap, sign, 0
         self.base_T = base.transpose(1, 2)  # a view: stays valid as base changes in place
+        self._views: dict[int, tuple] = {}
         if cap:
             P, n, m = base.shape
             self.U = base.new_zeros(P, n, cap)  # left factors as columns
             self.V = base.new_zeros(P, cap, m)  # right factors as rows
+            # views made once: per-step slicing would cost more operations than the products
+            self._slots = [(self.U[:, :, i : i + 1], self.V[:, i : i + 1]) for i in range(cap)]
+
+    def _pending(self) -> tuple:
+        """(U_j ``[P, n, j]``, V_j ``[P, j, m]``, U_j^T, V_j^T) for the j pending terms."""
+        j = self.j
+        if j not in self._views:
+            U, V = self.U[:, :, :j], self.V[:, :j]
+            self._views[j] = (U, V, U.transpose(1, 2), V.transpose(1, 2))
+        return self._views[j]
 
     def add(self, cols, rows) -> None:
         """M += sign * sum_i cols[i] rows[i]; columns ``[P, n, 1]``, rows ``[P, 1, m]``."""
@@ -109,31 +120,32 @@ class _LowRank:
         if self.j + len(cols) > self.cap:
             self.fold()
         for a, b in zip(cols, rows, strict=True):
-            self.U[:, :, self.j : self.j + 1] = a
-            self.V[:, self.j : self.j + 1] = b
+            u, v = self._slots[self.j]
+            u.copy_(a)
+            v.copy_(b)
             self.j += 1
 
     def fold(self) -> None:
         """Fold the pending terms into base (one batched GEMM)."""
         if self.j:
-            j = self.j
-            self.base.baddbmm_(self.U[:, :, :j], self.V[:, :j], alpha=self.sign)
+            U, V, _, _ = self._pending()
+            self.base.baddbmm_(U, V, alpha=self.sign)
             self.j = 0
 
     def times_T(self, x, base_part=None):
         """x M^T for rows x ``[P, k, m]`` -> ``[P, k, n]`` (base_part: x base^T if known)."""
         out = torch.bmm(x, self.base_T) if base_part is None else base_part
         if self.j:
-            c = torch.bmm(x, self.V[:, : self.j].transpose(1, 2))  # [P, k, j]
-            out = torch.baddbmm(out, c, self.U[:, :, : self.j].transpose(1, 2), alpha=self.sign)
+            _, _, U_T, V_T = self._pending()
+            out = torch.baddbmm(out, torch.bmm(x, V_T), U_T, alpha=self.sign)
         return out
 
     def times(self, y, base_part=None):
         """y M for rows y ``[P, k, n]`` -> ``[P, k, m]`` (base_part: y base if known)."""
         out = torch.bmm(y, self.base) if base_part is None else base_part
         if self.j:
-            c = torch.bmm(y, self.U[:, :, : self.j])  # [P, k, j]
-            out = torch.baddbmm(out, c, self.V[:, : self.j], alpha=self.sign)
+            U, V, _, _ = self._pending()
+            out = torch.baddbmm(out, torch.bmm(y, U), V, alpha=self.sign)
         return out
 
 
@@ -313,17 +325,21 @@ class _ChunkReads:
         self.nr = len(rights) // len(steps)
         self.left = torch.bmm(torch.cat(lefts, 1), G.base) if lefts else None
         self.right = torch.bmm(torch.cat(rights, 1), G.base_T) if rights else None
+        self.rows = None
 
     def at(self, t: int, s: _Saved) -> dict:
         """The base products of step t by name (abar, bbar, cbar, Ga, Gb)."""
+        if self.rows is None:  # split once per chunk: one operation, not one per read
+            self.rows = (self.left.split(1, 1) if self.left is not None else (),
+                         self.right.split(1, 1) if self.right is not None else ())
         i, out = t - self.c0, {}
         names_l = [n for n, x in (("abar", s.a), ("bbar", s.b), ("cbar", s.ones))
                    if x is not None]
         names_r = [n for n, x in (("Ga", s.a), ("Gb", s.b)) if x is not None]
         for j, n in enumerate(names_l):
-            out[n] = self.left[:, i * self.nl + j : i * self.nl + j + 1]
+            out[n] = self.rows[0][i * self.nl + j]
         for j, n in enumerate(names_r):
-            out[n] = self.right[:, i * self.nr + j : i * self.nr + j + 1]
+            out[n] = self.rows[1][i * self.nr + j]
         return out
 
 
