@@ -26,6 +26,8 @@ coefficients ``[P, L, R]``, sliced once into ``[P, 1, 1]`` views.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -163,7 +165,7 @@ class _Coefs:
 class _Saved:
     """What one layer's update at one step keeps for the reverse pass (all small)."""
 
-    __slots__ = ("a", "b", "ones", "s6", "s7", "s9", "alpha", "gamma", "Wq", "v", "W",
+    __slots__ = ("a", "b", "ones", "s6", "s7", "s9", "neg_alpha", "gamma", "Wq", "v", "W",
                  "lefts", "cols", "rights", "ucol")
 
     def set_factors(self, g, u, ones) -> None:
@@ -193,15 +195,16 @@ def _update(M: _LowRank, k: _Coefs, g, q, u, p, z, ones, keep_copy: bool) -> _Sa
     s.s7 = _dot(u, s.Wq) if s.Wq is not None else None
     s.s9 = _dot(g, z) if QUAD3 in on else None
     s.v = M.times(u) if OJA in on or s.s7 is not None else None  # (W^T y_l)^T
-    s.alpha = s.gamma = s.a = s.b = s.ones = None
+    s.neg_alpha = s.gamma = s.a = s.b = s.ones = None
     if on & A_TERMS:
         alpha = c.get(PSEUDO)
         for r, f in ((SUM_POST, s.s6), (QUAD2, s.s7)):
             if r in on:
                 alpha = c[r] * f if alpha is None else alpha + c[r] * f
         # -alpha, kept for the reverse pass (a coefficient view when alpha is constant)
-        s.alpha = None if alpha is None else neg[PSEUDO] if alpha is c.get(PSEUDO) else -alpha
-        a = None if alpha is None else s.alpha * p
+        s.neg_alpha = (None if alpha is None else neg[PSEUDO] if alpha is c.get(PSEUDO)
+                       else -alpha)
+        a = None if alpha is None else s.neg_alpha * p
         if ERR_HEBB in on:
             a = neg[ERR_HEBB] * q if a is None else a.addcmul_(neg[ERR_HEBB], q)
         s.a = a
@@ -263,8 +266,8 @@ def _update_adjoint(G: _LowRank, W: _LowRank, k: _Coefs, s: _Saved, l: int, g, q
         bars["abar"].append(abar)
         # rows taken from a chunk product are read once each, so in-place adds are safe
         adj.e[l] = _add(adj.e[l], G.times_T(s.a, known.get("Ga")))  # G a
-        if s.alpha is not None:  # s.alpha holds -alpha
-            adj.y[l - 1] = _addmul(adj.y[l - 1], s.alpha, abar)
+        if s.neg_alpha is not None:
+            adj.y[l - 1] = _addmul(adj.y[l - 1], s.neg_alpha, abar)
         if ERR_HEBB in on:
             adj.e[l - 1] = _addmul(adj.e[l - 1], neg[ERR_HEBB], abar)
         if on & ALPHA_CHAIN:
@@ -469,6 +472,20 @@ def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
     return ce, Net(W=W, Bf=net.Bf, D=net.D), torch.cat([p[2] for p in parts])
 
 
+@dataclass
+class _Setup:
+    """What the forward and reverse passes of one group share (fixed for the episode)."""
+
+    L: int
+    beta: float
+    coefs: list[_Coefs]
+    Ks: list[int]  # chunk length per layer (1: updates applied at once)
+    keep: list[bool]  # layer keeps weight copies instead of rebuilding (strong decay)
+    ones: list  # [P, 1, n_l] rows of ones for layers with ones_pre_err, else None
+    d0s: tuple | None  # per step 1 - exp(-beta x_t) [P, 1, n_0] if e_0 is needed
+    Bf: list | None  # fixed feedback matrices B_l [P, n_l, n_{l-1}]; None for sym (B = W)
+
+
 def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: str,
                chunk: int | None):
     """:func:`meta_loss_and_coef_grad` for one group of members."""
@@ -476,25 +493,39 @@ def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback:
     L = net.n_layers
     n_out = net.W[-1].shape[1]
     ons = [frozenset(a) for a in active]
-    need_e0 = bool(ons[0] & USES_PRE_ERROR)
     coefs = [_Coefs(coef[:, l], ons[l]) for l in range(L)]
-    keep = [k.kappa is not None and bool((k.kappa.abs() < MIN_REBUILD_FACTOR).any())
-            for k in coefs]
     K = chunk_steps(P, x.device) if chunk is None else chunk
-    # decay rescales the whole matrix every step, so its layers never defer; small
-    # matrices stay in cache anyway and would only pay for the thin products
-    Ks = [1 if k.kappa is not None or w[0].numel() < MIN_DEFER_SIZE else K
-          for k, w in zip(coefs, net.W, strict=True)]
-    xs = x.unsqueeze(2).unbind(1)  # T rows [P, 1, n_0]
-    targets = F.one_hot(labels, n_out).to(x.dtype).unsqueeze(2).unbind(1)
-    d0s = (1.0 - torch.exp(-beta * x)).unsqueeze(2).unbind(1) if need_e0 else None
-    ones = [x.new_ones(P, 1, w.shape[1]) if ONES_PRE_ERR in on else None
-            for w, on in zip(net.W, ons, strict=True)]
+    setup = _Setup(
+        L=L, beta=beta, coefs=coefs,
+        # decay rescales the whole matrix every step, so its layers never defer; small
+        # matrices stay in cache anyway and would only pay for the thin products
+        Ks=[1 if k.kappa is not None or w[0].numel() < MIN_DEFER_SIZE else K
+            for k, w in zip(coefs, net.W, strict=True)],
+        keep=[k.kappa is not None and bool((k.kappa.abs() < MIN_REBUILD_FACTOR).any())
+              for k in coefs],
+        ones=[x.new_ones(P, 1, w.shape[1]) if ONES_PRE_ERR in on else None
+              for w, on in zip(net.W, ons, strict=True)],
+        d0s=(1.0 - torch.exp(-beta * x)).unsqueeze(2).unbind(1)
+        if ons[0] & USES_PRE_ERROR else None,
+        Bf=None if feedback == "sym" else list(net.Bf),
+    )
     W = [w.clone() for w in net.W]  # updated in place, then rebuilt backwards
-    Mw = [_LowRank(w, 3 * k if k > 1 else 0) for w, k in zip(W, Ks, strict=True)]
-    Bt = None if feedback == "sym" else [b.transpose(1, 2) for b in net.Bf]
+    targets = F.one_hot(labels, n_out).to(x.dtype).unsqueeze(2).unbind(1)
+    tape = _forward(setup, W, x, targets)
+    final_W = [w.clone() for w in W]
+    ce, G = _query_loss_and_grad(W, xq, yq, beta, n_out)
+    bars = _reverse(setup, W, G, tape)
+    grad = _coefficient_grads(bars, tape, coefs, x, coef)
+    return ce, Net(W=final_W, Bf=net.Bf, D=net.D), grad
 
-    tape = []  # per step: (ys, zs, ds, es, hs, saved); hs[l] = back_l * d_l (1 - d_l)
+
+def _forward(su: _Setup, W: list[torch.Tensor], x, targets) -> list[tuple]:
+    """The inner loop, W updated in place; returns the tape, per step
+    (ys, zs, ds, es, hs, saved) with hs[l] = back_l * d_l (1 - d_l)."""
+    L, beta, Ks, T = su.L, su.beta, su.Ks, x.shape[1]
+    Mw = [_LowRank(w, 3 * k if k > 1 else 0) for w, k in zip(W, Ks, strict=True)]
+    xs = x.unsqueeze(2).unbind(1)  # T rows [P, 1, n_0]
+    tape = []
     z1_base = None  # the inputs are known in advance: W_1 x_t for a whole chunk is one GEMM
     for t in range(T):
         if Ks[0] > 1 and t % Ks[0] == 0:
@@ -513,25 +544,34 @@ def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback:
         hs = [None] * (L + 1)
         es[L] = ys[L] - targets[t]
         for l in range(L, 0, -1):
-            if l == 1 and not need_e0:
+            if l == 1 and su.d0s is None:
                 break
             # (B_l^T e_l)^T; sym: B_l = W_l by value
-            back = Mw[l - 1].times(es[l]) if Bt is None else torch.bmm(es[l], net.Bf[l - 1])
-            d = ds[l - 1] if l > 1 else d0s[t]
+            back = Mw[l - 1].times(es[l]) if su.Bf is None else torch.bmm(es[l], su.Bf[l - 1])
+            d = ds[l - 1] if l > 1 else su.d0s[t]
             es[l - 1] = back * d
             if l > 1:  # d e_{l-1} / d z_{l-1} = beta * back * d (1 - d); beta applied in reverse
                 hs[l - 1] = torch.ops.aten.sigmoid_backward(back, d)
-        saved = [_update(Mw[l - 1], coefs[l - 1], es[l], es[l - 1], ys[l], ys[l - 1], zs[l],
-                         ones[l - 1], keep[l - 1]) for l in range(1, L + 1)]
+        saved = [_update(Mw[l - 1], su.coefs[l - 1], es[l], es[l - 1], ys[l], ys[l - 1], zs[l],
+                         su.ones[l - 1], su.keep[l - 1]) for l in range(1, L + 1)]
         tape.append((ys, zs, ds, es, hs, saved))
         for m, k in zip(Mw, Ks, strict=True):
             if (t + 1) % k == 0 or t == T - 1:
                 m.fold()
-    final_W = [w.clone() for w in W]
+    return tape
 
-    ce, G = _query_loss_and_grad(W, xq, yq, beta, n_out)
+
+def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
+             tape: list[tuple]) -> list[dict[str, list]]:
+    """Walk back through the tape: W rebuilt and G = dLoss/dW_t updated in place.
+
+    Returns per layer the factor adjoints (abar, bbar, cbar) and decay gradients of every
+    step, in forward order, for :func:`_coefficient_grads`.
+    """
+    L, beta, Ks, coefs, T = su.L, su.beta, su.Ks, su.coefs, len(tape)
     Mw = [_LowRank(w, 3 * k if k > 1 else 0, sign=-1.0) for w, k in zip(W, Ks, strict=True)]
     Mg = [_LowRank(g, 2 * k if k > 1 else 0) for g, k in zip(G, Ks, strict=True)]
+    Bt = None if su.Bf is None else [b.transpose(1, 2) for b in su.Bf]
     reads: list[_ChunkReads | None] = [None] * L
     bars = [{"abar": [], "bbar": [], "cbar": [], "decay": []} for _ in range(L)]
     for t in range(T - 1, -1, -1):
@@ -546,14 +586,14 @@ def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback:
             known = reads[l - 1].at(t, s) if K_l > 1 else {}
             _restore(Mw[l - 1], k, s)
             rights.append(_update_adjoint(Mg[l - 1], Mw[l - 1], k, s, l, es[l], es[l - 1],
-                                          ys[l], ys[l - 1], zs[l], ones[l - 1], adj,
+                                          ys[l], ys[l - 1], zs[l], su.ones[l - 1], adj,
                                           bars[l - 1], known))
         # error chain e_{l-1} = (B_l^T e_l) * d_{l-1}, reversed from e_0 upwards
         for l in range(1, L + 1):
             ebar = adj.e[l - 1]
             if es[l - 1] is None or ebar is None:
                 continue
-            d = ds[l - 1] if l > 1 else d0s[t]
+            d = ds[l - 1] if l > 1 else su.d0s[t]
             dd = ebar * d
             back_bar = Mw[l - 1].times_T(dd) if Bt is None else torch.bmm(dd, Bt[l - 1])
             adj.e[l] = _add(adj.e[l], back_bar)
@@ -591,5 +631,4 @@ def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback:
     for b in bars:  # collected newest-first
         for v in b.values():
             v.reverse()
-    grad = _coefficient_grads(bars, tape, coefs, x, coef)
-    return ce, Net(W=final_W, Bf=net.Bf, D=net.D), grad
+    return bars
