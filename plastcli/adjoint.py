@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from plastcli import input_layer
 from plastcli.network import Net, softplus
 from plastcli.rules import (
     DECAY,
@@ -484,6 +485,7 @@ class _Setup:
     ones: list  # [P, 1, n_l] rows of ones for layers with ones_pre_err, else None
     d0s: tuple | None  # per step 1 - exp(-beta x_t) [P, 1, n_0] if e_0 is needed
     Bf: list | None  # fixed feedback matrices B_l [P, n_l, n_{l-1}]; None for sym (B = W)
+    first: input_layer.InputLayerChunks | None = None  # layer 1 in WY chunks (Oja rules)
 
 
 def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: str,
@@ -510,12 +512,17 @@ def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback:
         Bf=None if feedback == "sym" else list(net.Bf),
     )
     W = [w.clone() for w in net.W]  # updated in place, then rebuilt backwards
+    if setup.Ks[0] > 1 and input_layer.applies(ons[0], feedback):
+        setup.first = input_layer.InputLayerChunks(W[0], x, setup.Ks[0], coefs[0].c)
     targets = F.one_hot(labels, n_out).to(x.dtype).unsqueeze(2).unbind(1)
     tape = _forward(setup, W, x, targets)
     final_W = [w.clone() for w in W]
     ce, G = _query_loss_and_grad(W, xq, yq, beta, n_out)
     bars = _reverse(setup, W, G, tape)
     grad = _coefficient_grads(bars, tape, coefs, x, coef)
+    if setup.first is not None:  # layer 1's were summed chunk by chunk
+        for r, g in setup.first.coef_grad.items():
+            grad[:, 0, r] = g
     return ce, Net(W=final_W, Bf=net.Bf, D=net.D), grad
 
 
@@ -523,17 +530,22 @@ def _forward(su: _Setup, W: list[torch.Tensor], x, targets) -> list[tuple]:
     """The inner loop, W updated in place; returns the tape, per step
     (ys, zs, ds, es, hs, saved) with hs[l] = back_l * d_l (1 - d_l)."""
     L, beta, Ks, T = su.L, su.beta, su.Ks, x.shape[1]
-    Mw = [_LowRank(w, 3 * k if k > 1 else 0) for w, k in zip(W, Ks, strict=True)]
+    first = su.first
+    Mw = [_LowRank(w, 3 * k if k > 1 and (l or first is None) else 0)
+          for l, (w, k) in enumerate(zip(W, Ks, strict=True))]
     xs = x.unsqueeze(2).unbind(1)  # T rows [P, 1, n_0]
     tape = []
     z1_base = None  # the inputs are known in advance: W_1 x_t for a whole chunk is one GEMM
     for t in range(T):
-        if Ks[0] > 1 and t % Ks[0] == 0:
+        if Ks[0] > 1 and t % Ks[0] == 0 and first is None:
             z1_base = torch.bmm(x[:, t : t + Ks[0]], Mw[0].base_T)  # [P, K, n_1]
         ys, zs, ds = [xs[t]], [None], [None]
         for l in range(1, L + 1):
-            known = z1_base[:, t % Ks[0] : t % Ks[0] + 1] if l == 1 and Ks[0] > 1 else None
-            z = Mw[l - 1].times_T(ys[-1], known)
+            if l == 1 and first is not None:
+                z = first.z(t)
+            else:
+                known = z1_base[:, t % Ks[0] : t % Ks[0] + 1] if l == 1 and Ks[0] > 1 else None
+                z = Mw[l - 1].times_T(ys[-1], known)
             zs.append(z)
             if l < L:
                 ds.append(torch.sigmoid(z * beta))
@@ -552,12 +564,15 @@ def _forward(su: _Setup, W: list[torch.Tensor], x, targets) -> list[tuple]:
             es[l - 1] = back * d
             if l > 1:  # d e_{l-1} / d z_{l-1} = beta * back * d (1 - d); beta applied in reverse
                 hs[l - 1] = torch.ops.aten.sigmoid_backward(back, d)
-        saved = [_update(Mw[l - 1], su.coefs[l - 1], es[l], es[l - 1], ys[l], ys[l - 1], zs[l],
-                         su.ones[l - 1], su.keep[l - 1]) for l in range(1, L + 1)]
+        saved = [first.update(t, es[1], es[0], ys[1]) if l == 1 and first is not None
+                 else _update(Mw[l - 1], su.coefs[l - 1], es[l], es[l - 1], ys[l], ys[l - 1],
+                              zs[l], su.ones[l - 1], su.keep[l - 1]) for l in range(1, L + 1)]
         tape.append((ys, zs, ds, es, hs, saved))
         for m, k in zip(Mw, Ks, strict=True):
             if (t + 1) % k == 0 or t == T - 1:
                 m.fold()
+        if first is not None and ((t + 1) % Ks[0] == 0 or t == T - 1):
+            first.close()
     return tape
 
 
@@ -569,8 +584,10 @@ def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
     step, in forward order, for :func:`_coefficient_grads`.
     """
     L, beta, Ks, coefs, T = su.L, su.beta, su.Ks, su.coefs, len(tape)
-    Mw = [_LowRank(w, 3 * k if k > 1 else 0, sign=-1.0) for w, k in zip(W, Ks, strict=True)]
-    Mg = [_LowRank(g, 2 * k if k > 1 else 0) for g, k in zip(G, Ks, strict=True)]
+    first = su.first
+    caps = [k if k > 1 and (l or first is None) else 0 for l, k in enumerate(Ks)]
+    Mw = [_LowRank(w, 3 * k, sign=-1.0) for w, k in zip(W, caps, strict=True)]
+    Mg = [_LowRank(g, 2 * k) for g, k in zip(G, caps, strict=True)]
     Bt = None if su.Bf is None else [b.transpose(1, 2) for b in su.Bf]
     reads: list[_ChunkReads | None] = [None] * L
     bars = [{"abar": [], "bbar": [], "cbar": [], "decay": []} for _ in range(L)]
@@ -580,6 +597,12 @@ def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
         rights = []
         for l in range(1, L + 1):
             k, s, K_l = coefs[l - 1], saved[l - 1], Ks[l - 1]
+            if l == 1 and first is not None:
+                if t == T - 1 or (t + 1) % K_l == 0:
+                    first.top(G[0])
+                adj.e[1], adj.y[1], adj.e[0] = first.reverse(t, adj.e[1], adj.y[1])
+                rights.append(None)
+                continue
             if K_l > 1 and (t == T - 1 or (t + 1) % K_l == 0):  # top of a chunk
                 c0 = t - t % K_l
                 reads[l - 1] = _ChunkReads(Mg[l - 1], c0, [st[5][l - 1] for st in tape[c0 : t + 1]])
@@ -613,6 +636,9 @@ def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
             zbar = adj.z[l]
             if zbar is not None and l > 1:
                 adj.y[l - 1] = _add(adj.y[l - 1], Mw[l - 1].times(zbar))
+            if l == 1 and first is not None:
+                first.record_zbar(t, zbar)
+                continue
             if coefs[l - 1].kappa is not None:
                 Mg[l - 1].base.mul_(coefs[l - 1].kappa)
             cols, rows = [], []
@@ -628,6 +654,8 @@ def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
             if t % k == 0:  # bottom of a chunk
                 mg.fold()
                 mw.fold()
+        if first is not None and t % Ks[0] == 0:
+            first.bottom(G[0])
     for b in bars:  # collected newest-first
         for v in b.values():
             v.reverse()

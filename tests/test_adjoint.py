@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_engine import _config, _tiny_sampler
 
-from plastcli import adjoint
+from plastcli import adjoint, input_layer
 from plastcli.engine import MetaTrainer
 from plastcli.network import init_net
 from plastcli.recipes import TERM_NAMES
@@ -89,6 +89,35 @@ def test_per_layer_mask_matches_autograd(chunk):
     per_layer = [["pseudo_grad", "err_hebb"], ["pseudo_grad"], ["pseudo_grad", "oja"]]
     ref, got, _, _ = _both_gradients(terms, "fixed", per_layer, chunk=chunk)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(("terms", "feedback"), [
+    (["pseudo_grad", "err_hebb", "oja"], "fixed"),  # F_bio
+    (["pseudo_grad", "post_act_pre_err", "oja"], "fixed"),
+    (["pseudo_grad", "err_hebb", "post_act_pre_err", "oja"], "fixed"),
+    (["pseudo_grad", "oja"], "sym"),
+    (["oja"], "fixed"),
+])
+def test_input_layer_in_wy_chunks_matches_autograd(terms, feedback, monkeypatch):
+    """Layer 1 under Oja's term runs in chunks of basis products (input_layer.py)."""
+    closed = []
+    close = input_layer.InputLayerChunks.close
+    monkeypatch.setattr(input_layer.InputLayerChunks, "close",
+                        lambda self: closed.append(1) or close(self))
+    ref, got, ce_ref, ce = _both_gradients(terms, feedback, chunk=5)
+    assert len(closed) == 3  # 12 steps: chunks of 5, 5 and 2 took this path
+    torch.testing.assert_close(ce, ce_ref, rtol=1e-12, atol=1e-12)
+    assert ref.abs().max() > 1e-3
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
+
+
+def test_input_layer_path_needs_oja_and_plain_terms():
+    on = frozenset({0, 2, 9})  # pseudo_grad, err_hebb, oja
+    assert input_layer.applies(on, "fixed")
+    assert not input_layer.applies(on, "sym")  # e_0 would read the changing W_1
+    assert input_layer.applies(frozenset({0, 9}), "sym")
+    assert not input_layer.applies(frozenset({0, 2}), "fixed")  # no oja: nothing to gain
+    assert not input_layer.applies(frozenset({0, 3, 9}), "fixed")  # decay
 
 
 def test_trainer_paths_agree_and_choice_is_honoured():
