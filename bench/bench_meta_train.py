@@ -2,7 +2,8 @@
 
 Prints the median seconds per episode of recipes/bio.yaml at each population size P
 (each in a fresh subprocess so peak memory is per configuration; min and max too),
-and seconds per member-episode.
+seconds per member-episode, how many processes shared the population (one per core
+torch may use; see plastcli/workers.py) and their peak memory, summed.
 Options: --sizes 1 16  --episodes 5  --device cpu|cuda  --recipe recipes/bio.yaml
 """
 
@@ -20,7 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(recipe: str, P: int, episodes: int, device: str) -> dict:
-    import resource
     import time
 
     import torch
@@ -28,6 +28,7 @@ def measure(recipe: str, P: int, episodes: int, device: str) -> dict:
     from plastcli.data import TaskSampler, load_dataset
     from plastcli.engine import MetaConfig, MetaTrainer, resolve_device
     from plastcli.recipes import load_recipe
+    from plastcli.workers import peak_rss_all_mib, processes_for
 
     r = load_recipe(recipe, [f"population.seeds={P}"])
     dev = resolve_device(device)
@@ -50,7 +51,7 @@ def measure(recipe: str, P: int, episodes: int, device: str) -> dict:
     sec = statistics.median(times)
     out = {"P": P, "s_per_episode": sec, "s_per_member_episode": sec / P,
            "s_per_episode_min": min(times), "s_per_episode_max": max(times),
-           "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "peak_rss_MiB": peak_rss_all_mib(), "processes": processes_for(P, dev),
            "threads": torch.get_num_threads(), "device": str(dev)}
     if dev.type == "cuda":
         out["peak_gpu_MiB"] = torch.cuda.max_memory_allocated() / 2**20
@@ -71,7 +72,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{__import__('os').cpu_count()} cores; recipe {a.recipe}")
     print(f"{'P':>6} {'s/episode':>10} {'(min - max)':>15} {'s/member-episode':>17} "
-          f"{'peak RSS MiB':>13}")
+          f"{'processes':>10} {'peak RSS MiB':>13}")
     for P in a.sizes:
         res = subprocess.run([sys.executable, __file__, "--recipe", a.recipe, "--episodes",
                               str(a.episodes), "--device", a.device, "--child", str(P)],
@@ -80,7 +81,7 @@ def main() -> None:
         extra = f"  peak GPU {m['peak_gpu_MiB']:.0f} MiB" if "peak_gpu_MiB" in m else ""
         spread = f"({m['s_per_episode_min']:.3f} - {m['s_per_episode_max']:.3f})"
         print(f"{P:>6} {m['s_per_episode']:>10.3f} {spread:>15} {m['s_per_member_episode']:>17.4f} "
-              f"{m['peak_rss_MiB']:>13.0f}{extra}")
+              f"{m['processes']:>10} {m['peak_rss_MiB']:>13.0f}{extra}")
 
 
 if __name__ == "__main__":

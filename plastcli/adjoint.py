@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from plastcli import input_layer
+from plastcli import input_layer, workers
 from plastcli.network import Net, softplus
 from plastcli.rules import (
     DECAY,
@@ -449,25 +449,39 @@ def group_size(net: Net, device: torch.device | str) -> int:
 def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
                             xq: torch.Tensor, yq: torch.Tensor, coef: torch.Tensor,
                             active: list[tuple[int, ...]], beta: float, feedback: str,
-                            chunk: int | None = None, group: int | None = None):
+                            chunk: int | None = None, group: int | None = None,
+                            processes: int | None = None):
     """Run the inner loop and return (query CE ``[P]``, final Net, dCE_sum/dcoef ``[P, L, R]``).
 
     x ``[P, T, n_0]``, labels ``[P, T]``, xq ``[P, Q, n_0]``, yq ``[P, Q]``; coef ``[P, L, R]``
     are the per-layer coefficients (theta times mask). Members are independent, so they
-    run in groups of ``group`` (default :func:`group_size`). ``chunk``: see
-    :func:`chunk_steps` (the default); any value gives the same numbers up to float
-    rounding. ``net`` is not modified.
+    are split across ``processes`` single-threaded processes (default
+    :func:`plastcli.workers.processes_for`), and within one process run in groups of
+    ``group`` (default :func:`group_size`). ``chunk``: see :func:`chunk_steps` (the
+    default). Any split and chunk give the same numbers up to float rounding, and a
+    given split always the same. ``net`` is not modified.
     """
     P = x.shape[0]
+    n_proc = workers.processes_for(P, x.device) if processes is None else processes
+    if n_proc > 1:
+        calls = [(*_members(net, x, labels, xq, yq, coef, sl), active, beta, feedback, chunk,
+                  group, 1) for sl in workers.split(P, n_proc)]
+        return _concat(net, workers.run_parts(meta_loss_and_coef_grad, calls))
     G = group_size(net, x.device) if group is None else group
     if G >= P:
         return _run_group(net, x, labels, xq, yq, coef, active, beta, feedback, chunk)
-    parts = []
-    for i in range(0, P, G):
-        sl = slice(i, i + G)
-        sub = Net(W=[w[sl] for w in net.W], Bf=[b[sl] for b in net.Bf] if net.Bf else None)
-        parts.append(_run_group(sub, x[sl], labels[sl], xq[sl], yq[sl], coef[sl], active, beta,
-                                feedback, chunk))
+    return _concat(net, [_run_group(*_members(net, x, labels, xq, yq, coef, slice(i, i + G)),
+                                    active, beta, feedback, chunk) for i in range(0, P, G)])
+
+
+def _members(net: Net, x, labels, xq, yq, coef, sl: slice) -> tuple:
+    """The arguments that hold members, restricted to the members ``sl``."""
+    sub = Net(W=[w[sl] for w in net.W], Bf=[b[sl] for b in net.Bf] if net.Bf else None)
+    return sub, x[sl], labels[sl], xq[sl], yq[sl], coef[sl]
+
+
+def _concat(net: Net, parts: list[tuple]) -> tuple:
+    """Join the (CE, final Net, coefficient gradient) of consecutive member slices."""
     ce = torch.cat([p[0] for p in parts])
     W = [torch.cat([p[1].W[l] for p in parts]) for l in range(net.n_layers)]
     return ce, Net(W=W, Bf=net.Bf, D=net.D), torch.cat([p[2] for p in parts])

@@ -50,8 +50,9 @@ def applies(on: frozenset[int], feedback: str) -> bool:
 class _Chunk:
     """One chunk's forward record: inputs ``Pc [P, k, n_0]``, ``EY [P, 2k, n_1]``, the
     update's right factors ``AB [P, 2k, n_0]`` (explicit once the chunk is closed), the
-    rows ``Q`` (q_t) and ``V`` (v_t) ``[P, k, n_0]`` for the coefficient gradients and,
-    while open, ``Zb = Pc W_0^T``, ``kappa [P, k, k]`` and ``VX [P, k, n_0]``."""
+    rows ``Q`` (q_t) and ``V`` (v_t) ``[P, k, n_0]`` for the coefficient gradients,
+    ``Zb = Pc W_0^T`` and, once closed, ``W0``; while open ``kappa [P, k, k]`` and
+    ``VX [P, k, n_0]``."""
 
     def __init__(self, W: torch.Tensor, x: torch.Tensor, c0: int, k: int):
         P, n1, n0 = W.shape
@@ -73,7 +74,8 @@ class InputLayerChunks:
     """Layer 1's forward updates and their reverse, K steps at a time (see module doc).
 
     ``W`` ``[P, n_1, n_0]`` is updated in place by the forward pass (folded once per
-    chunk) and rebuilt chunk by chunk by the reverse pass; ``x`` ``[P, T, n_0]``.
+    chunk, a copy of each chunk's start kept for the reverse pass, which leaves W as the
+    forward pass left it); ``x`` ``[P, T, n_0]``.
     ``c`` maps term index to its coefficient view ``[P, 1, 1]``.
     """
 
@@ -135,21 +137,24 @@ class InputLayerChunks:
         WY = torch.bmm(ch.kappa, torch.bmm(ch.Y, self.W))  # rows kappa_t Y W_0  [P, k, n_0]
         ch.V = ch.VX.add_(WY)
         ch.AB[:, 1::2].addcmul_(self.neg[OJA], WY)
+        # the reverse pass needs W_0 once: a copy costs one pass, rebuilding it a GEMM
+        ch.W0 = self.W.clone()
         self.W.baddbmm_(ch.EY.transpose(1, 2), ch.AB)
-        ch.Zb = ch.kappa = None
+        ch.kappa = ch.VX = None
 
     # -- reverse --------------------------------------------------------------------
     def top(self, G: torch.Tensor) -> None:
-        """Reverse entry into the chunk ending now: restore W to the chunk's start and
-        compute the chunk's products with G_E = ``G`` (dLoss/dW at the chunk's end)."""
+        """Reverse entry into the chunk ending now: compute the chunk's products with
+        G_E = ``G`` (dLoss/dW at the chunk's end) and with W_S, its start."""
         ch = self.chunks[-1]
         k = ch.k
-        self.W.baddbmm_(ch.EY.transpose(1, 2), ch.AB, alpha=-1.0)  # W_E -> W_S
         GEY = torch.bmm(ch.EY, G)  # rows e_s G_E, y_s G_E  [P, 2k, n_0]
         self.basis = torch.cat([GEY[:, 0::2], GEY[:, 1::2], ch.Pc], 1)  # [P, 3k, n_0]
         self.basis_b = self.basis[:, k:]  # the rows bbar lives in: G_E^T y_s, p_s
         self.GAB = torch.bmm(ch.AB, G.transpose(1, 2))  # G_E a_s, G_E b_s  [P, 2k, n_1]
-        self.Wb = torch.bmm(self.basis_b, self.W.transpose(1, 2))  # W_S basis  [P, 2k, n_1]
+        # W_S basis_b  [P, 2k, n_1]; its p rows are the forward's W_0 p_s
+        self.Wb = torch.cat([torch.bmm(GEY[:, 1::2], ch.W0.transpose(1, 2)), ch.Zb], 1)
+        ch.W0 = None
         self.ABdot = torch.bmm(ch.AB, self.basis_b.transpose(1, 2))  # [P, 2k, 2k]
         self.YEY = torch.bmm(ch.Y, ch.EY.transpose(1, 2))  # y_s . (e_t, y_t)  [P, k, 2k]
         self.PAB = torch.bmm(ch.Pc, ch.AB.transpose(1, 2))  # p_s . (a_t, b_t)  [P, k, 2k]
