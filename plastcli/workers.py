@@ -213,8 +213,15 @@ def _cloned(obj):
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory in MiB (Linux and macOS report it in different
-    units)."""
+    """This process's peak resident memory in MiB. On Linux from VmHWM: getrusage's
+    ru_maxrss of a worker would include the parent's memory at the time it was forked."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -70,3 +70,9 @@ def test_population_split_across_processes_gives_the_same_numbers():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert torch.equal(again[2], two[2])  # the same split gives the same numbers
     assert two[2].abs().max() > 0
+
+
+def test_peak_memory_is_reported_for_this_process_and_each_worker():
+    here, there = workers.run_parts(workers.peak_rss_mib, [(), ()])
+    assert here > 50 and there > 50  # both have torch loaded: tens of MiB at least
+    assert workers.peak_rss_all_mib() >= here
