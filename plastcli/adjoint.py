@@ -465,13 +465,22 @@ def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
     n_proc = workers.processes_for(P, x.device) if processes is None else processes
     if n_proc > 1:
         calls = [(*_members(net, x, labels, xq, yq, coef, sl), active, beta, feedback, chunk,
-                  group, 1) for sl in workers.split(P, n_proc)]
-        return _concat(net, workers.run_parts(meta_loss_and_coef_grad, calls))
+                  group) for sl in workers.split(P, n_proc)]
+        return _concat(net, workers.run_parts(run_part, calls))
     G = group_size(net, x.device) if group is None else group
     if G >= P:
         return _run_group(net, x, labels, xq, yq, coef, active, beta, feedback, chunk)
     return _concat(net, [_run_group(*_members(net, x, labels, xq, yq, coef, slice(i, i + G)),
                                     active, beta, feedback, chunk) for i in range(0, P, G)])
+
+
+def run_part(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: str,
+             chunk: int | None, group: int | None) -> tuple:
+    """One process's share of :func:`meta_loss_and_coef_grad` (run by plastcli.workers):
+    (CE, final weights, coefficient gradient), leaving out the feedback it was given."""
+    ce, final, grad = meta_loss_and_coef_grad(net, x, labels, xq, yq, coef, active, beta,
+                                              feedback, chunk, group, processes=1)
+    return ce, Net(W=final.W, Bf=None), grad
 
 
 def _members(net: Net, x, labels, xq, yq, coef, sl: slice) -> tuple:

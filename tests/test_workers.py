@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ from plastcli.rules import LayerCoefficients
 def test_split_is_contiguous_and_nearly_equal():
     assert workers.split(16, 2) == [slice(0, 8), slice(8, 16)]
     parts = workers.split(11, 3)
-    assert [p.stop - p.start for p in parts] == [4, 4, 3]
+    assert [p.stop - p.start for p in parts] == [3, 4, 4]  # the calling process gets less
     assert parts[0].start == 0 and parts[-1].stop == 11
     assert all(a.stop == b.start for a, b in zip(parts, parts[1:], strict=False))
 
@@ -76,3 +78,41 @@ def test_peak_memory_is_reported_for_this_process_and_each_worker():
     here, there = workers.run_parts(workers.peak_rss_mib, [(), ()])
     assert here > 50 and there > 50  # both have torch loaded: tens of MiB at least
     assert workers.peak_rss_all_mib() >= here
+
+
+def test_replies_are_copies_that_later_calls_cannot_overwrite():
+    small = {"a": torch.ones(4)}
+    first = workers.run_parts(copy.copy, [(small,), (small,)])
+    big = {"a": torch.full((300_000,), 7.0)}  # a bigger reply: the worker's block is replaced
+    workers.run_parts(copy.copy, [(big,), (big,)])
+    assert torch.equal(first[1]["a"], torch.ones(4))
+
+
+def test_unpicklable_result_is_reported_as_the_workers_error():
+    with pytest.raises(RuntimeError, match="pickle"):
+        workers.run_parts(threading.Lock, [(), ()])
+    assert workers.run_parts(math.sqrt, [(1.0,), (16.0,)]) == [1.0, 4.0]
+
+
+def test_an_error_here_stops_a_busy_worker_at_once():
+    t0 = time.perf_counter()
+    with pytest.raises(TypeError):
+        workers.run_parts(time.sleep, [("not a number",), (30,)])
+    assert time.perf_counter() - t0 < 8  # the sleeping worker was terminated, not awaited
+    assert workers.run_parts(math.sqrt, [(9.0,), (4.0,)]) == [3.0, 2.0]
+
+
+def test_nested_or_concurrent_calls_run_here_one_after_another():
+    with workers._lock:  # as if another call were using the workers
+        assert workers.run_parts(math.sqrt, [(4.0,), (9.0,)]) == [2.0, 3.0]
+
+
+def test_too_little_shared_memory_falls_back_to_one_process(monkeypatch):
+    def full(self, size):
+        raise workers.ShmTooSmall("shared memory cannot hold 1 MiB (No space left on device)")
+
+    workers.shutdown()
+    monkeypatch.setattr(workers._Channel, "_create", full)
+    with pytest.warns(UserWarning, match="running the population in one process"):
+        out = workers.run_parts(copy.copy, [((torch.ones(3),),), ((torch.zeros(3),),)])
+    assert torch.equal(out[1][0], torch.zeros(3))

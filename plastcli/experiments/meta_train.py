@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plastcli import workers
 from plastcli.data import TaskSampler
 from plastcli.engine import MetaConfig, MetaTrainer
 from plastcli.experiments.common import (
@@ -66,6 +67,9 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                               if recipe.feedback_rule else [],
                               "seeds": seeds, **(extra_attrs or {})},
                  may_grow=("meta.episodes",))
+    # how the population is split decides float rounding (plastcli/workers.py)
+    r.store.set_attrs(torch_threads=torch.get_num_threads(),
+                      processes=workers.processes_for(len(seeds), r.device))
     torch.manual_seed(0)  # nothing should draw from the global RNG; make sure it is fixed
     sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,
                           recipe.task.query_per_class, recipe.dataset.per_class_cap,
