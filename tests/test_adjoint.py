@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_engine import _config, _tiny_sampler
+from test_engine import _adjoint_args, _assert_same_meta_outputs, _config, _tiny_sampler
 
 from plastcli import adjoint, input_layer
 from plastcli.engine import MetaTrainer
@@ -143,24 +143,10 @@ def test_unsupported_configurations_fall_back_to_autograd():
 
 def test_groups_of_members_give_the_same_numbers_as_one_batch():
     """Members are independent: running them in groups (as on the CPU) changes nothing."""
-    sampler = _tiny_sampler()
-    terms = ["pseudo_grad", "err_hebb", "oja"]
-    seeds = [3, 4, 5]
-    cfg = _config(terms, P=3)
-    tr = MetaTrainer(cfg, sampler, seeds, torch.device("cpu"))
-    ep = sampler.sample(seeds, 0, "cpu")
-    full = tr.params[0] @ tr.S
-    coef = full.unsqueeze(1) * tr.mask
-    active = LayerCoefficients.build(full, tr.mask).active
-    net = init_net(cfg.layers, seeds, 0, cfg.init, cfg.feedback)
-    out = {g: adjoint.meta_loss_and_coef_grad(net, ep.x_train, ep.y_train, ep.x_query,
-                                              ep.y_query, coef, active, 10.0, "fixed", group=g)
-           for g in (1, 2, 3)}
+    args = _adjoint_args([3, 4, 5])
+    out = {g: adjoint.meta_loss_and_coef_grad(*args, group=g) for g in (1, 2, 3)}
     for g in (1, 2):
-        torch.testing.assert_close(out[g][0], out[3][0], rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(out[g][2], out[3][2], rtol=1e-5, atol=1e-6)
-        for a, b in zip(out[g][1].W, out[3][1].W, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        _assert_same_meta_outputs(out[g], out[3])
 
 
 def test_group_size_keeps_groups_even_and_whole_population_on_gpu():

@@ -62,6 +62,28 @@ def _config(terms, feedback="fixed", P=1, fb_terms=None, dtype=torch.float32, l1
     return cfg
 
 
+def _adjoint_args(seeds, terms=("pseudo_grad", "err_hebb", "oja")) -> tuple:
+    """Positional arguments of adjoint.meta_loss_and_coef_grad for a tiny fixed-feedback
+    population with the trainer's initial coefficients, on episode 0."""
+    sampler = _tiny_sampler()
+    cfg = _config(list(terms), P=len(seeds))
+    tr = MetaTrainer(cfg, sampler, list(seeds), torch.device("cpu"))
+    ep = sampler.sample(list(seeds), 0, "cpu")
+    full = tr.params[0] @ tr.S
+    coef = full.unsqueeze(1) * tr.mask
+    active = LayerCoefficients.build(full, tr.mask).active
+    net = init_net(cfg.layers, list(seeds), 0, cfg.init, cfg.feedback)
+    return net, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef, active, 10.0, "fixed"
+
+
+def _assert_same_meta_outputs(got, ref) -> None:
+    """Two (CE, final Net, coefficient gradient) results agree to float32 rounding."""
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got[2], ref[2], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[1].W, ref[1].W, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("terms,feedback,fb_terms", [
     (["pseudo_grad", "err_hebb", "oja"], "fixed", None),
     (["pseudo_grad", "quad_1", "quad_3", "decay", "ones_pre_err"], "fixed", None),

@@ -9,12 +9,10 @@ import time
 
 import pytest
 import torch
-from test_engine import _config, _tiny_sampler
+from test_engine import _adjoint_args, _assert_same_meta_outputs
 
 from plastcli import adjoint, workers
-from plastcli.engine import MetaTrainer
-from plastcli.network import Net, init_net
-from plastcli.rules import LayerCoefficients
+from plastcli.network import Net
 
 
 def test_split_is_contiguous_and_nearly_equal():
@@ -52,24 +50,11 @@ def test_a_failing_worker_raises_here_and_the_next_call_starts_afresh():
 
 
 def test_population_split_across_processes_gives_the_same_numbers():
-    sampler = _tiny_sampler()
-    terms = ["pseudo_grad", "err_hebb", "oja"]
-    seeds = [3, 4, 5, 6, 7]
-    cfg = _config(terms, P=len(seeds))
-    tr = MetaTrainer(cfg, sampler, seeds, torch.device("cpu"))
-    ep = sampler.sample(seeds, 0, "cpu")
-    full = tr.params[0] @ tr.S
-    coef = full.unsqueeze(1) * tr.mask
-    active = LayerCoefficients.build(full, tr.mask).active
-    net = init_net(cfg.layers, seeds, 0, cfg.init, cfg.feedback)
-    args = (net, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef, active, 10.0, "fixed")
+    args = _adjoint_args([3, 4, 5, 6, 7])
     one = adjoint.meta_loss_and_coef_grad(*args, processes=1)
     two = adjoint.meta_loss_and_coef_grad(*args, processes=2)
     again = adjoint.meta_loss_and_coef_grad(*args, processes=2)
-    torch.testing.assert_close(two[0], one[0], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(two[2], one[2], rtol=1e-5, atol=1e-6)
-    for a, b in zip(two[1].W, one[1].W, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    _assert_same_meta_outputs(two, one)
     assert torch.equal(again[2], two[2])  # the same split gives the same numbers
     assert two[2].abs().max() > 0
 
