@@ -19,6 +19,10 @@ or ``sym`` with B = W by value (the default). Anything else (plastic feedback,
 gradient through the symmetric feedback path) uses autograd; ``tests/test_adjoint.py``
 checks this module against autograd for every term.
 
+On the CPU at P >= 4, layer 1 under Oja's term runs in chunks of basis products
+(:mod:`plastcli.input_layer`), and populations of 8 or more are split across single-threaded
+processes (:mod:`plastcli.workers`).
+
 Shapes: vectors are rows ``[P, 1, n]`` (online, one sample per member) so that every
 matrix-vector product is one ``bmm`` with no reshaping; matrices ``[P, n, m]``;
 coefficients ``[P, L, R]``, sliced once into ``[P, 1, 1]`` views.
@@ -549,13 +553,18 @@ def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback:
     return ce, Net(W=final_W, Bf=net.Bf, D=net.D), grad
 
 
+def _caps(su: _Setup) -> list[int]:
+    """Per layer, the chunk length whose rank-one terms _LowRank defers (0: none; layer 1
+    on the input-layer path defers its own way)."""
+    return [k if k > 1 and (l or su.first is None) else 0 for l, k in enumerate(su.Ks)]
+
+
 def _forward(su: _Setup, W: list[torch.Tensor], x, targets) -> list[tuple]:
     """The inner loop, W updated in place; returns the tape, per step
     (ys, zs, ds, es, hs, saved) with hs[l] = back_l * d_l (1 - d_l)."""
     L, beta, Ks, T = su.L, su.beta, su.Ks, x.shape[1]
     first = su.first
-    Mw = [_LowRank(w, 3 * k if k > 1 and (l or first is None) else 0)
-          for l, (w, k) in enumerate(zip(W, Ks, strict=True))]
+    Mw = [_LowRank(w, 3 * k) for w, k in zip(W, _caps(su), strict=True)]
     xs = x.unsqueeze(2).unbind(1)  # T rows [P, 1, n_0]
     tape = []
     z1_base = None  # the inputs are known in advance: W_1 x_t for a whole chunk is one GEMM
@@ -608,7 +617,7 @@ def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
     """
     L, beta, Ks, coefs, T = su.L, su.beta, su.Ks, su.coefs, len(tape)
     first = su.first
-    caps = [k if k > 1 and (l or first is None) else 0 for l, k in enumerate(Ks)]
+    caps = _caps(su)
     Mw = [_LowRank(w, 3 * k, sign=-1.0) for w, k in zip(W, caps, strict=True)]
     Mg = [_LowRank(g, 2 * k) for g, k in zip(G, caps, strict=True)]
     Bt = None if su.Bf is None else [b.transpose(1, 2) for b in su.Bf]
