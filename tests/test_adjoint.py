@@ -111,6 +111,19 @@ def test_input_layer_in_wy_chunks_matches_autograd(terms, feedback, monkeypatch)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize(("chunk", "chunks"), [(11, 2), (12, 1), (40, 1), (2, 6)])
+def test_input_layer_chunk_edges_match_autograd(chunk, chunks, monkeypatch):
+    """A last chunk of one step (11), one exact chunk (12), a chunk longer than the
+    episode (40) and many short ones (2), for F_bio over the 12 steps of the tiny task."""
+    closed = []
+    close = input_layer.InputLayerChunks.close
+    monkeypatch.setattr(input_layer.InputLayerChunks, "close",
+                        lambda self: closed.append(1) or close(self))
+    ref, got, _, _ = _both_gradients(["pseudo_grad", "err_hebb", "oja"], "fixed", chunk=chunk)
+    assert len(closed) == chunks
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
+
+
 def test_input_layer_path_needs_oja_and_plain_terms():
     on = frozenset({0, 2, 9})  # pseudo_grad, err_hebb, oja
     assert input_layer.applies(on, "fixed")
