@@ -26,11 +26,11 @@ app = typer.Typer(
         "feedback; P2 (2024) Shervani-Tabar, Mirhoseini & Rosenbaum, Oja's rule as a "
         "stabiliser.\n\n"
         "Every experiment reads a YAML recipe (see recipes/), writes an HDF5 result store "
-        "(results/<paper>/<name>.h5) and 'plast figures' draws the papers' figures from "
+        "(results/PAPER/NAME.h5) and 'plast figures' draws the papers' figures from "
         "the stores. Data: --data-dir, else $PLAST_DATA, else ~/.cache/plast/data."
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -45,7 +45,7 @@ RecipeArg = typer.Argument(..., help="YAML recipe file, e.g. recipes/bio.yaml.",
 SeedsOpt = typer.Option(None, "--seeds", min=1, help="Number of seeds (population members); "
                         "overrides population.seeds.")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda (overrides run.device).")
-OutOpt = typer.Option(None, "--out", help="Result store path [default: results/<paper>/<name>.h5].")
+OutOpt = typer.Option(None, "--out", help="Result store path [default: results/PAPER/NAME.h5].")
 SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set meta.lr=3e-3 "
                       "(repeatable).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue a killed or extended run from its last "
@@ -124,6 +124,9 @@ def meta_train(
     Each episode draws a 5-way task, re-initialises the network, trains it online on
     250 images with the rule and updates the coefficients by the gradient of the query
     loss through the whole inner loop. Example: plast meta-train recipes/bio.yaml
+
+    On a CPU with several cores, a population of 8 or more seeds is split across one
+    single-threaded process per core (OMP_NUM_THREADS=1 keeps it in one process).
     """
     from plastcli.experiments import meta_train as exp
     rec, res = _run("meta-train", exp, recipe, set_, device, out, resume, overwrite, data_dir,
@@ -163,7 +166,7 @@ def ablate_layers(
     Each assignment says which layers add the recipe's ablation.added_terms (e.g. err_hebb)
     to the base rule; all assignments x seeds train together. Prints alignment angles
     averaged from ablation.burn_in to the end (mean ± sd over seeds) and writes
-    <store>.csv and <store>.md. Example: plast ablate-layers recipes/2022/table1-ablate-layers.yaml
+    STORE.csv and STORE.md. Example: plast ablate-layers recipes/2022/table1-ablate-layers.yaml
     """
     from plastcli.experiments import ablate_layers as exp
     from plastcli.store import read_store
@@ -308,9 +311,9 @@ def show(store: Path = typer.Argument(..., help="A result store (.h5).")) -> Non
 def figures(
     paper: str = typer.Option(..., "--paper", help="2022 or 2024."),
     results: Path = typer.Option(Path("results"), "--results",
-                                 help="Results directory holding <paper>/*.h5."),
+                                 help="Results directory holding PAPER/*.h5."),
     out: Path | None = typer.Option(None, "--out",
-                                    help="Figure directory [default: <results>/<paper>/figures]."),
+                                    help="Figure directory [default: RESULTS/PAPER/figures]."),
     fmt: list[str] | None = typer.Option(None, "--format",
                                          help="png and/or pdf (repeatable) [default: both]."),
 ) -> None:

@@ -131,3 +131,15 @@ def test_cli_meta_train_show_and_errors(tmp_path):
     assert r.exit_code == 2 and "plast[download]" in r.output  # brackets survive Rich markup
     r = runner.invoke(app, ["figures", "--paper", "1999"])
     assert r.exit_code == 2 and "allowed: 2022, 2024" in r.output
+
+
+@pytest.mark.parametrize("command", [[], ["meta-train"], ["figures"], ["ablate-layers"]])
+def test_help_reads_as_paragraphs_at_80_columns(command):
+    """Docstring line breaks are reflowed, not kept (which left one-word lines), and
+    placeholders survive the Markdown rendering."""
+    r = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = [ln.strip() for ln in r.output.splitlines() if ln.strip()]
+    orphans = [ln for ln in lines if ln.isalpha() and len(ln) <= 6 and ln.islower()]
+    assert not orphans, orphans
+    assert "//" not in r.output.replace("https://", "")  # a <placeholder> eaten as HTML
