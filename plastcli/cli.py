@@ -133,16 +133,21 @@ def meta_train(
                     {"population.seeds": seeds, "meta.episodes": episodes})
     table = Table(title=f"meta-train {rec.name}: {res.episodes} episodes -> {res.out}")
     table.add_column("seed", justify="right")
+    for key in res.grid:
+        table.add_column(key, justify="right")
     table.add_column("meta-acc (last 50)", justify="right")
     table.add_column("meta-loss (last 50)", justify="right")
     for name in res.terms:
         table.add_column(f"θ {name}", justify="right")
     table.add_column("diverged at", justify="right")
+    table.add_column("collapsed at", justify="right")
     for i, s in enumerate(res.seeds):
-        d = res.diverged_at[i]
-        table.add_row(str(s), f"{res.final['meta_accuracy'][i]:.3f}",
+        d, c = res.diverged_at[i], res.collapsed_at[i]
+        table.add_row(str(s), *[f"{v[i]:.3g}" for v in res.grid.values()],
+                      f"{res.final['meta_accuracy'][i]:.3f}",
                       f"{res.final['meta_loss'][i]:.3f}",
-                      *[f"{v:.3g}" for v in res.theta[i]], "-" if d < 0 else str(d))
+                      *[f"{v:.3g}" for v in res.theta[i]], "-" if d < 0 else str(d),
+                      "-" if c < 0 else str(c))
     out_console.print(table)
 
 

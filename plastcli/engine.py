@@ -7,15 +7,17 @@ Everything is batched over the population axis P. The engine writes no files:
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from plastcli import adjoint, diagnostics
-from plastcli.data import Episode, TaskSampler
+from plastcli.collapse import CollapseDetector, chance_loss
+from plastcli.data import Episode, TaskSampler, generator_for
 from plastcli.network import Net, errors, forward, init_net, output_error
 from plastcli.rules import LayerCoefficients, apply_rule, layer_mask, selection_matrix
 
@@ -70,8 +72,9 @@ class Adam:
     inactive members keep their parameters and moments exactly.
     """
 
-    def __init__(self, shapes: list[tuple[int, ...]], lr: float, betas=(0.9, 0.999),
-                 eps: float = 1e-8, device=None):
+    def __init__(self, shapes: list[tuple[int, ...]], lr: float | torch.Tensor,
+                 betas=(0.9, 0.999), eps: float = 1e-8, device=None):
+        # lr: one number, or ``[P]`` per member (population.grid)
         self.lr, self.betas, self.eps = lr, betas, eps
         self.m = [torch.zeros(s, device=device) for s in shapes]
         self.v = [torch.zeros(s, device=device) for s in shapes]
@@ -79,7 +82,10 @@ class Adam:
 
     @torch.no_grad()
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor],
-             active: torch.Tensor) -> None:
+             active: torch.Tensor, prox_l1: torch.Tensor | None = None) -> None:
+        """One step for the ``active`` members. ``prox_l1`` ``[P]``: after the step,
+        soft-threshold each coefficient by lambda times its step size lr / denom
+        (proximal Adam), so that a coefficient the CE does not hold goes exactly to 0."""
         b1, b2 = self.betas
         t = self.step_count + active.float()
         bc1 = 1 - b1 ** t.clamp(min=1)
@@ -90,7 +96,11 @@ class Adam:
             v_new = b2 * v + (1 - b2) * g * g
             shape = (-1, *[1] * (p.dim() - 1))
             denom = (v_new / bc2.view(shape)).sqrt() + self.eps
-            p_new = p - self.lr * (m_new / bc1.view(shape)) / denom
+            lr = self.lr.view(shape) if isinstance(self.lr, torch.Tensor) else self.lr
+            p_new = p - lr * (m_new / bc1.view(shape)) / denom
+            if prox_l1 is not None:
+                thr = lr * prox_l1.view(shape) / denom
+                p_new = p_new.sign() * (p_new.abs() - thr).clamp(min=0)
             m.copy_(torch.where(a, m_new, m))
             v.copy_(torch.where(a, v_new, v))
             p.copy_(torch.where(a, p_new, p))
@@ -125,33 +135,83 @@ class MetaConfig:
     fb_terms: list[str] | None = None
     fb_init: dict[str, float] | None = None
     fb_mask: torch.Tensor | None = None
-    lr: float = 1e-3
-    l1: float = 0.0
+    # lr, l1 and the term_init values are one number, or one per member (population.grid)
+    lr: float | list[float] = 1e-3
+    l1: float | list[float] = 0.0
     grad_clip: float | None = None
     sym_detach: bool = True
     gradient: str = "auto"  # 'auto' uses plastcli.adjoint where supported
+    l1_mode: str = "subgradient"  # or 'proximal' (soft-threshold after the Adam step)
+    bounds: dict[str, list[float | None]] = field(default_factory=dict)  # term -> [lo, hi]
+    theta_jitter: float = 0.0  # relative N(0,1) perturbation of the initial theta
+    chance: float = float("inf")  # query CE of a uniform guess, ln M (collapse detection)
+    collapse_window: int = 25
 
     @classmethod
-    def from_recipe(cls, recipe, n_members: int) -> MetaConfig:
+    def from_recipe(cls, recipe, n_members: int,
+                    grid: dict[str, np.ndarray] | None = None) -> MetaConfig:
+        """``grid``: per-member values ``[P]`` keyed like ``population.grid``."""
+        grid = grid or {}
         L = len(recipe.network.layers) - 1
         mask = layer_mask(recipe.rule.terms, recipe.rule.layers, L)
         fb = recipe.feedback_rule
+        term_init: dict = dict(recipe.rule.init)
+        for key, values in grid.items():
+            if key.startswith("rule.init."):
+                term_init[key.removeprefix("rule.init.")] = [float(v) for v in values]
+
+        def per_member(key: str, default: float):
+            return [float(v) for v in grid[key]] if key in grid else default
+
         return cls(
             layers=list(recipe.network.layers), init=recipe.network.init,
             beta=recipe.network.beta, feedback=recipe.feedback, terms=list(recipe.rule.terms),
-            term_init=dict(recipe.rule.init), mask=mask.expand(n_members, L, -1).clone(),
+            term_init=term_init, mask=mask.expand(n_members, L, -1).clone(),
             fb_terms=list(fb.terms) if fb else None, fb_init=dict(fb.init) if fb else None,
             fb_mask=layer_mask(fb.terms, fb.layers, L).expand(n_members, L, -1).clone()
             if fb else None,
-            lr=recipe.meta.lr, l1=recipe.meta.l1, grad_clip=recipe.meta.grad_clip,
+            lr=per_member("meta.lr", recipe.meta.lr), l1=per_member("meta.l1", recipe.meta.l1),
+            grad_clip=recipe.meta.grad_clip,
             sym_detach=not recipe.meta.sym_grad_through_feedback,
-            gradient=recipe.meta.gradient,
+            gradient=recipe.meta.gradient, l1_mode=recipe.meta.l1_mode,
+            bounds={k: list(v) for k, v in recipe.meta.bounds.items()},
+            theta_jitter=recipe.meta.theta_jitter, chance=chance_loss(recipe.task.classes),
+            collapse_window=recipe.meta.collapse_window,
         )
 
 
-def _initial_theta(names: list[str], init: dict[str, float], P: int, device) -> torch.Tensor:
-    row = torch.tensor([init.get(n, 0.0) for n in names], dtype=torch.float32)
-    return row.expand(P, -1).clone().to(device)
+def _initial_theta(names: list[str], init: dict[str, float | list[float]], P: int,
+                   device) -> torch.Tensor:
+    """``[P, R]``: each term's initial value (one number or one per member), 0 if unnamed."""
+    cols = [torch.as_tensor(init.get(n, 0.0), dtype=torch.float32).expand(P) for n in names]
+    return torch.stack(cols, 1).clone().to(device)
+
+
+def _jitter_theta(theta: torch.Tensor, seeds: list[int], rel: float) -> None:
+    """Multiply member i's theta by (1 + rel * N(0,1)), drawn from its seed's own stream:
+    a rounding-level stand-in for another CPU (exact zeros stay zero)."""
+    for i, s in enumerate(seeds):
+        noise = torch.randn(theta.shape[1], generator=generator_for(s, 0, "theta_jitter"),
+                            dtype=torch.float64)
+        theta[i] = (theta[i].double() * (1 + rel * noise)).to(theta.dtype)
+
+
+def _member_values(x: float | list[float], device) -> float | torch.Tensor:
+    """One number stays a Python float (the arithmetic of a run without a grid is
+    unchanged); a list becomes ``[P]``."""
+    if isinstance(x, list):
+        return torch.tensor(x, dtype=torch.float32, device=device)
+    return float(x)
+
+
+def _bounds(names: list[str], bounds: dict[str, list[float | None]], device):
+    """(low ``[R]``, high ``[R]``) with -inf/inf where unbounded, or None without bounds."""
+    if not bounds:
+        return None
+    lo = [(bounds.get(n) or [None, None])[0] for n in names]
+    hi = [(bounds.get(n) or [None, None])[1] for n in names]
+    return (torch.tensor([-math.inf if v is None else v for v in lo], device=device),
+            torch.tensor([math.inf if v is None else v for v in hi], device=device))
 
 
 class MetaTrainer:
@@ -170,16 +230,31 @@ class MetaTrainer:
         self.mask = cfg.mask.to(device)
         self.S = selection_matrix(cfg.terms, device)
         self.theta = _initial_theta(cfg.terms, cfg.term_init, P, device)
+        if cfg.theta_jitter > 0:
+            _jitter_theta(self.theta, self.seeds, cfg.theta_jitter)
+        self.lr = _member_values(cfg.lr, device)
+        self.l1 = _member_values(cfg.l1, device)
+        self.bounds = _bounds(cfg.terms, cfg.bounds, device)
         self.params = [self.theta]
         if cfg.fb_terms is not None:
             self.fb_mask = cfg.fb_mask.to(device)
             self.fb_S = selection_matrix(cfg.fb_terms, device)
             self.theta_fb = _initial_theta(cfg.fb_terms, cfg.fb_init, P, device)
             self.params.append(self.theta_fb)
-        self.adam = Adam([tuple(p.shape) for p in self.params], cfg.lr, device=device)
+        self.adam = Adam([tuple(p.shape) for p in self.params], self.lr, device=device)
         self.alive = torch.ones(P, dtype=torch.bool, device=device)
         self.diverged_at = np.full(P, -1, dtype=np.int64)
+        self.collapse = CollapseDetector(P, cfg.chance, cfg.collapse_window)
         self.episode = 0
+
+    @property
+    def collapsed_at(self) -> np.ndarray:
+        """``[P]`` first episode of a collapse (plastcli/collapse.py), -1 = none."""
+        return self.collapse.collapsed_at
+
+    def _l1_gradient_weight(self):
+        """lambda as it enters the gradient: 0 in proximal mode (the step handles it)."""
+        return 0.0 if self.cfg.l1_mode == "proximal" else self.l1
 
     # ------------------------------------------------------------------ one episode
     def _unroll(self, ep: Episode, params: list[torch.Tensor]) -> Net:
@@ -199,7 +274,7 @@ class MetaTrainer:
         ce = F.cross_entropy(z.reshape(-1, self.n_out), ep.y_query.reshape(-1),
                              reduction="none").view(self.P, -1).mean(1)
         l1 = sum(p.abs().sum(1) for p in params)
-        return ce + self.cfg.l1 * l1, ce, net
+        return ce + self.l1 * l1, ce, net
 
     @property
     def uses_adjoint(self) -> bool:
@@ -224,13 +299,16 @@ class MetaTrainer:
                 net0, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef.detach(), active,
                 self.cfg.beta, self.cfg.feedback)
             l1 = params[0].abs().sum(1)
-            loss = ce + self.cfg.l1 * l1.detach()
-            surrogate = (coef * coef_grad).sum() + self.cfg.l1 * l1.sum()
+            loss = ce + self.l1 * l1.detach()
+            surrogate = (coef * coef_grad).sum() + (self._l1_gradient_weight() * l1).sum()
             grads = list(torch.autograd.grad(surrogate, params))
             return loss.detach(), ce, net, grads
         loss, ce, net = self.member_losses(ep, params)
+        l1 = sum(p.abs().sum(1) for p in params)
+        objective = ce + self._l1_gradient_weight() * l1
         finite = torch.isfinite(loss)
-        grads = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(),
+        grads = torch.autograd.grad(torch.where(finite, objective,
+                                                torch.zeros_like(objective)).sum(),
                                     params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads,
                                                                            strict=True)]
@@ -251,7 +329,13 @@ class MetaTrainer:
             grads = [g * scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
         before = [p.clone() for p in self.params]
         step_mask = self.alive & ok
-        self.adam.step(self.params, [torch.nan_to_num(g) for g in grads], step_mask)
+        prox = None
+        if self.cfg.l1_mode == "proximal":
+            prox = torch.as_tensor(self.l1, dtype=torch.float32, device=self.device).expand(self.P)
+        self.adam.step(self.params, [torch.nan_to_num(g) for g in grads], step_mask, prox)
+        if self.bounds is not None:  # the named stabiliser: project onto the box
+            self.params[0].copy_(torch.maximum(torch.minimum(self.params[0], self.bounds[1]),
+                                               self.bounds[0]))
         for p, b in zip(self.params, before, strict=True):  # a step that made theta NaN
             ok &= torch.isfinite(p).flatten(1).all(1)
             p.copy_(torch.where(ok.view(-1, *[1] * (p.dim() - 1)), p, b))
@@ -283,6 +367,7 @@ class MetaTrainer:
                 v[dead] = np.nan  # a diverged member's later metrics are not results
                 rec[k] = v
         rec["seconds"] = np.full(self.P, time.perf_counter() - t0, dtype=np.float32)
+        self.collapse.update(self.episode, rec["query_ce"])
         self.episode += 1
         return rec
 
@@ -292,6 +377,7 @@ class MetaTrainer:
         state.update(self.adam.state_dict())
         state["alive"] = self.alive.cpu().numpy().copy()
         state["diverged_at"] = self.diverged_at.copy()
+        state.update(self.collapse.state_dict())
         state["episode"] = np.array(self.episode)
         return state
 
@@ -301,4 +387,5 @@ class MetaTrainer:
         self.adam.load_state_dict(state)
         self.alive = torch.as_tensor(state["alive"], device=self.device).bool()
         self.diverged_at = np.asarray(state["diverged_at"]).copy()
+        self.collapse.load_state_dict(state)
         self.episode = int(state["episode"])

@@ -102,12 +102,36 @@ class MetaSpec:
     sym_grad_through_feedback: bool = spec(False)
     # auto: the hand-written reverse pass (plastcli/adjoint.py) where it applies, else autograd
     gradient: str = spec("auto", choices=("auto", "autograd"))
+    # subgradient: lambda*sign(theta) joins the gradient Adam normalises (the authors' code);
+    # proximal [choice]: Adam steps on the CE alone, then soft-thresholds each coefficient by
+    # lambda times its Adam step size, so a dropped term is exactly 0 instead of oscillating.
+    l1_mode: str = spec("subgradient", choices=("subgradient", "proximal"))
+    # Stabiliser (off unless named): project theta into [low, high] per term after every
+    # step; null = unbounded on that side.
+    bounds: dict[str, list[float | None]] = spec(factory=dict, choices=TERM_NAMES)
+    # Cross-machine stand-in: multiply each member's initial theta by (1 + jitter * N(0,1)),
+    # a draw keyed on the member's seed (0 = off).
+    theta_jitter: float = spec(0.0, minimum=0.0)
+    # Episodes above chance (ln M) after learning that flag a member as collapsed.
+    collapse_window: int = spec(25, minimum=1)
 
 
 @dataclass
 class PopulationSpec:
     seeds: int = spec(1, minimum=1)
     seed: int = spec(0, minimum=0)
+
+
+# Meta-hyperparameters a meta-train population may vary per member (population.grid).
+GRID_KEYS = ("meta.l1", "meta.lr")
+GRID_INIT_PREFIX = "rule.init."
+
+
+@dataclass
+class MetaPopulationSpec(PopulationSpec):
+    # Members = every combination of the grid (in key order) x seeds; each grid point
+    # sees the same seeds, hence the same tasks. Keys: meta.l1, meta.lr, rule.init.<term>.
+    grid: dict[str, list[float]] = spec(factory=dict)
 
 
 @dataclass
@@ -129,11 +153,13 @@ class MetaTrainRecipe:
     rule: RuleSpec = spec(factory=RuleSpec)
     feedback_rule: RuleSpec | None = spec(None)
     meta: MetaSpec = spec(factory=MetaSpec)
-    population: PopulationSpec = spec(factory=PopulationSpec)
+    population: MetaPopulationSpec = spec(factory=MetaPopulationSpec)
     run: RunSpec = spec(factory=RunSpec)
 
     def validate(self, where: Where) -> None:
         check_dataset_network(self.dataset, self.network, where)
+        check_meta(self.meta, self.rule, where)
+        check_grid(self.population.grid, self.rule, where)
         check_rule(self.rule, "rule", len(self.network.layers) - 1, where)
         n_classes = DATASET_SHAPES[self.dataset.name][1]
         if self.task.classes > n_classes:
@@ -187,6 +213,34 @@ def check_dataset_network(dataset: DatasetSpec, network: NetworkSpec, where: Whe
     if layers[-1] < n_classes:
         where.fail("network.layers", f"last size {layers[-1]} is smaller than the "
                    f"{n_classes} classes of {dataset.name}")
+
+
+def check_meta(meta: MetaSpec, rule: RuleSpec, where: Where) -> None:
+    """Bounds: two entries, low <= high, for terms of the rule, holding the initial theta."""
+    for term, pair in meta.bounds.items():
+        key = f"meta.bounds.{term}"
+        if term not in rule.terms:
+            where.fail(key, f"term '{term}' is not among rule.terms ({', '.join(rule.terms)})")
+        if len(pair) != 2:
+            where.fail(key, f"expected [low, high] (null for no bound), got {pair!r}")
+        lo, hi = pair
+        if lo is not None and hi is not None and lo > hi:
+            where.fail(key, f"low {lo} is above high {hi}")
+        v = rule.init.get(term, 0.0)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            where.fail(key, f"rule.init.{term} = {v} lies outside [{lo}, {hi}]")
+
+
+def check_grid(grid: dict[str, list[float]], rule: RuleSpec, where: Where) -> None:
+    """population.grid keys name a meta-hyperparameter or an initial coefficient."""
+    allowed = [*GRID_KEYS, *(GRID_INIT_PREFIX + t for t in rule.terms)]
+    for key, values in grid.items():
+        if key not in allowed:
+            where.fail(f"population.grid.{key}", f"unknown key; allowed: {', '.join(allowed)}")
+        if not values:
+            where.fail(f"population.grid.{key}", "needs at least one value")
+        if key in GRID_KEYS and min(values) < 0:
+            where.fail(f"population.grid.{key}", f"values must be >= 0, got {min(values)}")
 
 
 def check_rule(rule: RuleSpec, key: str, n_layers: int, where: Where) -> None:
@@ -314,6 +368,8 @@ def apply_override(raw: dict, assignment: str, where: Where) -> None:
         raise PlastError(f"--set '{assignment}': value is not valid YAML ({exc})") from None
     node = raw
     parts = key.strip().split(".")
+    if parts[:2] == ["population", "grid"] and len(parts) > 3:  # grid keys are dotted names
+        parts = [*parts[:2], ".".join(parts[2:])]
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:

@@ -66,9 +66,36 @@ def store_summary(path: str | Path) -> list:
             for i, row in enumerate(s[key][:, -1]):
                 t.add_row(str(i), *[f"{v:.4g}" for v in row])
             out.append(t)
-    if "members/diverged_at" in s:
-        d = s["members/diverged_at"]
-        if (d >= 0).any():
-            out.append(f"[yellow]diverged members: "
-                       f"{', '.join(f'{i} at episode {e}' for i, e in enumerate(d) if e >= 0)}")
+    for key, what in (("members/diverged_at", "diverged"), ("members/collapsed_at", "collapsed")):
+        if key in s:
+            d = s[key]
+            if (d >= 0).any():
+                out.append(f"[yellow]{what} members: "
+                           f"{', '.join(f'{i} at episode {e}' for i, e in enumerate(d) if e >= 0)}")
+    grid_keys = s.json_attr("grid_keys", [])
+    if grid_keys:
+        out.append(grid_table(s, grid_keys))
     return out
+
+
+def grid_table(s, grid_keys: list[str]) -> Table:
+    """Meta-train population grid: one row per grid point, finals over its seeds."""
+    cols = [k.removeprefix("meta.").replace("rule.init.", "init_") for k in grid_keys]
+    vals = np.stack([s[f"members/{c}"] for c in cols], 1)  # [P, K]
+    acc = final_values(s["episodes/meta_accuracy"], "episodes")
+    t = Table(title="population grid: meta-accuracy per grid point (median over seeds)")
+    for k in grid_keys:
+        t.add_column(k, justify="right")
+    for k in ("seeds", "median meta-acc", "diverged", "collapsed"):
+        t.add_column(k, justify="right")
+    points, index = np.unique(vals, axis=0, return_inverse=True)
+    index = np.asarray(index).reshape(-1)
+    for g, point in enumerate(points):
+        rows = index == g
+        n_div = int((s["members/diverged_at"][rows] >= 0).sum()) \
+            if "members/diverged_at" in s else 0
+        n_col = int((s["members/collapsed_at"][rows] >= 0).sum()) \
+            if "members/collapsed_at" in s else 0
+        t.add_row(*[f"{v:.3g}" for v in point], str(int(rows.sum())),
+                  f"{np.nanmedian(acc[rows]):.3f}", str(n_div), str(n_col))
+    return t

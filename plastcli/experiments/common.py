@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,27 @@ def open_run(recipe: Any, out: Path, datasets: list[Dataset], *, resume: bool, o
     }
     attrs.update(extra_attrs or {})
     return Run(Store.create(out, attrs, overwrite=overwrite), device, None, False)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_attrs() -> dict[str, str]:
+    """What decides float rounding besides the code: CPU, torch build, BLAS, SIMD level."""
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    simd = re.search(r"CPU capability usage: (\S+)", config)
+    return {"cpu_model": cpu_model(), "torch_build": config.strip(),
+            "blas": blas.group(1) if blas else "unknown",
+            "cpu_capability": simd.group(1) if simd else "unknown"}
 
 
 def mark_failed(store: Store, exc: BaseException, hint: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from plastcli.engine import MetaConfig, MetaTrainer
 from plastcli.experiments.common import (
     finish,
     load_recipe_dataset,
+    machine_attrs,
     mark_failed,
     member_seeds,
     open_run,
@@ -33,7 +35,31 @@ class MetaTrainResult:
     theta: np.ndarray  # [P, R] final coefficients
     terms: list[str]
     diverged_at: np.ndarray  # [P], -1 = never
+    collapsed_at: np.ndarray  # [P], -1 = never (plastcli/collapse.py)
+    grid: dict[str, np.ndarray] = field(default_factory=dict)  # population.grid key -> [P]
     messages: list[str] = field(default_factory=list)
+
+
+def grid_members(recipe: MetaTrainRecipe) -> tuple[list[int], dict[str, np.ndarray]]:
+    """Member seeds ``[P]`` and per-member grid values ``{key: [P]}``.
+
+    Members are grid points (every combination, in the grid's key order) x seeds,
+    seed fastest: member ``g * S + s`` is grid point g with seed ``population.seed + s``.
+    Without a grid: the seeds alone and ``{}``.
+    """
+    seeds = member_seeds(recipe)
+    grid = recipe.population.grid
+    if not grid:
+        return seeds, {}
+    points = list(itertools.product(*grid.values()))
+    values = {k: np.array([p[j] for p in points for _ in seeds], dtype=np.float64)
+              for j, k in enumerate(grid)}
+    return seeds * len(points), values
+
+
+def grid_dataset_name(key: str) -> str:
+    """/members dataset of a grid key: 'meta.l1' -> 'l1', 'rule.init.oja' -> 'init_oja'."""
+    return key.removeprefix("meta.").replace("rule.init.", "init_")
 
 
 def _finite_mean(x: np.ndarray, axis=None):
@@ -60,12 +86,16 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     """
     reporter = reporter or Reporter()
     data = load_recipe_dataset(recipe.dataset, data_dir)
-    seeds = list(seeds) if seeds is not None else member_seeds(recipe)
+    grid: dict[str, np.ndarray] = {}
+    if seeds is None:
+        seeds, grid = grid_members(recipe)
+    seeds = list(seeds)
     r = open_run(recipe, out, [data], resume=resume, overwrite=overwrite, device_name=device,
                  extra_attrs={"term_names": recipe.rule.terms,
                               "feedback_term_names": recipe.feedback_rule.terms
                               if recipe.feedback_rule else [],
-                              "seeds": seeds, **(extra_attrs or {})},
+                              "seeds": seeds, "grid_keys": list(grid),
+                              **machine_attrs(), **(extra_attrs or {})},
                  may_grow=("meta.episodes",))
     # how the population is split decides float rounding (plastcli/workers.py)
     r.store.set_attrs(torch_threads=torch.get_num_threads(),
@@ -74,7 +104,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,
                           recipe.task.query_per_class, recipe.dataset.per_class_cap,
                           recipe.dataset.cap_seed)
-    cfg = MetaConfig.from_recipe(recipe, len(seeds))
+    cfg = MetaConfig.from_recipe(recipe, len(seeds), grid)
     if member_masks is not None:
         cfg.mask = torch.as_tensor(member_masks, dtype=torch.float32)
     trainer = MetaTrainer(cfg, sampler, seeds, r.device)
@@ -84,8 +114,10 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
         r.store.truncate("episodes", trainer.episode)
     elif r.resumed:  # killed before the first checkpoint: start over in the same file
         r.store.truncate("episodes", 0)
+    members = {"seed": np.array(seeds),
+               **{grid_dataset_name(k): v for k, v in grid.items()}}
     if not r.resumed:
-        r.store.write_arrays("members", {"seed": np.array(seeds)})
+        r.store.write_arrays("members", members)
     messages: list[str] = []
     buffer: list[dict[str, np.ndarray]] = []
     every = recipe.run.checkpoint_every
@@ -93,22 +125,30 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     def flush() -> None:
         r.store.append("episodes", buffer)
         buffer.clear()
-        r.store.write_arrays("members", {"seed": np.array(seeds),
-                                         "diverged_at": trainer.diverged_at})
+        r.store.write_arrays("members", {**members, "diverged_at": trainer.diverged_at,
+                                         "collapsed_at": trainer.collapsed_at})
         r.store.checkpoint(trainer.state_dict())
+
+    def say(msg: str) -> None:
+        messages.append(msg)
+        reporter.message(f"[yellow]{msg}")
 
     reporter.start(total, trainer.episode, f"meta-train {recipe.name}")
     try:
         while trainer.episode < total:
             dead_before = trainer.diverged_at.copy()
+            collapsed_before = trainer.collapsed_at.copy()
             rec = trainer.run_episode()
             buffer.append(rec)
             for i in np.nonzero((dead_before < 0) & (trainer.diverged_at >= 0))[0]:
-                msg = (f"member {i} (seed {seeds[i]}) diverged at episode "
-                       f"{trainer.diverged_at[i]}: theta or meta-loss became NaN; "
-                       f"its coefficients are frozen from here on")
-                messages.append(msg)
-                reporter.message(f"[yellow]{msg}")
+                say(f"member {i} (seed {seeds[i]}) diverged at episode "
+                    f"{trainer.diverged_at[i]}: theta or meta-loss became NaN; "
+                    f"its coefficients are frozen from here on")
+            for i in np.nonzero((collapsed_before < 0) & (trainer.collapsed_at >= 0))[0]:
+                say(f"member {i} (seed {seeds[i]}) collapsed at episode "
+                    f"{trainer.collapsed_at[i]}: its query loss has stayed above chance "
+                    f"(ln {recipe.task.classes} = {cfg.chance:.2f}) for "
+                    f"{cfg.collapse_window} episodes after it had learned")
             if trainer.episode % every == 0 or trainer.episode == total:
                 flush()
             reporter.update(trainer.episode, loss=_finite_mean(rec["meta_loss"]),
@@ -126,6 +166,8 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
         "meta_loss": _finite_mean(data_out["episodes/meta_loss"][:, tail], axis=1),
     }
     n_div = int((trainer.diverged_at >= 0).sum())
-    finish(r.store, diverged_members=n_div)
+    n_col = int((trainer.collapsed_at >= 0).sum())
+    finish(r.store, diverged_members=n_div, collapsed_members=n_col)
     return MetaTrainResult(out, seeds, total, final, trainer.params[0].detach().cpu().numpy(),
-                           list(recipe.rule.terms), trainer.diverged_at.copy(), messages)
+                           list(recipe.rule.terms), trainer.diverged_at.copy(),
+                           trainer.collapsed_at.copy(), grid, messages)
