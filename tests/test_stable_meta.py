@@ -1,0 +1,178 @@
+"""Issue 10 §2-3: collapse detection, population grids, proximal L1, bounds, jitter."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from test_meta_train_store import TINY, episode_arrays
+
+from plastcli.collapse import CollapseDetector, chance_loss, collapsed_at
+from plastcli.engine import Adam
+from plastcli.errors import PlastError
+from plastcli.experiments import meta_train
+from plastcli.recipes import load_recipe
+from plastcli.store import read_store
+
+LN5 = math.log(5)
+
+
+def literal_collapse(ce: list[float], chance: float, window: int) -> int:
+    """The rule in words, as a double loop: first e after a learned episode with
+    ce[e .. e+window-1] all above chance (NaN breaks a run)."""
+    for e in range(len(ce) - window + 1):
+        learned = any(c < chance for c in ce[:e])
+        if learned and all(c > chance for c in ce[e:e + window]):
+            return e
+    return -1
+
+
+# ------------------------------------------------------------------ collapse detection
+def test_collapse_detector_matches_the_literal_rule_on_random_traces():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        E = int(rng.integers(1, 40))
+        # piecewise traces around chance, with NaNs now and then
+        ce = np.where(rng.random(E) < 0.5, LN5 + 0.5, LN5 - 0.5)
+        ce = np.where(rng.random(E) < 0.8, np.sort(ce) if rng.random() < 0.5 else ce, ce)
+        ce[rng.random(E) < 0.05] = np.nan
+        window = int(rng.integers(1, 6))
+        got = collapsed_at(ce[None], LN5, window)[0]
+        assert got == literal_collapse(list(ce), LN5, window), (ce, window)
+
+
+def test_never_learned_is_not_a_collapse_and_recovery_keeps_the_first():
+    never = np.full((1, 60), 3.8)  # at ln 47 from the start: never learned
+    assert collapsed_at(never, LN5, 25)[0] == -1
+    trace = np.r_[np.full(10, 1.0), np.full(30, 3.7), np.full(10, 1.0), np.full(30, 3.7)]
+    assert collapsed_at(trace[None], LN5, 25)[0] == 10
+    short = np.r_[np.full(10, 1.0), np.full(24, 3.7), np.full(10, 1.0)]  # 24 < window
+    assert collapsed_at(short[None], LN5, 25)[0] == -1
+
+
+def test_detector_state_round_trips():
+    a, b = CollapseDetector(2, LN5, 3), CollapseDetector(2, LN5, 3)
+    trace = [[1.0, 1.0], [3.0, 1.0], [3.0, 3.0]]
+    for e, row in enumerate(trace):
+        a.update(e, np.array(row))
+    b.load_state_dict(a.state_dict())
+    row = np.array([3.0, 3.0])
+    assert a.update(3, row).tolist() == b.update(3, row).tolist() == [0]
+
+
+def test_chance_is_ln_m():
+    assert chance_loss(5) == pytest.approx(1.6094379)
+
+
+# ------------------------------------------------------------------ Adam: prox and lr per member
+def test_proximal_step_soft_thresholds_by_lambda_times_the_step_size():
+    torch.manual_seed(0)
+    p = torch.randn(3, 4) * 1e-3
+    g = torch.randn(3, 4)
+    lam = torch.tensor([0.0, 0.5, 50.0])
+    ref = torch.optim.Adam([p0 := p.clone().requires_grad_(True)], lr=1e-3)
+    p0.grad = g.clone()
+    ref.step()
+    plain = p0.detach()
+    opt = Adam([(3, 4)], 1e-3)
+    q = p.clone()
+    opt.step([q], [g], torch.ones(3, dtype=torch.bool), prox_l1=lam)
+    # after one step Adam's denominator is |g| (+eps), so the threshold is lr * lam / |g|
+    thr = 1e-3 * lam.view(3, 1) / (g.abs() + 1e-8)
+    expect = plain.sign() * (plain.abs() - thr).clamp(min=0)
+    torch.testing.assert_close(q, expect, rtol=1e-5, atol=1e-8)
+    unprox = p.clone()
+    Adam([(3, 4)], 1e-3).step([unprox], [g], torch.ones(3, dtype=torch.bool))
+    assert torch.equal(q[0], unprox[0])  # lambda 0: plain Adam, bit for bit
+    assert (q[2] == 0).all()  # a large lambda zeroes every coefficient exactly
+
+
+def test_per_member_lr_equals_separate_optimisers():
+    g = torch.randn(2, 3)
+    lrs = [1e-3, 5e-3]
+    opt = Adam([(2, 3)], torch.tensor(lrs))
+    p = torch.zeros(2, 3)
+    opt.step([p], [g], torch.ones(2, dtype=torch.bool))
+    for i, lr in enumerate(lrs):
+        one = Adam([(1, 3)], lr)
+        q = torch.zeros(1, 3)
+        one.step([q], [g[i:i + 1]], torch.ones(1, dtype=torch.bool))
+        torch.testing.assert_close(p[i:i + 1], q, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ population grid
+GRID = ["population.grid.meta.l1=[0.0, 0.5]", "population.grid.rule.init.oja=[0.0, 1e-3]"]
+
+
+def test_gridded_run_equals_each_grid_point_run_alone(tmp_path):
+    rec = load_recipe(REPO / "recipes/bio.yaml", [*TINY, "meta.episodes=3", *GRID])
+    res = meta_train.run(rec, tmp_path / "grid.h5")
+    st = read_store(tmp_path / "grid.h5")
+    assert st["episodes/theta"].shape[0] == 8 and res.seeds == [0, 1] * 4
+    np.testing.assert_array_equal(st["members/l1"], [0, 0, 0, 0, 0.5, 0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(st["members/init_oja"], [0, 0, 1e-3, 1e-3] * 2)
+    grid = episode_arrays(tmp_path / "grid.h5")
+    for g, (l1, oja) in enumerate([(0.0, 0.0), (0.0, 1e-3), (0.5, 0.0), (0.5, 1e-3)]):
+        alone = load_recipe(REPO / "recipes/bio.yaml",
+                            [*TINY, "meta.episodes=3", f"meta.l1={l1}", f"rule.init.oja={oja}"])
+        meta_train.run(alone, tmp_path / f"p{g}.h5")
+        one = episode_arrays(tmp_path / f"p{g}.h5")
+        for k, v in one.items():
+            np.testing.assert_allclose(grid[k][2 * g:2 * g + 2], v, rtol=1e-6, atol=1e-7,
+                                       err_msg=f"{k} at grid point {g}")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("population.grid.meta.beta=[1]", "unknown key"),
+    ("population.grid.rule.init.quad_1=[1]", "unknown key"),
+    ("population.grid.meta.lr=[]", "at least one value"),
+    ("population.grid.meta.l1=[-1]", ">= 0"),
+    ("meta.bounds.oja=[1, 0]", "above high"),
+    ("meta.bounds.quad_1=[0, 1]", "not among rule.terms"),
+    ("meta.bounds.pseudo_grad=[0.1, null]", "outside"),
+    ("meta.bounds.oja=[0]", "expected \\[low, high\\]"),
+])
+def test_bad_grid_or_bounds_is_one_line_naming_the_key(bad, match):
+    with pytest.raises(PlastError, match=match):
+        load_recipe(REPO / "recipes/bio.yaml", [bad])
+
+
+# ------------------------------------------------------------------ stabilisers in a run
+def test_bounds_hold_and_proximal_l1_zeroes_terms(tmp_path):
+    rec = load_recipe(REPO / "recipes/bio.yaml",
+                      [*TINY, "meta.episodes=4", "meta.bounds.oja=[0, 2e-3]",
+                       "meta.bounds.err_hebb=[null, 0]"])
+    meta_train.run(rec, tmp_path / "b.h5")
+    th = read_store(tmp_path / "b.h5")["episodes/theta"]
+    assert (th[..., 2] >= 0).all() and (th[..., 2] <= 2e-3).all() and (th[..., 1] <= 0).all()
+    rec = load_recipe(REPO / "recipes/bio.yaml",
+                      [*TINY, "meta.episodes=4", "meta.l1=1e6", "meta.l1_mode=proximal"])
+    meta_train.run(rec, tmp_path / "p.h5")
+    st = read_store(tmp_path / "p.h5")
+    assert (st["episodes/theta"] == 0).all()  # every coefficient thresholded to exactly 0
+    assert "l1_mode: proximal" in st.attrs["recipe_yaml"]
+
+
+def test_theta_jitter_is_relative_seeded_and_keeps_zeros(tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        rec = load_recipe(REPO / "recipes/bio.yaml", [*TINY, "meta.episodes=1", "meta.lr=0",
+                                                      "meta.theta_jitter=1e-3"])
+        meta_train.run(rec, tmp_path / f"{name}.h5")
+        outs.append(read_store(tmp_path / f"{name}.h5")["episodes/theta"][:, 0])
+    np.testing.assert_array_equal(outs[0], outs[1])  # a seed fixes the draw
+    pseudo = outs[0][:, 0]
+    rel = np.abs(pseudo / 1e-3 - 1)
+    assert (rel > 0).all() and (rel < 5e-3).all() and pseudo[0] != pseudo[1]
+    assert (outs[0][:, 1:] == 0).all()
+
+
+def test_store_records_the_machine(tmp_path):
+    meta_train.run(load_recipe(REPO / "recipes/bio.yaml", [*TINY, "meta.episodes=1"]),
+                   tmp_path / "m.h5")
+    a = read_store(tmp_path / "m.h5").attrs
+    assert a["cpu_model"] and a["blas"] != "" and "PyTorch built with" in a["torch_build"]
+    assert read_store(tmp_path / "m.h5")["members/collapsed_at"].tolist() == [-1, -1]
