@@ -3,7 +3,11 @@
 Reads ``results/2022/stability/<term>.h5``: meta-train stores with ``meta.lr: 0`` (theta
 never moves) and a ``population.grid`` over one term's initial coefficient next to
 ``pseudo_grad``; every episode is a fresh task. A coefficient is *usable* when all its
-tasks stay finite and end with a query loss below chance (ln M).
+tasks stay finite and end with a mean query loss below chance (ln M). It is *safe*
+when its tasks stay finite and its mean query loss is at most ``SAFE_MARGIN`` above
+both chance and the term switched off (θ = 0, pseudo_grad alone): the term does not
+break the inner loop, even if it does not help. The safe interval around 0 is what a
+coefficient bound (``meta.bounds``) may be taken from.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from plastcli.figures.style import subplots
 STABILITY_TERMS = ("pseudo_grad", "post_act_pre_err", "err_hebb", "decay", "ones_pre_err",
                    "sum_post_grad", "quad_1", "quad_2", "quad_3", "oja")
 STORES = tuple(f"stability/{t}" for t in STABILITY_TERMS)
+SAFE_MARGIN = 0.1  # nats above max(chance, CE with the term off)
 
 
 def stability_rows(st) -> dict[str, np.ndarray]:
@@ -31,26 +36,31 @@ def stability_rows(st) -> dict[str, np.ndarray]:
     ce = np.asarray(st["episodes/query_ce"], dtype=np.float64)  # [G, tasks]
     finite = np.isfinite(ce).all(1)
     mean_ce = np.where(finite, np.where(np.isfinite(ce), ce, 0).mean(1), np.inf)
-    usable = finite & (np.where(np.isfinite(ce), ce, np.inf) < chance).all(1)
+    usable = finite & (mean_ce < chance)
+    off = mean_ce[coef == 0]  # pseudo_grad's own map has no "off" point: its best instead
+    base = float(off[0]) if len(off) else float(np.min(mean_ce))
+    reference = max(chance, base) if np.isfinite(base) else chance
+    safe = finite & (mean_ce <= reference + SAFE_MARGIN)
     return {"term": key.removeprefix("rule.init."), "coef": coef, "ce": mean_ce,
-            "usable": usable, "chance": chance, "tasks": ce.shape[1],
+            "usable": usable, "safe": safe, "chance": chance, "tasks": ce.shape[1],
             "pseudo": recipe["rule"]["init"].get("pseudo_grad")}
 
 
-def usable_interval(rows: dict) -> tuple[float, float] | None:
-    """(low, high) of the usable coefficients that are contiguous with the best one."""
-    ok = np.nonzero(rows["usable"])[0]
-    if not len(ok):
-        return None
+def interval(rows: dict, which: str) -> tuple[float, float] | None:
+    """(low, high) of the contiguous run of ``which`` ('usable' or 'safe') coefficients
+    around θ = 0 (around the best one where 0 is not in the grid or not in the run)."""
     order = np.argsort(rows["coef"])
-    usable = rows["usable"][order]
-    best = int(np.argmin(np.where(usable, rows["ce"][order], np.inf)))
-    lo = hi = best
-    while lo > 0 and usable[lo - 1]:
+    ok, c = rows[which][order], rows["coef"][order]
+    if not ok.any():
+        return None
+    zero = np.nonzero((c == 0) & ok)[0]
+    start = int(zero[0]) if len(zero) else int(np.argmin(np.where(ok, rows["ce"][order],
+                                                                  np.inf)))
+    lo = hi = start
+    while lo > 0 and ok[lo - 1]:
         lo -= 1
-    while hi < len(order) - 1 and usable[hi + 1]:
+    while hi < len(c) - 1 and ok[hi + 1]:
         hi += 1
-    c = rows["coef"][order]
     return float(c[lo]), float(c[hi])
 
 
@@ -65,9 +75,11 @@ def stability_map(s):
         y = np.where(np.isfinite(ce), ce, top * 1.5)
         ax.plot(c, y, color="0.6", lw=0.8, zorder=1)
         ax.scatter(c[rows["usable"]], y[rows["usable"]], color="C2", s=18, zorder=2,
-                   label="usable")
-        bad = ~rows["usable"] & np.isfinite(ce)
-        ax.scatter(c[bad], y[bad], color="C1", s=18, zorder=2, label="above chance")
+                   label="below chance")
+        meh = rows["safe"] & ~rows["usable"]
+        ax.scatter(c[meh], y[meh], color="C0", s=18, zorder=2, label="safe, not helping")
+        bad = ~rows["safe"] & np.isfinite(ce)
+        ax.scatter(c[bad], y[bad], color="C1", s=18, zorder=2, label="loss climbs")
         nan = ~np.isfinite(ce)
         ax.scatter(c[nan], y[nan], color="C3", marker="x", s=22, zorder=2,
                    label="non-finite")
@@ -75,12 +87,12 @@ def stability_map(s):
         lin = max(1e-4, float(np.min(np.abs(c[c != 0]))) if (c != 0).any() else 1e-4)
         ax.set_xscale("symlog", linthresh=lin)
         ax.set_yscale("log")
-        iv = usable_interval(rows)
-        span = "none usable" if iv is None else f"usable [{iv[0]:.0e}, {iv[1]:.0e}]"
+        iv = interval(rows, "safe")
+        span = "none safe" if iv is None else f"safe [{iv[0]:.0e}, {iv[1]:.0e}]"
         ax.set(title=f"{rows['term']}: {span}", xlabel=f"θ_{rows['term']}",
                ylabel="query CE after 250 steps" if ax is axes[0] else None)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4)
+    fig.legend(handles, labels, loc="outside lower center", ncol=5)
     pseudo = stability_rows(s[present[-1]])["pseudo"]
     fig.suptitle("Stability map — one term next to pseudo_grad "
                  f"(θ_pseudo = {pseudo:g} except in its own panel); mean query CE over "
@@ -91,14 +103,21 @@ def stability_map(s):
 @register("2022", "stability-map.md", stores=STORES[:1], optional=STORES[1:])
 def stability_table(s):
     lines = ["# Stability map (P1 network, fixed feedback, 250 online steps)", "",
-             "| term | usable interval (finite, query CE < ln 5 on every task) | best θ | "
-             "best CE | non-finite at |", "|---|---|---|---|---|"]
+             f"Mean query CE over each coefficient's tasks, θ_pseudo fixed (its own row "
+             f"varies it). Safe: every task finite and mean CE at most {SAFE_MARGIN} nats above "
+             "both chance (ln 5) and the term switched off; below chance: mean CE < ln 5. "
+             "Intervals are the contiguous runs around θ = 0 on the tested grid.", "",
+             "| term | safe interval | below-chance interval | best θ | best CE | "
+             "non-finite at |", "|---|---|---|---|---|---|"]
+
+    def fmt(iv):
+        return "none" if iv is None else f"[{iv[0]:g}, {iv[1]:g}]"
+
     for name in (n for n in STORES if n in s):
         rows = stability_rows(s[name])
-        iv = usable_interval(rows)
         best = int(np.argmin(rows["ce"]))
         nan = rows["coef"][~np.isfinite(rows["ce"])]
-        lines.append(f"| {rows['term']} | {'none' if iv is None else f'[{iv[0]:g}, {iv[1]:g}]'}"
-                     f" | {rows['coef'][best]:g} | {rows['ce'][best]:.3f} | "
-                     f"{', '.join(f'{v:g}' for v in nan) or '-'} |")
+        lines.append(f"| {rows['term']} | {fmt(interval(rows, 'safe'))} | "
+                     f"{fmt(interval(rows, 'usable'))} | {rows['coef'][best]:g} | "
+                     f"{rows['ce'][best]:.3f} | {', '.join(f'{v:g}' for v in nan) or '-'} |")
     return "\n".join(lines) + "\n"
