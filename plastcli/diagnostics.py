@@ -73,20 +73,21 @@ def moving_average(x: np.ndarray, window: int = 11) -> np.ndarray:
 
 
 def bootstrap_ci(values: np.ndarray, level: float = 0.98, resamples: int = 500,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over runs and a percentile bootstrap confidence interval.
+                 seed: int = 0, stat=np.mean) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A statistic over runs (the mean; ``stat=np.median`` for the median) and its
+    percentile bootstrap confidence interval.
 
     values ``[runs, ...]``: resample runs with replacement ``resamples`` times (seeded),
-    take the mean of each resample, and return (mean, lower, upper), each ``[...]``,
+    take the statistic of each resample, and return (stat, lower, upper), each ``[...]``,
     the bounds at the (1-level)/2 and (1+level)/2 percentiles.
     """
     values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
-    means = values[idx].mean(axis=1)  # [resamples, ...]
+    stats = stat(values[idx], axis=1)  # [resamples, ...]
     alpha = (1.0 - level) / 2.0
-    lower, upper = np.percentile(means, [100 * alpha, 100 * (1 - alpha)], axis=0)
-    return values.mean(axis=0), lower, upper
+    lower, upper = np.percentile(stats, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return stat(values, axis=0), lower, upper
 
 
 # ----------------------------------------------------------------------------------------

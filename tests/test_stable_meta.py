@@ -21,10 +21,11 @@ LN5 = math.log(5)
 
 
 def literal_collapse(ce: list[float], chance: float, window: int) -> int:
-    """The rule in words, as a double loop: first e after a learned episode with
-    ce[e .. e+window-1] all above chance (NaN breaks a run)."""
+    """The rule in words, as a double loop: first e, after `window` episodes in a row
+    below chance, with ce[e .. e+window-1] all above chance (NaN breaks either run)."""
     for e in range(len(ce) - window + 1):
-        learned = any(c < chance for c in ce[:e])
+        learned = any(all(c < chance for c in ce[s:s + window])
+                      for s in range(0, e - window + 1))
         if learned and all(c > chance for c in ce[e:e + window]):
             return e
     return -1
@@ -47,20 +48,22 @@ def test_collapse_detector_matches_the_literal_rule_on_random_traces():
 def test_never_learned_is_not_a_collapse_and_recovery_keeps_the_first():
     never = np.full((1, 60), 3.8)  # at ln 47 from the start: never learned
     assert collapsed_at(never, LN5, 25)[0] == -1
-    trace = np.r_[np.full(10, 1.0), np.full(30, 3.7), np.full(10, 1.0), np.full(30, 3.7)]
-    assert collapsed_at(trace[None], LN5, 25)[0] == 10
-    short = np.r_[np.full(10, 1.0), np.full(24, 3.7), np.full(10, 1.0)]  # 24 < window
+    trace = np.r_[np.full(30, 1.0), np.full(30, 3.7), np.full(30, 1.0), np.full(30, 3.7)]
+    assert collapsed_at(trace[None], LN5, 25)[0] == 30
+    short = np.r_[np.full(30, 1.0), np.full(24, 3.7), np.full(10, 1.0)]  # 24 < window
     assert collapsed_at(short[None], LN5, 25)[0] == -1
+    hover = np.tile([1.5, 1.7, 1.8], 40)  # at chance, like F_pseudo: never learned
+    assert collapsed_at(hover[None], LN5, 25)[0] == -1
 
 
 def test_detector_state_round_trips():
-    a, b = CollapseDetector(2, LN5, 3), CollapseDetector(2, LN5, 3)
-    trace = [[1.0, 1.0], [3.0, 1.0], [3.0, 3.0]]
+    a, b = CollapseDetector(2, LN5, 2), CollapseDetector(2, LN5, 2)
+    trace = [[1.0, 1.0], [1.0, 1.0], [3.0, 1.0], [3.0, 3.0]]
     for e, row in enumerate(trace):
         a.update(e, np.array(row))
     b.load_state_dict(a.state_dict())
     row = np.array([3.0, 3.0])
-    assert a.update(3, row).tolist() == b.update(3, row).tolist() == [0]
+    assert a.update(4, row).tolist() == b.update(4, row).tolist() == [1]
 
 
 def test_chance_is_ln_m():

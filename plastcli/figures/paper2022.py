@@ -5,25 +5,64 @@
 
 import numpy as np  # noqa: E402
 
+from plastcli import collapse  # noqa: E402
+from plastcli.diagnostics import bootstrap_ci  # noqa: E402
 from plastcli.figures import register  # noqa: E402
 from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots  # noqa: E402
 
 TAIL = 50  # "final" = mean of the last 50 episodes, per seed
 RULE_STORES = {"BP": "fig3-bp", "pseudo": "fig3-pseudo", "eHebb": "fig6-ehebb",
                "Oja": "fig8-oja", "bio": "fig5-bio", "pool": "fig4-pool"}
+# Comparison runs on the same seeds: the paper's setting without the stabiliser, and the
+# stabilised recipe with its initial θ jittered (a stand-in for another CPU's rounding).
+VARIANT_STORES = {"bio (paper, no bound)": "fig5-bio-paper",
+                  "bio (θ₀ jitter 1e-9)": "fig5-bio-jitter",
+                  "Oja (paper, no bound)": "fig8-oja-paper",
+                  "Oja (θ₀ jitter 1e-9)": "fig8-oja-jitter"}
 
 
 def _x(store) -> np.ndarray:
     return np.arange(1, store["episodes/meta_accuracy"].shape[1] + 1)
 
 
+def member_events(st) -> tuple[np.ndarray, np.ndarray]:
+    """(diverged_at ``[P]``, collapsed_at ``[P]``), -1 = never. Collapse is recomputed
+    from the stored query CE by today's rule (plastcli/collapse.py), so stores written
+    before the rule, or under an earlier version of it, are judged alike."""
+    import yaml
+
+    P = st["episodes/meta_accuracy"].shape[0]
+    div = np.asarray(st.arrays.get("members/diverged_at", np.full(P, -1)))
+    meta = yaml.safe_load(st.attrs["recipe_yaml"])
+    window = meta["meta"].get("collapse_window", collapse.WINDOW)
+    col = collapse.collapsed_at(st["episodes/query_ce"],
+                                collapse.chance_loss(meta["task"]["classes"]), window)
+    return div, np.asarray(col)
+
+
+def _mark_events(ax, st, c: str, y: float) -> None:
+    """A marker at each episode where a seed collapsed (v) or diverged (x)."""
+    div, col = member_events(st)
+    for ev, marker in ((col, "v"), (div, "x")):
+        hit = ev[ev >= 0]
+        if len(hit):
+            ax.scatter(hit + 1, np.full(len(hit), y), marker=marker, color=c, s=36, zorder=3,
+                       clip_on=False)
+
+
 def _accuracy_panel(ax, stores: dict, loc: str = "upper left") -> None:
+    events = False
     for i, (label, st) in enumerate(stores.items()):
         mean_sd_band(ax, _x(st), st["episodes/meta_accuracy"], f"F_{label}", color(label, i),
                      smooth=SMOOTH)
+        _mark_events(ax, st, color(label, i), 0.02 + 0.03 * i)
+        events |= bool((np.concatenate(member_events(st)) >= 0).any())
+    if events:
+        ax.scatter([], [], marker="v", color="k", label="a seed collapsed")
+        ax.scatter([], [], marker="x", color="k", label="a seed diverged")
     ax.set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
            title=f"meta-accuracy (moving avg. {SMOOTH}; mean ± sd, seeds)")
-    ax.legend(loc=loc)
+    ax.legend(loc=loc, fontsize=8)
 
 
 def _loss_panel(ax, stores: dict) -> None:
@@ -36,7 +75,11 @@ def _loss_panel(ax, stores: dict) -> None:
 
 def _theta_panel(ax, st, label: str, linestyle="-") -> None:
     names = st.json_attr("term_names", [])
-    theta = st["episodes/theta"]  # [P, E, R]
+    theta = np.array(st["episodes/theta"], dtype=np.float64)  # [P, E, R]
+    div, _ = member_events(st)
+    for i, e in enumerate(div):  # a diverged seed's θ is drawn up to its divergence only
+        if e >= 0:
+            theta[i, e:] = np.nan
     for r, name in enumerate(names):
         mean_sd_band(ax, _x(st), theta[:, :, r], f"{name} ({label})", f"C{r}")
         ax.lines[-1].set_linestyle(linestyle)
@@ -87,6 +130,9 @@ def _rule_figure(s, key: str, label: str, title: str):
     stores = {"pseudo": s["fig3-pseudo"], label: rule}
     if "fig3-bp" in s:
         stores = {"BP": s["fig3-bp"], **stores}
+    for suffix, what in (("-jitter", "θ₀ jittered 1e-9"), ("-paper", "paper, no bound")):
+        if key + suffix in s:  # the comparison runs on the same seeds
+            stores[f"{label} ({what})"] = s[key + suffix]
     fig, ax = subplots(3, size=(4.8, 3.6))
     _accuracy_panel(ax[0], stores)
     _theta_panel(ax[1], rule, label)
@@ -96,19 +142,22 @@ def _rule_figure(s, key: str, label: str, title: str):
     return fig
 
 
-@register("2022", "fig5-bio", stores=("fig5-bio", "fig3-pseudo"), optional=("fig3-bp",))
+@register("2022", "fig5-bio", stores=("fig5-bio", "fig3-pseudo"),
+          optional=("fig3-bp", "fig5-bio-paper", "fig5-bio-jitter"))
 def fig5(s):
     return _rule_figure(s, "fig5-bio", "bio",
                         "P1 Fig 5 — F_bio = pseudo_grad + err_hebb + oja, fixed random feedback")
 
 
-@register("2022", "fig6-ehebb", stores=("fig6-ehebb", "fig3-pseudo"), optional=("fig3-bp",))
+@register("2022", "fig6-ehebb", stores=("fig6-ehebb", "fig3-pseudo"),
+          optional=("fig3-bp", "fig6-ehebb-paper", "fig6-ehebb-jitter"))
 def fig6(s):
     return _rule_figure(s, "fig6-ehebb", "eHebb",
                         "P1 Fig 6 — F_eHebb = pseudo_grad + err_hebb, fixed random feedback")
 
 
-@register("2022", "fig8-oja", stores=("fig8-oja", "fig3-pseudo"), optional=("fig3-bp",))
+@register("2022", "fig8-oja", stores=("fig8-oja", "fig3-pseudo"),
+          optional=("fig3-bp", "fig8-oja-paper", "fig8-oja-jitter"))
 def fig8(s):
     return _rule_figure(s, "fig8-oja", "Oja",
                         "P1 Fig 8 — F_Oja = pseudo_grad + oja, fixed random feedback")
@@ -202,10 +251,14 @@ def meta_table_rows(stores: dict) -> list[dict]:
         acc = final_per_seed(st, "meta_accuracy")
         theta = st["episodes/theta"][:, -1, :]
         names = st.json_attr("term_names", [])
+        med, lo, hi = bootstrap_ci(acc, level=0.98, stat=np.nanmedian)
+        div, col = member_events(st)
         rows.append({
             "rule": f"F_{label}", "store": st.path.name, "seeds": acc.shape[0],
             "episodes": st["episodes/meta_accuracy"].shape[1],
             "acc_mean": float(np.mean(acc)), "acc_sd": float(np.std(acc)),
+            "acc_median": float(med), "acc_lo": float(lo), "acc_hi": float(hi),
+            "collapsed": int((col >= 0).sum()), "diverged": int((div >= 0).sum()),
             "theta": ", ".join(f"{n} {m:.3g}" for n, m in zip(names, theta.mean(0),
                                                                 strict=True)),
         })
@@ -213,9 +266,11 @@ def meta_table_rows(stores: dict) -> list[dict]:
 
 
 @register("2022", "reproduction-2022.md", stores=("fig3-pseudo",),
-          optional=tuple(v for v in RULE_STORES.values() if v != "fig3-pseudo"))
+          optional=tuple(v for v in (*RULE_STORES.values(), *VARIANT_STORES.values())
+                         if v != "fig3-pseudo"))
 def report(s):
-    stores = {lab: s[name] for lab, name in RULE_STORES.items() if name in s}
+    stores = {lab: s[name] for lab, name in {**RULE_STORES, **VARIANT_STORES}.items()
+              if name in s}
     acc = {k: final_per_seed(v, "meta_accuracy").mean() for k, v in stores.items()}
     ang = {k: float(np.nanmean(final_per_seed(v, "angles")))
            for k, v in stores.items()}
@@ -225,15 +280,22 @@ def report(s):
           for k, v in stores.items()}
     lines = ["# Reproduction report — P1 (2022), meta-learning", "",
              f"Final values are means over the last {TAIL} finite episodes of each seed (for a "
-             "seed that diverged: the 50 episodes before it did), then over seeds. Angles: "
-             "mean of α_0..α_{L-1}; E_W: mean over hidden layers. θ: last episode (a diverged "
-             "seed's θ is frozen at its last finite value).", "",
-             "| rule | seeds | episodes | meta-accuracy | mean angle (°) | E_W | diverged | "
-             "final θ |", "|---|---|---|---|---|---|---|---|"]
+             "seed that diverged: the 50 episodes before it did). Meta-accuracy: the median "
+             "over seeds with a 98% percentile bootstrap CI (500 resamples of the seeds), and "
+             "mean ± sd. Collapsed: a seed whose query loss stayed above chance (ln 5) for 25 "
+             "episodes after it had learned; diverged: θ or the loss became NaN. Angles: "
+             "mean of α_0..α_{L-1}; E_W: mean over hidden layers (both means over seeds). θ: "
+             "last episode, mean over seeds (a diverged seed's θ is frozen at its last finite "
+             "value).", "",
+             "| rule | seeds | episodes | meta-accuracy median [98% CI] | mean ± sd | "
+             "mean angle (°) | E_W | collapsed | diverged | final θ |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row, k in zip(meta_table_rows(stores), stores, strict=True):
         lines.append(f"| {row['rule']} | {row['seeds']} | {row['episodes']} | "
+                     f"{row['acc_median']:.3f} [{row['acc_lo']:.3f}, {row['acc_hi']:.3f}] | "
                      f"{row['acc_mean']:.3f} ± {row['acc_sd']:.3f} | {ang[k]:.1f} | "
-                     f"{ew[k]:.3g} | {diverged_text(stores[k])} | {row['theta']} |")
+                     f"{ew[k]:.3g} | {row['collapsed']} | {row['diverged']} | "
+                     f"{row['theta']} |")
     lines += ["", "## Claims (SPEC §7)", "", "| claim | measured | result |", "|---|---|---|"]
 
     def claim(text, needs, test, measured):
@@ -264,6 +326,23 @@ def report(s):
                   f"{ang['pseudo'] - ang['eHebb']:.1f}°")
     claim("Oja drives E_W down (below F_pseudo)", ["Oja", "pseudo"],
           lambda: ew["Oja"] < ew["pseudo"], lambda: f"{ew['Oja']:.3g} vs {ew['pseudo']:.3g}")
+
+    def healthy(label):
+        div, col = member_events(stores[label])
+        return f"{int((div >= 0).sum())} diverged, {int((col >= 0).sum())} collapsed"
+
+    for rule, variant in (("bio", "bio (θ₀ jitter 1e-9)"), ("Oja", "Oja (θ₀ jitter 1e-9)")):
+        claim(f"cross-machine stand-in: F_{rule} with θ₀ jittered by 1e-9 keeps its claims "
+              f"(> F_pseudo, meta-accuracy within 0.03, no failed seed)",
+              [rule, variant, "pseudo"],
+              lambda r=rule, v=variant: acc[v] > acc["pseudo"]
+              and abs(acc[v] - acc[r]) < 0.03 and healthy(v) == "0 diverged, 0 collapsed",
+              lambda r=rule, v=variant: f"{acc[v]:.3f} vs {acc[r]:.3f} ({healthy(v)})")
+    for rule in ("BP", "pseudo", "eHebb", "Oja", "bio"):
+        claim(f"no collapsed or diverged seed for F_{rule}", [rule],
+              lambda r=rule: healthy(r) == "0 diverged, 0 collapsed",
+              lambda r=rule: f"{stores[r]['episodes/meta_accuracy'].shape[0]} seeds: "
+                             f"{healthy(r)}")
 
     def pool_top():
         st = stores["pool"]
