@@ -179,3 +179,39 @@ def test_store_records_the_machine(tmp_path):
     a = read_store(tmp_path / "m.h5").attrs
     assert a["cpu_model"] and a["blas"] != "" and "PyTorch built with" in a["torch_build"]
     assert read_store(tmp_path / "m.h5")["members/collapsed_at"].tolist() == [-1, -1]
+
+
+# ------------------------------------------------------------------ the stability map
+def test_stability_intervals_are_the_contiguous_runs_around_zero():
+    from plastcli.figures.stability import interval
+
+    coef = np.array([0.1, -0.1, -0.01, 0.0, 0.01, 0.03, -0.03])
+    rows = {"coef": coef, "ce": np.array([np.inf, 3.8, 1.7, 1.75, 1.2, 1.5, 3.5]),
+            "safe": np.array([False, False, True, True, True, True, False]),
+            "usable": np.array([False, False, False, False, True, True, False])}
+    assert interval(rows, "safe") == (-0.01, 0.03)
+    # 0 is not usable: the run around the best usable coefficient
+    assert interval(rows, "usable") == (0.01, 0.03)
+    rows["safe"][:] = False
+    assert interval(rows, "safe") is None
+
+
+def test_stability_map_is_drawn_from_lr0_grid_stores(tmp_path):
+    from plastcli.figures import draw_paper
+
+    rec = load_recipe(REPO / "recipes/2022/stability/oja.yaml",
+                      ["network.layers=[784, 16, 47]", "task.train_per_class=4",
+                       "task.query_per_class=2", "meta.episodes=2",
+                       "population.grid.rule.init.oja=[-0.1, 0.0, 0.01, 100.0]"])
+    meta_train.run(rec, tmp_path / "2022/stability/oja.h5")
+    st = read_store(tmp_path / "2022/stability/oja.h5")
+    assert np.ptp(st["episodes/theta"], axis=1).max() == 0  # lr 0: θ never moves
+    meta_train.run(load_recipe(REPO / "recipes/2022/stability/pseudo_grad.yaml",
+                               ["network.layers=[784, 16, 47]", "task.train_per_class=4",
+                                "task.query_per_class=2", "meta.episodes=2"]),
+                   tmp_path / "2022/stability/pseudo_grad.h5")
+    rep = draw_paper("2022", tmp_path / "2022", tmp_path / "figs", ["png"])
+    assert (tmp_path / "figs/fig-stability-map.png").exists()
+    table = (tmp_path / "figs/stability-map.md").read_text()
+    assert "| oja |" in table and "| pseudo_grad |" in table and "100" in table  # 100 blows up
+    assert not [s for s in rep.skipped if s.startswith(("fig-stability", "stability-map"))]
