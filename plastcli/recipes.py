@@ -18,21 +18,8 @@ from typing import Any
 import yaml
 
 from plastcli.errors import PlastError
+from plastcli.terms import TERM_NAMES  # the engine's names; plastcli.terms needs no torch
 
-# Names shared with the engine; kept here (not imported from torch modules) so
-# that validation is fast and needs no torch.
-TERM_NAMES = (
-    "pseudo_grad",
-    "post_act_pre_err",
-    "err_hebb",
-    "decay",
-    "ones_pre_err",
-    "sum_post_grad",
-    "quad_1",
-    "quad_2",
-    "quad_3",
-    "oja",
-)
 FEEDBACK_MODES = ("sym", "fixed", "direct", "plastic")
 INITS = ("xavier", "naive")
 DEVICES = ("auto", "cpu", "cuda")
