@@ -18,6 +18,7 @@ from plastcli import adjoint, diagnostics
 from plastcli.data import Episode, TaskSampler
 from plastcli.network import Net, errors, forward, init_net, output_error
 from plastcli.rules import LayerCoefficients, apply_rule, layer_mask, selection_matrix
+from plastcli.terms import BUILTIN_POOL, Pool, recipe_pool
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,11 +45,12 @@ def inner_step(net: Net, x: torch.Tensor, onehot: torch.Tensor, rule: LayerCoeff
     es = errors(net, zs, ys, output_error(ys[-1], onehot), beta, feedback, need_e0, sym_detach)
     L = net.n_layers
     new_W = [apply_rule(net.W[l - 1], rule.views[l - 1], rule.active[l - 1], es[l], es[l - 1],
-                        ys[l], ys[l - 1], zs[l]) for l in range(1, L + 1)]
+                        ys[l], ys[l - 1], zs[l], pool=rule.pool) for l in range(1, L + 1)]
     new_B = net.Bf
     if feedback == "plastic":
         new_B = [apply_rule(net.Bf[l - 1], fb_rule.views[l - 1], fb_rule.active[l - 1], es[l],
-                            es[l - 1], ys[l], ys[l - 1]) for l in range(1, L + 1)]
+                            es[l - 1], ys[l], ys[l - 1], pool=fb_rule.pool)
+                 for l in range(1, L + 1)]
     return Net(W=new_W, Bf=new_B, D=net.D)
 
 
@@ -130,22 +132,24 @@ class MetaConfig:
     grad_clip: float | None = None
     sym_detach: bool = True
     gradient: str = "auto"  # 'auto' uses plastcli.adjoint where supported
+    pool: Pool = BUILTIN_POOL  # the terms the masks' R indices name (plastcli.terms)
 
     @classmethod
     def from_recipe(cls, recipe, n_members: int) -> MetaConfig:
         L = len(recipe.network.layers) - 1
-        mask = layer_mask(recipe.rule.terms, recipe.rule.layers, L)
+        pool = recipe_pool(recipe)
+        mask = layer_mask(recipe.rule.terms, recipe.rule.layers, L, pool)
         fb = recipe.feedback_rule
         return cls(
             layers=list(recipe.network.layers), init=recipe.network.init,
             beta=recipe.network.beta, feedback=recipe.feedback, terms=list(recipe.rule.terms),
             term_init=dict(recipe.rule.init), mask=mask.expand(n_members, L, -1).clone(),
             fb_terms=list(fb.terms) if fb else None, fb_init=dict(fb.init) if fb else None,
-            fb_mask=layer_mask(fb.terms, fb.layers, L).expand(n_members, L, -1).clone()
+            fb_mask=layer_mask(fb.terms, fb.layers, L, pool).expand(n_members, L, -1).clone()
             if fb else None,
             lr=recipe.meta.lr, l1=recipe.meta.l1, grad_clip=recipe.meta.grad_clip,
             sym_detach=not recipe.meta.sym_grad_through_feedback,
-            gradient=recipe.meta.gradient,
+            gradient=recipe.meta.gradient, pool=pool,
         )
 
 
@@ -168,12 +172,12 @@ class MetaTrainer:
         self.P = P
         self.n_out = cfg.layers[-1]
         self.mask = cfg.mask.to(device)
-        self.S = selection_matrix(cfg.terms, device)
+        self.S = selection_matrix(cfg.terms, device, cfg.pool)
         self.theta = _initial_theta(cfg.terms, cfg.term_init, P, device)
         self.params = [self.theta]
         if cfg.fb_terms is not None:
             self.fb_mask = cfg.fb_mask.to(device)
-            self.fb_S = selection_matrix(cfg.fb_terms, device)
+            self.fb_S = selection_matrix(cfg.fb_terms, device, cfg.pool)
             self.theta_fb = _initial_theta(cfg.fb_terms, cfg.fb_init, P, device)
             self.params.append(self.theta_fb)
         self.adam = Adam([tuple(p.shape) for p in self.params], cfg.lr, device=device)
@@ -185,10 +189,10 @@ class MetaTrainer:
     def _unroll(self, ep: Episode, params: list[torch.Tensor]) -> Net:
         cfg = self.cfg
         net = init_net(cfg.layers, self.seeds, self.episode, cfg.init, cfg.feedback, self.device)
-        rule = LayerCoefficients.build(params[0] @ self.S, self.mask)
+        rule = LayerCoefficients.build(params[0] @ self.S, self.mask, cfg.pool)
         fb_rule = None
         if cfg.fb_terms is not None:
-            fb_rule = LayerCoefficients.build(params[1] @ self.fb_S, self.fb_mask)
+            fb_rule = LayerCoefficients.build(params[1] @ self.fb_S, self.fb_mask, cfg.pool)
         return run_inner_loop(net, ep.x_train, ep.y_train, self.n_out, rule, cfg.beta,
                               cfg.feedback, fb_rule, cfg.sym_detach)
 
@@ -222,7 +226,7 @@ class MetaTrainer:
                             self.cfg.feedback, self.device)
             ce, net, coef_grad = adjoint.meta_loss_and_coef_grad(
                 net0, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef.detach(), active,
-                self.cfg.beta, self.cfg.feedback)
+                self.cfg.beta, self.cfg.feedback, pool=self.cfg.pool)
             l1 = params[0].abs().sum(1)
             loss = ce + self.cfg.l1 * l1.detach()
             surrogate = (coef * coef_grad).sum() + self.cfg.l1 * l1.sum()
