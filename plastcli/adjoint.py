@@ -35,25 +35,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from plastcli import input_layer, workers
+from plastcli import input_layer, terms, workers
 from plastcli.network import Net, softplus
-from plastcli.rules import (
-    DECAY,
-    ERR_HEBB,
-    OJA,
-    ONES_PRE_ERR,
-    POST_PRE_ERR,
-    PSEUDO,
-    QUAD1,
-    QUAD2,
-    QUAD3,
-    SUM_POST,
-    USES_PRE_ERROR,
-)
+from plastcli.terms import BUILTIN_POOL, Pool
 
-A_TERMS = frozenset({PSEUDO, SUM_POST, QUAD2, ERR_HEBB})  # left factor e_l
-B_TERMS = frozenset({POST_PRE_ERR, QUAD1, QUAD3, OJA})  # left factor y_l
-ALPHA_CHAIN = frozenset({SUM_POST, QUAD2})  # alpha depends on the state
 # With decay the rebuild divides by (1 - c_decay); below this factor the layer keeps
 # a copy per step instead, so rounding is never amplified by more than 2x per step.
 MIN_REBUILD_FACTOR = 0.5
@@ -157,78 +142,96 @@ class _LowRank:
 
 
 class _Coefs:
-    """One layer's coefficients: ``c[r]`` and ``neg[r] = -c[r]``, ``[P, 1, 1]`` each."""
+    """One layer's coefficients: ``c[r]`` and ``neg[r] = -c[r]``, ``[P, 1, 1]`` each, and
+    the layer's :class:`~plastcli.terms.LayerPlan` (its active terms, grouped)."""
 
-    def __init__(self, coef_l: torch.Tensor, on: frozenset[int]):
+    def __init__(self, coef_l: torch.Tensor, on: frozenset[int], pool: Pool = BUILTIN_POOL):
         P = coef_l.shape[0]
         self.on = on
+        self.plan = terms.plan(pool, on)
         self.c = {r: coef_l[:, r].view(P, 1, 1) for r in on}
         self.neg = {r: -v for r, v in self.c.items()}
-        self.kappa = 1.0 - self.c[DECAY] if DECAY in on else None
+        d = self.plan.decay
+        self.kappa = 1.0 - self.c[d] if d is not None else None
+
+    def const(self, g: terms.Group) -> tuple:
+        """(K, -K) of a constant group: its one coefficient, signed (views made once)."""
+        (r, _), = g.members
+        return (self.c[r], self.neg[r]) if g.sign > 0 else (self.neg[r], self.c[r])
+
+    def group_coef(self, g: terms.Group, scalars: dict) -> torch.Tensor:
+        """K = sign * sum_r c_r s_r ``[P, 1, 1]``: the group's multiplier of its right factor."""
+        if g.constant:
+            return self.const(g)[0]
+        k = None
+        for r, s in g.members:
+            t = self.c[r] if s == terms.S_ONE else self.c[r] * scalars[s]
+            k = t if k is None else k + t
+        return k if g.sign > 0 else -k
 
 
 class _Saved:
-    """What one layer's update at one step keeps for the reverse pass (all small)."""
+    """What one layer's update at one step keeps for the reverse pass (all small):
+    the scalars ``scal`` by kind, ``Wq = (W e_{l-1})^T``, ``v = (W^T y_l)^T``, the group
+    multipliers ``K`` by group key and the right factors ``R`` by left factor."""
 
-    __slots__ = ("a", "b", "ones", "s6", "s7", "s9", "neg_alpha", "gamma", "Wq", "v", "W",
-                 "lefts", "cols", "rights", "ucol")
+    __slots__ = ("scal", "K", "R", "Wq", "v", "W", "lefts", "cols", "rights", "ucol")
 
-    def set_factors(self, g, u, ones) -> None:
+    def set_factors(self, vec: dict, plan: terms.LayerPlan) -> None:
         """The update's rank-one terms in the order applied: left rows ``lefts``, their
         column views ``cols`` (made once, reused by the reverse pass) and ``rights``."""
-        pairs = [(lf, rt) for lf, rt in ((g, self.a), (u, self.b), (ones, self.ones))
-                 if rt is not None]
-        self.lefts = [lf for lf, _ in pairs]
-        self.rights = [rt for _, rt in pairs]
+        self.lefts = [vec[a] for a in plan.left_names]
+        self.rights = [self.R[a] for a in plan.left_names]
         self.cols = [_col(lf) for lf in self.lefts]
-        self.ucol = self.cols[1 if self.a is not None else 0] if self.b is not None else None
+        names = plan.left_names
+        self.ucol = self.cols[names.index(terms.Y_POST)] if terms.Y_POST in names else None
 
 
-def _update(M: _LowRank, k: _Coefs, g, q, u, p, z, ones, keep_copy: bool) -> _Saved:
-    """Apply one layer's rule: W <- kappa W + e_l a^T + y_l b^T + 1 c^T (M holds W).
+def _vectors(g, q, u, p, ones, ones_pre) -> dict:
+    """The local vectors of one layer by factor name (rows ``[P, 1, n]``)."""
+    return {terms.E_POST: g, terms.Y_POST: u, terms.ONES: ones, terms.Y_PRE: p, terms.E_PRE: q,
+            ("pre", terms.ONES): ones_pre}
 
-    g = e_l, u = y_l, z = z_l, ones ``[P, 1, n]``; q = e_{l-1}, p = y_{l-1} ``[P, 1, m]``.
-    a = -alpha p - c_err_hebb q, alpha = c_pseudo + c_sum_post s6 + c_quad2 s7;
-    b = -gamma q + c_oja (p - W^T u), gamma = c_post_pre + c_quad1 s7 + c_quad3 s9;
-    c = -c_ones q (SPEC §3.1, grouped as in rules.apply_rule).
+
+def _right_vec(vec: dict, b: str):
+    return vec[("pre", terms.ONES)] if b == terms.ONES else vec[b]
+
+
+def _update(M: _LowRank, k: _Coefs, g, q, u, p, z, ones, ones_pre, keep_copy: bool) -> _Saved:
+    """Apply one layer's rule: W <- kappa W + sum_a a (R_a)^T (M holds W).
+
+    g = e_l, u = y_l, z = z_l, ones ``[P, 1, n]``; q = e_{l-1}, p = y_{l-1}, ones_pre
+    ``[P, 1, m]``. R_a = sum over the groups of left a of K b, K = sign sum_r c_r s_r, with
+    b = p, q, ones or p - W^T u (grouped as in rules.apply_rule, :func:`plastcli.terms.plan`).
     """
-    on, c, neg = k.on, k.c, k.neg
+    plan = k.plan
     s = _Saved()
     s.W = M.base.clone() if keep_copy else None
-    s.s6 = u.sum(-1, keepdim=True) if SUM_POST in on else None
-    s.Wq = M.times_T(q) if on & {QUAD1, QUAD2} else None  # (W e_{l-1})^T
-    s.s7 = _dot(u, s.Wq) if s.Wq is not None else None
-    s.s9 = _dot(g, z) if QUAD3 in on else None
-    s.v = M.times(u) if OJA in on or s.s7 is not None else None  # (W^T y_l)^T
-    s.neg_alpha = s.gamma = s.a = s.b = s.ones = None
-    if on & A_TERMS:
-        alpha = c.get(PSEUDO)
-        for r, f in ((SUM_POST, s.s6), (QUAD2, s.s7)):
-            if r in on:
-                alpha = c[r] * f if alpha is None else alpha + c[r] * f
-        # -alpha, kept for the reverse pass (a coefficient view when alpha is constant)
-        s.neg_alpha = (None if alpha is None else neg[PSEUDO] if alpha is c.get(PSEUDO)
-                       else -alpha)
-        a = None if alpha is None else s.neg_alpha * p
-        if ERR_HEBB in on:
-            a = neg[ERR_HEBB] * q if a is None else a.addcmul_(neg[ERR_HEBB], q)
-        s.a = a
-    if on & B_TERMS:
-        gamma = c.get(POST_PRE_ERR)
-        for r, f in ((QUAD1, s.s7), (QUAD3, s.s9)):
-            if r in on:
-                gamma = c[r] * f if gamma is None else gamma + c[r] * f
-        s.gamma = gamma
-        b = None if gamma is None else -(gamma * q)
-        if OJA in on:
-            oja = (p - s.v).mul_(c[OJA])
-            b = oja if b is None else b.add_(oja)
-        s.b = b
-    if ONES_PRE_ERR in on:
-        s.ones = neg[ONES_PRE_ERR] * q
+    sc = {}
+    if terms.S_SUM in plan.scalars:
+        sc[terms.S_SUM] = u.sum(-1, keepdim=True)
+    s.Wq = M.times_T(q) if terms.S_YME in plan.scalars else None  # (W e_{l-1})^T
+    if s.Wq is not None:
+        sc[terms.S_YME] = _dot(u, s.Wq)
+    if terms.S_EMY in plan.scalars:
+        sc[terms.S_EMY] = _dot(g, z)
+    s.v = M.times(u) if plan.needs_v else None  # (W^T y_l)^T
+    s.scal, s.K, s.R = sc, {}, {}
+    vec = _vectors(g, q, u, p, ones, ones_pre)
+    for a, groups in plan.lefts:
+        R = None
+        for grp in groups:
+            K = s.K[grp.key] = k.group_coef(grp, sc)
+            if grp.b == terms.OJA_PRE:
+                t = (p - s.v).mul_(K)
+                R = t if R is None else R.add_(t)
+            else:
+                bv = _right_vec(vec, grp.b)
+                R = torch.mul(K, bv) if R is None else R.addcmul_(K, bv)
+        s.R[a] = R
     if k.kappa is not None:  # decay layers never defer (cap 0), so base is W itself
         M.base.mul_(k.kappa)
-    s.set_factors(g, u, ones)
+    s.set_factors(vec, plan)
     M.add(s.cols, s.rights)
     return s
 
@@ -253,61 +256,66 @@ class _Adjoints:
 
 
 def _update_adjoint(G: _LowRank, W: _LowRank, k: _Coefs, s: _Saved, l: int, g, q, u, p, z,
-                    ones, adj: _Adjoints, bars: dict[str, list],
+                    ones, ones_pre, adj: _Adjoints, bars: dict[str, list],
                     known: dict) -> torch.Tensor | None:
     """Reverse of one layer's update, given G = dLoss/dW_{t+1} and W = W_t (restored).
 
     Adds to the vector adjoints in ``adj`` and returns the right factor ``r`` of the part
     of dLoss/dW_t that comes through the update's own W-dependence, ``y_l r^T``
-    (oja's W^T u, quad's u^T W q), or None. The adjoints of the update's factors
-    (``abar = G^T e_l``, ``bbar = G^T y_l``, ``cbar = G^T 1``) and decay's coefficient
-    gradient are appended to ``bars`` for :func:`_coefficient_grads`. ``known`` holds
-    products with G's base that were computed for a whole chunk of steps at once.
+    (Oja's W^T u, y_l^T W e_{l-1}), or None. The adjoints of the update's right factors
+    (``G^T a`` for each left factor a) and decay's coefficient gradient are appended to
+    ``bars`` for :func:`_coefficient_grads`. ``known`` holds products with G's base that
+    were computed for a whole chunk of steps at once.
     """
-    on, c, neg = k.on, k.c, k.neg
-    s7bar = s9bar = r = None
-    if s.a is not None:
-        abar = G.times(g, known.get("abar"))  # G^T e_l
-        bars["abar"].append(abar)
-        # rows taken from a chunk product are read once each, so in-place adds are safe
-        adj.e[l] = _add(adj.e[l], G.times_T(s.a, known.get("Ga")))  # G a
-        if s.neg_alpha is not None:
-            adj.y[l - 1] = _addmul(adj.y[l - 1], s.neg_alpha, abar)
-        if ERR_HEBB in on:
-            adj.e[l - 1] = _addmul(adj.e[l - 1], neg[ERR_HEBB], abar)
-        if on & ALPHA_CHAIN:
-            alphabar = -_dot(abar, p)
-            if SUM_POST in on:  # d s6 / d u = 1
-                adj.y[l] = _add(adj.y[l], torch.zeros_like(u).add_(alphabar * c[SUM_POST]))
-            if QUAD2 in on:
-                s7bar = alphabar * c[QUAD2]
-    if s.b is not None:
-        bbar = G.times(u, known.get("bbar"))  # G^T y_l
-        bars["bbar"].append(bbar)
-        adj.y[l] = _add(adj.y[l], G.times_T(s.b, known.get("Gb")))  # G b
-        if s.gamma is not None:
-            adj.e[l - 1] = _addmul(adj.e[l - 1], s.gamma, bbar, -1.0)
-            if on & {QUAD1, QUAD3}:
-                gammabar = -_dot(bbar, q)
-                if QUAD1 in on:
-                    t = gammabar * c[QUAD1]
-                    s7bar = t if s7bar is None else s7bar.add_(t)
-                if QUAD3 in on:
-                    s9bar = gammabar * c[QUAD3]
-        if OJA in on:  # b gains c (p - v) with v = W^T u, so vbar = -c bbar
-            adj.y[l - 1] = _addmul(adj.y[l - 1], c[OJA], bbar)
-            r = neg[OJA] * bbar
-            adj.y[l] = _add(adj.y[l], W.times_T(r))  # W vbar
-    if s.ones is not None:
-        cbar = G.times(ones, known.get("cbar"))  # G^T 1
-        bars["cbar"].append(cbar)
-        adj.e[l - 1] = _addmul(adj.e[l - 1], neg[ONES_PRE_ERR], cbar)
-    if DECAY in on:  # decay layers never defer (cap 0): both bases are the matrices
+    plan, c = k.plan, k.c
+    adj_left = {terms.E_POST: adj.e, terms.Y_POST: adj.y}
+    adj_right = {terms.Y_PRE: adj.y, terms.E_PRE: adj.e, terms.OJA_PRE: adj.y}
+    vec = _vectors(g, q, u, p, ones, ones_pre)
+    sbar: dict[str, torch.Tensor] = {}  # adjoints of y_l^T W e_{l-1} and e_l^T W y_{l-1}
+    r = None  # vbar's negation (v = W^T u), then also the quadratic scalar's W part
+    for a, groups in plan.lefts:
+        xbar = G.times(vec[a], known.get(("bar", a)))  # G^T a
+        bars[a].append(xbar)
+        if a != terms.ONES:  # rows taken from a chunk product are read once each: in-place is safe
+            acc = adj_left[a]
+            acc[l] = _add(acc[l], G.times_T(s.R[a], known.get(("GR", a))))  # G R_a
+        for grp in groups:
+            if grp.b == terms.ONES:
+                continue
+            K = s.K[grp.key]
+            acc = adj_right[grp.b]
+            acc[l - 1] = _addmul(acc[l - 1], K, xbar)
+            if grp.b == terms.OJA_PRE:  # R gains K (p - v) with v = W^T u, so vbar = -K xbar
+                nK = k.const(grp)[1] if grp.constant else -K
+                r = torch.mul(nK, xbar) if r is None else r.addcmul_(nK, xbar)
+        for grp in groups:  # K = sign sum_r c_r s_r: the chain into the scalars s
+            if grp.constant or all(sk == terms.S_ONE for _, sk in grp.members):
+                continue
+            if grp.b == terms.OJA_PRE:
+                kbar = _dot(xbar, p) - _dot(xbar, s.v)
+            elif grp.b == terms.ONES:
+                kbar = xbar.sum(-1, keepdim=True)
+            else:
+                kbar = _dot(xbar, vec[grp.b])
+            kbar = -kbar if grp.sign < 0 else kbar
+            for rr, sk in grp.members:
+                if sk == terms.S_ONE:
+                    continue
+                t = kbar * c[rr]
+                if sk == terms.S_SUM:  # d (1^T y_l) / d y_l = 1
+                    adj.y[l] = _add(adj.y[l], torch.zeros_like(u).add_(t))
+                else:
+                    sbar[sk] = t if sk not in sbar else sbar[sk].add_(t)
+    if plan.decay is not None:  # decay layers never defer (cap 0): both bases are the matrices
         bars["decay"].append(-(G.base * W.base).sum((1, 2)))
-    if s9bar is not None:  # s9 = e_l . z_l
+    if r is not None:
+        adj.y[l] = _add(adj.y[l], W.times_T(r))  # W vbar
+    if terms.S_EMY in sbar:  # e_l . z_l
+        s9bar = sbar[terms.S_EMY]
         adj.e[l] = _addmul(adj.e[l], s9bar, z)
         adj.z[l] = _addmul(adj.z[l], s9bar, g)
-    if s7bar is not None:  # s7 = y_l^T W e_{l-1}: also gives y_l (s7bar e_{l-1})^T
+    if terms.S_YME in sbar:  # y_l^T W e_{l-1}: also gives y_l (s7bar e_{l-1})^T
+        s7bar = sbar[terms.S_YME]
         adj.y[l] = _addmul(adj.y[l], s7bar, s.Wq)
         adj.e[l - 1] = _addmul(adj.e[l - 1], s7bar, s.v)
         r = s7bar * q if r is None else r.addcmul_(s7bar, q)
@@ -318,36 +326,34 @@ class _ChunkReads:
     """Products of G's base with the known factors of a whole chunk of steps.
 
     In the reverse pass G_{t+1} = G_base + (pending terms of later steps in the chunk);
-    the factors e_l, y_l, 1 and a, b of every step were fixed by the forward pass, so
-    ``[e_l; y_l; 1] G_base`` and ``[a; b] G_base^T`` for all steps of the chunk are two
-    GEMMs; each step then adds only its thin pending-term correction.
+    the factors (left a, right R_a) of every step were fixed by the forward pass, so
+    ``[a...] G_base`` and ``[R_a...] G_base^T`` (a != ones) for all steps of the chunk are
+    two GEMMs; each step then adds only its thin pending-term correction.
     """
 
-    def __init__(self, G: _LowRank, c0: int, steps: list[_Saved]):
+    def __init__(self, G: _LowRank, c0: int, steps: list[_Saved], plan: terms.LayerPlan):
         self.c0 = c0
+        self.names_l = plan.left_names
+        self.names_r = tuple(a for a in plan.left_names if a != terms.ONES)  # a prefix: ones last
         lefts, rights = [], []
         for s in steps:  # forward order
             lefts += s.lefts
-            rights += s.rights[: (s.a is not None) + (s.b is not None)]
-        self.nl = len(lefts) // len(steps)
-        self.nr = len(rights) // len(steps)
+            rights += s.rights[: len(self.names_r)]
+        self.nl, self.nr = len(self.names_l), len(self.names_r)
         self.left = torch.bmm(torch.cat(lefts, 1), G.base) if lefts else None
         self.right = torch.bmm(torch.cat(rights, 1), G.base_T) if rights else None
         self.rows = None
 
     def at(self, t: int, s: _Saved) -> dict:
-        """The base products of step t by name (abar, bbar, cbar, Ga, Gb)."""
+        """The base products of step t: ("bar", a) = a G_base, ("GR", a) = R_a G_base^T."""
         if self.rows is None:  # split once per chunk: one operation, not one per read
             self.rows = (self.left.split(1, 1) if self.left is not None else (),
                          self.right.split(1, 1) if self.right is not None else ())
         i, out = t - self.c0, {}
-        names_l = [n for n, x in (("abar", s.a), ("bbar", s.b), ("cbar", s.ones))
-                   if x is not None]
-        names_r = [n for n, x in (("Ga", s.a), ("Gb", s.b)) if x is not None]
-        for j, n in enumerate(names_l):
-            out[n] = self.rows[0][i * self.nl + j]
-        for j, n in enumerate(names_r):
-            out[n] = self.rows[1][i * self.nr + j]
+        for j, a in enumerate(self.names_l):
+            out["bar", a] = self.rows[0][i * self.nl + j]
+        for j, a in enumerate(self.names_r):
+            out["GR", a] = self.rows[1][i * self.nr + j]
         return out
 
 
@@ -356,8 +362,9 @@ def _coefficient_grads(bars: list[dict[str, list]], tape: list, coefs: list[_Coe
     """dLoss/dcoef ``[P, L, R]`` (like ``like``) from the per-step vectors, stacked once.
 
     ``bars[l]`` holds the reverse pass's per-step adjoints in forward order; the forward
-    quantities (p = y_{l-1}, q = e_{l-1}, v = W^T y_l, s6, s7, s9) come from ``tape``
-    (p of layer 1 is the input x ``[P, T, n_0]`` itself).
+    quantities (p = y_{l-1}, q = e_{l-1}, v = W^T y_l, the scalars) come from ``tape``
+    (p of layer 1 is the input x ``[P, T, n_0]`` itself). Term r = sign s a b^T gets
+    sign sum_t s_t (G^T a)_t . b_t.
     """
     grad = torch.zeros_like(like)
 
@@ -366,45 +373,49 @@ def _coefficient_grads(bars: list[dict[str, list]], tape: list, coefs: list[_Coe
         return torch.bmm(a.reshape(P, 1, -1), b.reshape(P, -1, 1)).view(P)
 
     for l, (k, b) in enumerate(zip(coefs, bars, strict=True)):
-        on, cache = k.on, {}
+        if not any(b.values()):  # no term, or layer 1 on the input-layer path
+            continue
+        cache, kbars = {}, {}
 
         def fwd(name, l=l, cache=cache):  # [P, T, n] rows, or [P, T] for the scalars
             if name not in cache:
-                if name == "p" and l == 0:
+                if name == terms.Y_PRE and l == 0:
                     cache[name] = x
+                elif name == terms.OJA_PRE:
+                    cache[name] = fwd(terms.Y_PRE) - fwd("v")
                 else:
-                    pick = {"p": lambda st: st[0][l], "q": lambda st: st[3][l]}.get(
-                        name, lambda st: getattr(st[5][l], name))
+                    pick = {terms.Y_PRE: lambda st: st[0][l], terms.E_PRE: lambda st: st[3][l],
+                            "v": lambda st: st[5][l].v}.get(
+                        name, lambda st: st[5][l].scal[name])
                     out = torch.cat([pick(st) for st in tape], 1)
-                    cache[name] = out.squeeze(-1) if name in ("s6", "s7", "s9") else out
+                    row = name in (terms.Y_PRE, terms.E_PRE, "v")
+                    cache[name] = out if row else out.squeeze(-1)
             return cache[name]
 
-        if b["abar"]:
-            abar = torch.cat(b["abar"], 1)
-            if on & ALPHA_CHAIN:
-                alphabar = -(abar * fwd("p")).sum(-1)  # [P, T]
-                for r, f in ((SUM_POST, "s6"), (QUAD2, "s7")):
-                    if r in on:
-                        grad[:, l, r] = (alphabar * fwd(f)).sum(1)
-            if PSEUDO in on:
-                grad[:, l, PSEUDO] = -dot(abar, fwd("p"))
-            if ERR_HEBB in on:
-                grad[:, l, ERR_HEBB] = -dot(abar, fwd("q"))
-        if b["bbar"]:
-            bbar = torch.cat(b["bbar"], 1)
-            if on & {QUAD1, QUAD3}:
-                gammabar = -(bbar * fwd("q")).sum(-1)  # [P, T]
-                for r, f in ((QUAD1, "s7"), (QUAD3, "s9")):
-                    if r in on:
-                        grad[:, l, r] = (gammabar * fwd(f)).sum(1)
-            if POST_PRE_ERR in on:
-                grad[:, l, POST_PRE_ERR] = -dot(bbar, fwd("q"))
-            if OJA in on:
-                grad[:, l, OJA] = dot(bbar, fwd("p")) - dot(bbar, fwd("v"))
-        if b["cbar"]:
-            grad[:, l, ONES_PRE_ERR] = -dot(torch.cat(b["cbar"], 1), fwd("q"))
-        if b["decay"]:
-            grad[:, l, DECAY] = torch.stack(b["decay"], 1).sum(1)
+        def bar(a, b=b, cache=cache):
+            if ("bar", a) not in cache:
+                cache["bar", a] = torch.cat(b[a], 1)
+            return cache["bar", a]
+
+        for r, t in k.plan.terms:
+            if t.decay:
+                grad[:, l, r] = torch.stack(b["decay"], 1).sum(1)
+                continue
+            X = bar(t.a)
+            if t.s == terms.S_ONE:
+                if t.b == terms.OJA_PRE:
+                    base = dot(X, fwd(terms.Y_PRE)) - dot(X, fwd("v"))
+                elif t.b == terms.ONES:
+                    base = X.sum((1, 2))
+                else:
+                    base = dot(X, fwd(t.b))
+                grad[:, l, r] = -base if t.sign < 0 else base
+                continue
+            key = (t.a, t.b, t.sign)
+            if key not in kbars:  # d Loss / d K per step [P, T]
+                kb = X.sum(-1) if t.b == terms.ONES else (X * fwd(t.b)).sum(-1)
+                kbars[key] = -kb if t.sign < 0 else kb
+            grad[:, l, r] = (kbars[key] * fwd(t.s)).sum(1)
     return grad
 
 
@@ -454,12 +465,12 @@ def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
                             xq: torch.Tensor, yq: torch.Tensor, coef: torch.Tensor,
                             active: list[tuple[int, ...]], beta: float, feedback: str,
                             chunk: int | None = None, group: int | None = None,
-                            processes: int | None = None):
+                            processes: int | None = None, pool: Pool = BUILTIN_POOL):
     """Run the inner loop and return (query CE ``[P]``, final Net, dCE_sum/dcoef ``[P, L, R]``).
 
     x ``[P, T, n_0]``, labels ``[P, T]``, xq ``[P, Q, n_0]``, yq ``[P, Q]``; coef ``[P, L, R]``
-    are the per-layer coefficients (theta times mask). Members are independent, so they
-    are split across ``processes`` single-threaded processes (default
+    are the per-layer coefficients (theta times mask) of the terms of ``pool``. Members are
+    independent, so they are split across ``processes`` single-threaded processes (default
     :func:`plastcli.workers.processes_for`), and within one process run in groups of
     ``group`` (default :func:`group_size`). ``chunk``: see :func:`chunk_steps` (the
     default). Any split and chunk give the same numbers up to float rounding, and a
@@ -469,21 +480,22 @@ def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
     n_proc = workers.processes_for(P, x.device) if processes is None else processes
     if n_proc > 1:
         calls = [(*_members(net, x, labels, xq, yq, coef, sl), active, beta, feedback, chunk,
-                  group) for sl in workers.split(P, n_proc)]
+                  group, pool) for sl in workers.split(P, n_proc)]
         return _concat(net, workers.run_parts(run_part, calls))
     G = group_size(net, x.device) if group is None else group
     if G >= P:
-        return _run_group(net, x, labels, xq, yq, coef, active, beta, feedback, chunk)
+        return _run_group(net, x, labels, xq, yq, coef, active, beta, feedback, chunk, pool)
     return _concat(net, [_run_group(*_members(net, x, labels, xq, yq, coef, slice(i, i + G)),
-                                    active, beta, feedback, chunk) for i in range(0, P, G)])
+                                    active, beta, feedback, chunk, pool)
+                         for i in range(0, P, G)])
 
 
 def run_part(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: str,
-             chunk: int | None, group: int | None) -> tuple:
+             chunk: int | None, group: int | None, pool: Pool = BUILTIN_POOL) -> tuple:
     """One process's share of :func:`meta_loss_and_coef_grad` (run by plastcli.workers):
     (CE, final weights, coefficient gradient), leaving out the feedback it was given."""
     ce, final, grad = meta_loss_and_coef_grad(net, x, labels, xq, yq, coef, active, beta,
-                                              feedback, chunk, group, processes=1)
+                                              feedback, chunk, group, processes=1, pool=pool)
     return ce, Net(W=final.W, Bf=None), grad
 
 
@@ -509,20 +521,21 @@ class _Setup:
     coefs: list[_Coefs]
     Ks: list[int]  # chunk length per layer (1: updates applied at once)
     keep: list[bool]  # layer keeps weight copies instead of rebuilding (strong decay)
-    ones: list  # [P, 1, n_l] rows of ones for layers with ones_pre_err, else None
+    ones: list  # [P, 1, n_l] rows of ones for layers with a term a = ones, else None
+    ones_pre: list  # [P, 1, n_{l-1}] rows of ones for layers with a term b = ones, else None
     d0s: tuple | None  # per step 1 - exp(-beta x_t) [P, 1, n_0] if e_0 is needed
     Bf: list | None  # fixed feedback matrices B_l [P, n_l, n_{l-1}]; None for sym (B = W)
     first: input_layer.InputLayerChunks | None = None  # layer 1 in WY chunks (Oja rules)
 
 
 def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: str,
-               chunk: int | None):
+               chunk: int | None, pool: Pool = BUILTIN_POOL):
     """:func:`meta_loss_and_coef_grad` for one group of members."""
     P, T, _ = x.shape
     L = net.n_layers
     n_out = net.W[-1].shape[1]
     ons = [frozenset(a) for a in active]
-    coefs = [_Coefs(coef[:, l], ons[l]) for l in range(L)]
+    coefs = [_Coefs(coef[:, l], ons[l], pool) for l in range(L)]
     K = chunk_steps(P, x.device) if chunk is None else chunk
     setup = _Setup(
         L=L, beta=beta, coefs=coefs,
@@ -532,15 +545,18 @@ def _run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback:
             for k, w in zip(coefs, net.W, strict=True)],
         keep=[k.kappa is not None and bool((k.kappa.abs() < MIN_REBUILD_FACTOR).any())
               for k in coefs],
-        ones=[x.new_ones(P, 1, w.shape[1]) if ONES_PRE_ERR in on else None
-              for w, on in zip(net.W, ons, strict=True)],
+        ones=[x.new_ones(P, 1, w.shape[1]) if terms.ONES in k.plan.left_names else None
+              for w, k in zip(net.W, coefs, strict=True)],
+        ones_pre=[x.new_ones(P, 1, w.shape[2]) if terms.ONES in k.plan.rights else None
+                  for w, k in zip(net.W, coefs, strict=True)],
         d0s=(1.0 - torch.exp(-beta * x)).unsqueeze(2).unbind(1)
-        if ons[0] & USES_PRE_ERROR else None,
+        if coefs[0].plan.reads_pre_error else None,
         Bf=None if feedback == "sym" else list(net.Bf),
     )
     W = [w.clone() for w in net.W]  # updated in place, then rebuilt backwards
-    if setup.Ks[0] > 1 and input_layer.applies(ons[0], feedback):
-        setup.first = input_layer.InputLayerChunks(W[0], x, setup.Ks[0], coefs[0].c)
+    if setup.Ks[0] > 1 and input_layer.applies(ons[0], feedback, pool):
+        setup.first = input_layer.InputLayerChunks(W[0], x, setup.Ks[0], coefs[0].c,
+                                                   coefs[0].plan)
     targets = F.one_hot(labels, n_out).to(x.dtype).unsqueeze(2).unbind(1)
     tape = _forward(setup, W, x, targets)
     final_W = [w.clone() for w in W]
@@ -598,7 +614,8 @@ def _forward(su: _Setup, W: list[torch.Tensor], x, targets) -> list[tuple]:
                 hs[l - 1] = torch.ops.aten.sigmoid_backward(back, d)
         saved = [first.update(t, es[1], es[0], ys[1]) if l == 1 and first is not None
                  else _update(Mw[l - 1], su.coefs[l - 1], es[l], es[l - 1], ys[l], ys[l - 1],
-                              zs[l], su.ones[l - 1], su.keep[l - 1]) for l in range(1, L + 1)]
+                              zs[l], su.ones[l - 1], su.ones_pre[l - 1], su.keep[l - 1])
+                 for l in range(1, L + 1)]
         tape.append((ys, zs, ds, es, hs, saved))
         for m, k in zip(Mw, Ks, strict=True):
             if (t + 1) % k == 0 or t == T - 1:
@@ -612,7 +629,7 @@ def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
              tape: list[tuple]) -> list[dict[str, list]]:
     """Walk back through the tape: W rebuilt and G = dLoss/dW_t updated in place.
 
-    Returns per layer the factor adjoints (abar, bbar, cbar) and decay gradients of every
+    Returns per layer the factor adjoints (G^T a per left factor a) and decay gradients of every
     step, in forward order, for :func:`_coefficient_grads`.
     """
     L, beta, Ks, coefs, T = su.L, su.beta, su.Ks, su.coefs, len(tape)
@@ -622,7 +639,7 @@ def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
     Mg = [_LowRank(g, 2 * k) for g, k in zip(G, caps, strict=True)]
     Bt = None if su.Bf is None else [b.transpose(1, 2) for b in su.Bf]
     reads: list[_ChunkReads | None] = [None] * L
-    bars = [{"abar": [], "bbar": [], "cbar": [], "decay": []} for _ in range(L)]
+    bars = [{**{a: [] for a in terms.A_FACTORS}, "decay": []} for _ in range(L)]
     for t in range(T - 1, -1, -1):
         ys, zs, ds, es, hs, saved = tape[t]
         adj = _Adjoints(L)
@@ -637,12 +654,13 @@ def _reverse(su: _Setup, W: list[torch.Tensor], G: list[torch.Tensor],
                 continue
             if K_l > 1 and (t == T - 1 or (t + 1) % K_l == 0):  # top of a chunk
                 c0 = t - t % K_l
-                reads[l - 1] = _ChunkReads(Mg[l - 1], c0, [st[5][l - 1] for st in tape[c0 : t + 1]])
+                reads[l - 1] = _ChunkReads(Mg[l - 1], c0, [st[5][l - 1] for st in tape[c0 : t + 1]],
+                                           k.plan)
             known = reads[l - 1].at(t, s) if K_l > 1 else {}
             _restore(Mw[l - 1], k, s)
             rights.append(_update_adjoint(Mg[l - 1], Mw[l - 1], k, s, l, es[l], es[l - 1],
-                                          ys[l], ys[l - 1], zs[l], su.ones[l - 1], adj,
-                                          bars[l - 1], known))
+                                          ys[l], ys[l - 1], zs[l], su.ones[l - 1],
+                                          su.ones_pre[l - 1], adj, bars[l - 1], known))
         # error chain e_{l-1} = (B_l^T e_l) * d_{l-1}, reversed from e_0 upwards
         for l in range(1, L + 1):
             ebar = adj.e[l - 1]

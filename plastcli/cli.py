@@ -137,16 +137,20 @@ def meta_train(
         table.add_column(key, justify="right")
     table.add_column("meta-acc (last 50)", justify="right")
     table.add_column("meta-loss (last 50)", justify="right")
-    for name in res.terms:
-        table.add_column(f"θ {name}", justify="right")
+    wide = len(res.terms) > 10  # e.g. rule.terms: grammar: the largest coefficients only
+    for name in ["largest |θ|"] if wide else res.terms:
+        table.add_column(name if wide else f"θ {name}", justify="right")
     table.add_column("diverged at", justify="right")
     table.add_column("collapsed at", justify="right")
     for i, s in enumerate(res.seeds):
         d, c = res.diverged_at[i], res.collapsed_at[i]
+        theta = [f"{v:.3g}" for v in res.theta[i]]
+        if wide:
+            top = sorted(range(len(theta)), key=lambda j: -abs(res.theta[i][j]))[:4]
+            theta = [", ".join(f"{res.terms[j]}={theta[j]}" for j in top)]
         table.add_row(str(s), *[f"{v[i]:.3g}" for v in res.grid.values()],
                       f"{res.final['meta_accuracy'][i]:.3f}",
-                      f"{res.final['meta_loss'][i]:.3f}",
-                      *[f"{v:.3g}" for v in res.theta[i]], "-" if d < 0 else str(d),
+                      f"{res.final['meta_loss'][i]:.3f}", *theta, "-" if d < 0 else str(d),
                       "-" if c < 0 else str(c))
     out_console.print(table)
 

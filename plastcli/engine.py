@@ -20,6 +20,7 @@ from plastcli.collapse import CollapseDetector, chance_loss
 from plastcli.data import Episode, TaskSampler, generator_for
 from plastcli.network import Net, errors, forward, init_net, output_error
 from plastcli.rules import LayerCoefficients, apply_rule, layer_mask, selection_matrix
+from plastcli.terms import BUILTIN_POOL, Pool, recipe_pool
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,11 +47,12 @@ def inner_step(net: Net, x: torch.Tensor, onehot: torch.Tensor, rule: LayerCoeff
     es = errors(net, zs, ys, output_error(ys[-1], onehot), beta, feedback, need_e0, sym_detach)
     L = net.n_layers
     new_W = [apply_rule(net.W[l - 1], rule.views[l - 1], rule.active[l - 1], es[l], es[l - 1],
-                        ys[l], ys[l - 1], zs[l]) for l in range(1, L + 1)]
+                        ys[l], ys[l - 1], zs[l], pool=rule.pool) for l in range(1, L + 1)]
     new_B = net.Bf
     if feedback == "plastic":
         new_B = [apply_rule(net.Bf[l - 1], fb_rule.views[l - 1], fb_rule.active[l - 1], es[l],
-                            es[l - 1], ys[l], ys[l - 1]) for l in range(1, L + 1)]
+                            es[l - 1], ys[l], ys[l - 1], pool=fb_rule.pool)
+                 for l in range(1, L + 1)]
     return Net(W=new_W, Bf=new_B, D=net.D)
 
 
@@ -146,6 +148,7 @@ class MetaConfig:
     theta_jitter: float = 0.0  # relative N(0,1) perturbation of the initial theta
     chance: float = float("inf")  # query CE of a uniform guess, ln M (collapse detection)
     collapse_window: int = 25
+    pool: Pool = BUILTIN_POOL  # the terms the masks' R indices name (plastcli.terms)
 
     @classmethod
     def from_recipe(cls, recipe, n_members: int,
@@ -153,7 +156,8 @@ class MetaConfig:
         """``grid``: per-member values ``[P]`` keyed like ``population.grid``."""
         grid = grid or {}
         L = len(recipe.network.layers) - 1
-        mask = layer_mask(recipe.rule.terms, recipe.rule.layers, L)
+        pool = recipe_pool(recipe)
+        mask = layer_mask(recipe.rule.terms, recipe.rule.layers, L, pool)
         fb = recipe.feedback_rule
         term_init: dict = dict(recipe.rule.init)
         for key, values in grid.items():
@@ -168,12 +172,12 @@ class MetaConfig:
             beta=recipe.network.beta, feedback=recipe.feedback, terms=list(recipe.rule.terms),
             term_init=term_init, mask=mask.expand(n_members, L, -1).clone(),
             fb_terms=list(fb.terms) if fb else None, fb_init=dict(fb.init) if fb else None,
-            fb_mask=layer_mask(fb.terms, fb.layers, L).expand(n_members, L, -1).clone()
+            fb_mask=layer_mask(fb.terms, fb.layers, L, pool).expand(n_members, L, -1).clone()
             if fb else None,
             lr=per_member("meta.lr", recipe.meta.lr), l1=per_member("meta.l1", recipe.meta.l1),
             grad_clip=recipe.meta.grad_clip,
             sym_detach=not recipe.meta.sym_grad_through_feedback,
-            gradient=recipe.meta.gradient, l1_mode=recipe.meta.l1_mode,
+            gradient=recipe.meta.gradient, pool=pool, l1_mode=recipe.meta.l1_mode,
             bounds={k: list(v) for k, v in recipe.meta.bounds.items()},
             theta_jitter=recipe.meta.theta_jitter, chance=chance_loss(recipe.task.classes),
             collapse_window=recipe.meta.collapse_window,
@@ -228,7 +232,7 @@ class MetaTrainer:
         self.P = P
         self.n_out = cfg.layers[-1]
         self.mask = cfg.mask.to(device)
-        self.S = selection_matrix(cfg.terms, device)
+        self.S = selection_matrix(cfg.terms, device, cfg.pool)
         self.theta = _initial_theta(cfg.terms, cfg.term_init, P, device)
         if cfg.theta_jitter > 0:
             _jitter_theta(self.theta, self.seeds, cfg.theta_jitter)
@@ -238,7 +242,7 @@ class MetaTrainer:
         self.params = [self.theta]
         if cfg.fb_terms is not None:
             self.fb_mask = cfg.fb_mask.to(device)
-            self.fb_S = selection_matrix(cfg.fb_terms, device)
+            self.fb_S = selection_matrix(cfg.fb_terms, device, cfg.pool)
             self.theta_fb = _initial_theta(cfg.fb_terms, cfg.fb_init, P, device)
             self.params.append(self.theta_fb)
         self.adam = Adam([tuple(p.shape) for p in self.params], self.lr, device=device)
@@ -260,10 +264,10 @@ class MetaTrainer:
     def _unroll(self, ep: Episode, params: list[torch.Tensor]) -> Net:
         cfg = self.cfg
         net = init_net(cfg.layers, self.seeds, self.episode, cfg.init, cfg.feedback, self.device)
-        rule = LayerCoefficients.build(params[0] @ self.S, self.mask)
+        rule = LayerCoefficients.build(params[0] @ self.S, self.mask, cfg.pool)
         fb_rule = None
         if cfg.fb_terms is not None:
-            fb_rule = LayerCoefficients.build(params[1] @ self.fb_S, self.fb_mask)
+            fb_rule = LayerCoefficients.build(params[1] @ self.fb_S, self.fb_mask, cfg.pool)
         return run_inner_loop(net, ep.x_train, ep.y_train, self.n_out, rule, cfg.beta,
                               cfg.feedback, fb_rule, cfg.sym_detach)
 
@@ -297,7 +301,7 @@ class MetaTrainer:
                             self.cfg.feedback, self.device)
             ce, net, coef_grad = adjoint.meta_loss_and_coef_grad(
                 net0, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef.detach(), active,
-                self.cfg.beta, self.cfg.feedback)
+                self.cfg.beta, self.cfg.feedback, pool=self.cfg.pool)
             l1 = params[0].abs().sum(1)
             loss = ce + self.l1 * l1.detach()
             surrogate = (coef * coef_grad).sum() + (self._l1_gradient_weight() * l1).sum()

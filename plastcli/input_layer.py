@@ -26,25 +26,30 @@ the chunk's end, ``r_s = -c_oja bbar_s``, ``delta_s = zbar_s``),
   W_S = W at the chunk's start) plus the chunk's own rank-one terms.
 
 Only the synthetic error's product with the fixed feedback ``B_1`` stays per step.
-Applies when layer 1's terms are Oja's plus any of pseudo_grad, err_hebb and
-post_act_pre_err, with fixed feedback or no pre-synaptic error; tests/test_adjoint.py
-checks it against autograd. Shapes: rows ``[P, 1, n]``, chunk blocks ``[P, k, n]``;
-rows of ``EY`` and ``AB`` interleave the steps: ``e_0, y_0, e_1, y_1, ...``.
+Above, a_t and bx_t are written for the built-in terms; in general they are the sums of
+the layer's term groups (:func:`plastcli.terms.plan`): a_t = sum K b over the groups with
+left factor e_post, bx_t likewise for y_post, with Oja's right factor taking the place of
+``c_oja (p_t - vx_t)``. Applies when layer 1's declarations fit
+:meth:`plastcli.terms.LayerPlan.chunkable` (scalar 1, no decay, a ∈ {e_post, y_post},
+b ∈ {y_pre, e_pre}, plus Oja's ``y_post (y_pre − Mᵀ y_post)ᵀ``, which must be there), with
+fixed feedback or no pre-synaptic error; tests/test_adjoint.py checks it against autograd.
+Shapes: rows ``[P, 1, n]``, chunk blocks ``[P, k, n]``; rows of ``EY`` and ``AB``
+interleave the steps: ``e_0, y_0, e_1, y_1, ...``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from plastcli.rules import ERR_HEBB, OJA, POST_PRE_ERR, PSEUDO
+from plastcli import terms
+from plastcli.terms import BUILTIN_POOL, Pool
 
-TERMS = frozenset({PSEUDO, ERR_HEBB, POST_PRE_ERR, OJA})
 
-
-def applies(on: frozenset[int], feedback: str) -> bool:
-    """Can layer 1 with terms ``on`` use this path? (It pays only with Oja's term.)"""
-    uses_pre_error = bool(on & {ERR_HEBB, POST_PRE_ERR})
-    return OJA in on and on <= TERMS and (feedback == "fixed" or not uses_pre_error)
+def applies(on: frozenset[int], feedback: str, pool: Pool = BUILTIN_POOL) -> bool:
+    """Can layer 1 with terms ``on`` (of ``pool``) use this path? (It pays only with Oja's
+    term; with sym feedback e_0 would read the changing W_1.)"""
+    plan = terms.plan(pool, on)
+    return plan.chunkable() and (feedback == "fixed" or not plan.reads_pre_error)
 
 
 class _Chunk:
@@ -76,15 +81,31 @@ class InputLayerChunks:
     ``W`` ``[P, n_1, n_0]`` is updated in place by the forward pass (folded once per
     chunk, a copy of each chunk's start kept for the reverse pass, which leaves W as the
     forward pass left it); ``x`` ``[P, T, n_0]``.
-    ``c`` maps term index to its coefficient view ``[P, 1, 1]``.
+    ``c`` maps term index to its coefficient view ``[P, 1, 1]``; ``plan`` groups the
+    layer's terms (:func:`plastcli.terms.plan`, chunkable).
     """
 
-    def __init__(self, W: torch.Tensor, x: torch.Tensor, K: int, c: dict):
+    def __init__(self, W: torch.Tensor, x: torch.Tensor, K: int, c: dict,
+                 plan: terms.LayerPlan):
         self.W, self.x, self.K, self.T = W, x, K, x.shape[1]
-        self.c = c
+        self.c, self.plan = c, plan
         self.neg = {r: -v for r, v in c.items()}
         self.chunks: list[_Chunk] = []
-        self.reads_q = ERR_HEBB in c or POST_PRE_ERR in c
+        self.reads_q = plan.reads_pre_error
+
+        def coef(g):  # the group's signed coefficient (one term with s = 1: chunkable)
+            (r, _), = g.members
+            return c[r] if g.sign > 0 else self.neg[r]
+
+        oja = plan.group(terms.Y_POST, terms.OJA_PRE)  # Oja's y_post (y_pre - M^T y_post)^T
+        (r, _), = oja.members
+        self.k_oja, self.neg_oja = (c[r], self.neg[r]) if oja.sign > 0 else (self.neg[r], c[r])
+        # the explicit parts of a_t (left e_post) and bx_t (left y_post): (b, K) in plan order
+        self.ka = [(g.b, coef(g)) for g in plan.groups if g.a == terms.E_POST]
+        self.kb = [(g.b, coef(g)) for g in plan.groups if g.a == terms.Y_POST and g is not oja]
+        # the coefficient of q_t = e_0 in a_t and in bx_t (None: no such term)
+        self.q_in_a = next((k for b, k in self.ka if b == terms.E_PRE), None)
+        self.q_in_b = next((k for b, k in self.kb if b == terms.E_PRE), None)
         # dLoss/dc_r [P], summed chunk by chunk in the reverse pass
         self.coef_grad = {r: W.new_zeros(W.shape[0]) for r in c}
 
@@ -102,14 +123,14 @@ class InputLayerChunks:
         # coefficients of the chunk's rank-one terms: a_s . p_t and b_s . p_t
         coef = torch.bmm(ch.AB[:, : 2 * i], p.transpose(1, 2))  # [P, 2i, 1]
         yz = torch.bmm(ch.Y[:, :i], zb.transpose(1, 2))  # y_s . W_0 p_t  [P, i, 1]
-        coef[:, 1::2].baddbmm_(ch.kappa[:, :i, :i], yz.mul_(self.neg[OJA]))
+        coef[:, 1::2].baddbmm_(ch.kappa[:, :i, :i], yz.mul_(self.neg_oja))
         return torch.baddbmm(zb, coef.transpose(1, 2), ch.EY[:, : 2 * i])
 
     def update(self, t: int, e: torch.Tensor, q: torch.Tensor | None,
                y: torch.Tensor) -> None:
         """Record step t's update ``W += e a^T + y b^T``; e, y ``[P, 1, n_1]``, q = e_0."""
         ch = self.chunks[-1]
-        i, c, neg = t - ch.c0, self.c, self.neg
+        i = t - ch.c0
         p = ch.Pc[:, i : i + 1]
         ch.EY[:, 2 * i : 2 * i + 1].copy_(e)
         ch.EY[:, 2 * i + 1 : 2 * i + 2].copy_(y)
@@ -122,21 +143,20 @@ class InputLayerChunks:
             yU = torch.bmm(ch.EY[:, : 2 * i], y.transpose(1, 2))  # [e_s . y; y_s . y]
             vx.copy_(torch.bmm(yU.transpose(1, 2), ch.AB[:, : 2 * i]))
             kap = torch.bmm(yU[:, 1::2].transpose(1, 2), ch.kappa[:, :i, :i])
-            ch.kappa[:, i : i + 1, :i].copy_(kap.mul_(neg[OJA]))
-        if PSEUDO in c:
-            a.addcmul_(neg[PSEUDO], p)
-        if ERR_HEBB in c:
-            a.addcmul_(neg[ERR_HEBB], q)
-        bx.addcmul_(c[OJA], p - vx)
-        if POST_PRE_ERR in c:
-            bx.addcmul_(neg[POST_PRE_ERR], q)
+            ch.kappa[:, i : i + 1, :i].copy_(kap.mul_(self.neg_oja))
+        vec = {terms.Y_PRE: p, terms.E_PRE: q}
+        for b, k in self.ka:
+            a.addcmul_(k, vec[b])
+        bx.addcmul_(self.k_oja, p - vx)  # Oja's right factor first, then the explicit ones
+        for b, k in self.kb:
+            bx.addcmul_(k, vec[b])
 
     def close(self) -> None:
         """End of a chunk: make b explicit, keep v_t, fold the chunk into W."""
         ch = self.chunks[-1]
         WY = torch.bmm(ch.kappa, torch.bmm(ch.Y, self.W))  # rows kappa_t Y W_0  [P, k, n_0]
         ch.V = ch.VX.add_(WY)
-        ch.AB[:, 1::2].addcmul_(self.neg[OJA], WY)
+        ch.AB[:, 1::2].addcmul_(self.neg_oja, WY)
         # the reverse pass needs W_0 once: a copy costs one pass, rebuilding it a GEMM
         ch.W0 = self.W.clone()
         self.W.baddbmm_(ch.EY.transpose(1, 2), ch.AB)
@@ -167,7 +187,7 @@ class InputLayerChunks:
         """Reverse of step t's update: returns (ebar_1, ybar_1, ebar_0) with this layer's
         contributions added (ebar_0 is None when no term reads e_0)."""
         ch = self.chunks[-1]
-        i, k, c, neg = t - ch.c0, ch.k, self.c, self.neg
+        i, k, neg_oja = t - ch.c0, ch.k, self.neg_oja
         ey = ch.EY[:, 2 * i : 2 * i + 2]  # [e_t; y_t]
         dd = torch.bmm(self.Delta, ey.transpose(1, 2))  # delta_s . (e_t, y_t)  [P, k, 2]
         m = torch.bmm(self.YEY[:, :, 2 * i : 2 * i + 2].transpose(1, 2), self.CB)  # [P, 2, 2k]
@@ -175,14 +195,14 @@ class InputLayerChunks:
         r_dot = torch.bmm(self.ABdot[:, 2 * i : 2 * i + 2], self.CB.transpose(1, 2))
         gab = torch.baddbmm(self.GAB[:, 2 * i : 2 * i + 2],
                             self.PAB[:, :, 2 * i : 2 * i + 2].transpose(1, 2), self.Delta)
-        gab.baddbmm_(r_dot.mul_(neg[OJA]), ch.Y)
+        gab.baddbmm_(r_dot.mul_(neg_oja), ch.Y)
         # bbar_t and abar_t as coefficients of the basis rows
         cb = self.CB[:, i : i + 1]
-        cb.copy_(m[:, 1:2]).mul_(neg[OJA])
+        cb.copy_(m[:, 1:2]).mul_(neg_oja)
         cb[:, :, k:].add_(dd[:, :, 1:2].transpose(1, 2))
         cb[:, 0, i] += 1.0
         ca = self.CA[:, i : i + 1]
-        ca[:, :, k:].copy_(m[:, 0:1]).mul_(neg[OJA])
+        ca[:, :, k:].copy_(m[:, 0:1]).mul_(neg_oja)
         ca[:, :, 2 * k :].add_(dd[:, :, 0:1].transpose(1, 2))
         ca[:, 0, i] = 1.0
         adj_e1 = gab[:, 0:1] if adj_e1 is None else adj_e1.add_(gab[:, 0:1])
@@ -192,12 +212,12 @@ class InputLayerChunks:
         if i:
             own = torch.bmm(self.ABdot[:, : 2 * i], cb.transpose(1, 2))  # (a_s, b_s) . bbar_t
             w_b.baddbmm_(own.transpose(1, 2), ch.EY[:, : 2 * i])
-        adj_y1.addcmul_(neg[OJA], w_b)
+        adj_y1.addcmul_(neg_oja, w_b)
         ebar0 = None
-        if self.reads_q:  # q_t enters a (err_hebb) and b (post_pre)
-            coef = torch.zeros_like(ca) if ERR_HEBB not in c else ca * neg[ERR_HEBB]
-            if POST_PRE_ERR in c:
-                coef[:, :, k:].addcmul_(neg[POST_PRE_ERR], cb)
+        if self.reads_q:  # q_t enters a (b = e_pre, left e_post) and b (left y_post)
+            coef = torch.zeros_like(ca) if self.q_in_a is None else ca * self.q_in_a
+            if self.q_in_b is not None:
+                coef[:, :, k:].addcmul_(self.q_in_b, cb)
             ebar0 = torch.bmm(coef, self.basis)
         return adj_e1, adj_y1, ebar0
 
@@ -209,7 +229,7 @@ class InputLayerChunks:
     def bottom(self, G: torch.Tensor) -> None:
         """Reverse exit at the chunk's first step: G_E -> G_S in place, and the chunk's
         share of the coefficient gradients from its factor adjoints abar, bbar ``[P, k, n_0]``
-        (a = -c_pseudo p - c_err_hebb q, b = -c_post_pre q + c_oja (p - v))."""
+        (term sign a b^T gets sign abar_or_bbar . b, with b = p, q or p - v)."""
         ch = self.chunks.pop()
         P, grad = G.shape[0], self.coef_grad
 
@@ -217,16 +237,18 @@ class InputLayerChunks:
             return torch.linalg.vecdot(u.reshape(P, -1), w.reshape(P, -1))
 
         bbar = torch.bmm(self.CB, self.basis_b)
-        if PSEUDO in self.c or ERR_HEBB in self.c:
-            abar = torch.bmm(self.CA, self.basis)
-            if PSEUDO in self.c:
-                grad[PSEUDO] -= dot(abar, ch.Pc)
-            if ERR_HEBB in self.c:
-                grad[ERR_HEBB] -= dot(abar, ch.Q)
-        if POST_PRE_ERR in self.c:
-            grad[POST_PRE_ERR] -= dot(bbar, ch.Q)
-        grad[OJA] += dot(bbar, ch.Pc) - dot(bbar, ch.V)
+        xbar = {terms.Y_POST: bbar}
+        if self.ka:
+            xbar[terms.E_POST] = torch.bmm(self.CA, self.basis)
+        vec = {terms.Y_PRE: ch.Pc, terms.E_PRE: ch.Q}
+        for r, t in self.plan.terms:
+            X = xbar[t.a]
+            d = dot(X, ch.Pc) - dot(X, ch.V) if t.b == terms.OJA_PRE else dot(X, vec[t.b])
+            if t.sign < 0:
+                grad[r] -= d
+            else:
+                grad[r] += d
         G.baddbmm_(self.Delta.transpose(1, 2), ch.Pc)
-        G.baddbmm_(ch.Y.transpose(1, 2), bbar * self.neg[OJA])  # y_s r_s^T
+        G.baddbmm_(ch.Y.transpose(1, 2), bbar * self.neg_oja)  # y_s r_s^T
         self.basis = self.basis_b = self.GAB = self.Wb = self.ABdot = None
         self.YEY = self.PAB = self.Delta = self.CB = self.CA = None

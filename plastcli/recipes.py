@@ -17,22 +17,10 @@ from typing import Any
 
 import yaml
 
+from plastcli import terms as term_grammar
 from plastcli.errors import PlastError
+from plastcli.terms import TERM_NAMES  # the engine's names; plastcli.terms needs no torch
 
-# Names shared with the engine; kept here (not imported from torch modules) so
-# that validation is fast and needs no torch.
-TERM_NAMES = (
-    "pseudo_grad",
-    "post_act_pre_err",
-    "err_hebb",
-    "decay",
-    "ones_pre_err",
-    "sum_post_grad",
-    "quad_1",
-    "quad_2",
-    "quad_3",
-    "oja",
-)
 FEEDBACK_MODES = ("sym", "fixed", "direct", "plastic")
 INITS = ("xavier", "naive")
 DEVICES = ("auto", "cpu", "cuda")
@@ -85,12 +73,27 @@ class NetworkSpec:
 
 
 @dataclass
+class TermSpec:
+    """A term declared by a recipe: ``F = sign · s · a bᵀ`` (plastcli/terms.py lists the
+    allowed values; ASCII spellings such as ``1^T y_post`` are accepted)."""
+
+    a: str | None = spec(None, doc="left factor: e_post, y_post or ones")
+    b: str | None = spec(None, doc="right factor: y_pre, e_pre, ones or y_pre - M^T y_post")
+    s: str = spec("1", doc="scalar: 1, 1^T y_post, y_post^T M e_pre or e_post^T M y_pre")
+    sign: float = spec(1.0, doc="-1 or +1")
+
+
+@dataclass
 class RuleSpec:
-    terms: list[str] = spec(factory=lambda: ["pseudo_grad"], choices=TERM_NAMES)
+    # Term names (built in, declared under `define`, or g_<a>_<b>[_<s>] grammar terms), or
+    # 'grammar': every term of the grammar (plastcli/terms.py).
+    terms: list[str] | str = spec(factory=lambda: ["pseudo_grad"])
     # Initial coefficient per term; terms not named start at 0.
-    init: dict[str, float] = spec(factory=dict, choices=TERM_NAMES)
+    init: dict[str, float] = spec(factory=dict)
     # Optional per-layer restriction: one list of term names per layer (P1 Table 1).
-    layers: list[list[str]] | None = spec(None, choices=TERM_NAMES)
+    layers: list[list[str]] | None = spec(None)
+    # New terms by name: {a, b, s, sign} in the grammar F = sign · s · a bᵀ.
+    define: dict[str, TermSpec] = spec(factory=dict)
 
 
 @dataclass
@@ -108,7 +111,7 @@ class MetaSpec:
     l1_mode: str = spec("subgradient", choices=("subgradient", "proximal"))
     # Stabiliser (off unless named): project theta into [low, high] per term after every
     # step; null = unbounded on that side.
-    bounds: dict[str, list[float | None]] = spec(factory=dict, choices=TERM_NAMES)
+    bounds: dict[str, list[float | None]] = spec(factory=dict)
     # Cross-machine stand-in: multiply each member's initial theta by (1 + jitter * N(0,1)),
     # a draw keyed on the member's seed (0 = off).
     theta_jitter: float = spec(0.0, minimum=0.0)
@@ -158,9 +161,11 @@ class MetaTrainRecipe:
 
     def validate(self, where: Where) -> None:
         check_dataset_network(self.dataset, self.network, where)
+        defined = declared_terms([(self.rule, "rule"), (self.feedback_rule, "feedback_rule")],
+                                 where)
+        check_rule(self.rule, "rule", len(self.network.layers) - 1, where, defined)
         check_meta(self.meta, self.rule, where)
         check_grid(self.population.grid, self.rule, where)
-        check_rule(self.rule, "rule", len(self.network.layers) - 1, where)
         n_classes = DATASET_SHAPES[self.dataset.name][1]
         if self.task.classes > n_classes:
             where.fail("task.classes", f"{self.task.classes} > {n_classes} classes in dataset")
@@ -176,7 +181,10 @@ class MetaTrainRecipe:
         if self.feedback != "plastic" and self.feedback_rule is not None:
             where.fail("feedback_rule", "only allowed with feedback: plastic")
         if self.feedback_rule is not None:
-            check_rule(self.feedback_rule, "feedback_rule", len(self.network.layers) - 1, where)
+            check_rule(self.feedback_rule, "feedback_rule", len(self.network.layers) - 1, where,
+                       defined)
+            check_pool([self.rule.terms, self.feedback_rule.terms], defined, "feedback_rule",
+                       where)
         if self.feedback == "direct":
             where.fail("feedback", "meta-train supports sym, fixed and plastic feedback")
 
@@ -243,11 +251,52 @@ def check_grid(grid: dict[str, list[float]], rule: RuleSpec, where: Where) -> No
             where.fail(f"population.grid.{key}", f"values must be >= 0, got {min(values)}")
 
 
-def check_rule(rule: RuleSpec, key: str, n_layers: int, where: Where) -> None:
+def declared_terms(rules: list[tuple[RuleSpec | None, str]], where: Where) -> dict:
+    """The terms declared under ``<key>.define`` of the given rules (name -> Term); one
+    name declared twice must mean the same term."""
+    out: dict = {}
+    for rule, key in rules:
+        for name, ts in (rule.define if rule is not None else {}).items():
+            try:
+                term = term_grammar.declare(name, ts.a, ts.b, ts.s, ts.sign)
+            except term_grammar.TermError as exc:
+                where.fail(f"{key}.define.{name}" + (f".{exc.field}" if exc.field else ""),
+                           str(exc))
+            if name in out and out[name] != term:
+                where.fail(f"{key}.define.{name}", "declared differently in rule.define")
+            out[name] = term
+    return out
+
+
+def check_pool(term_lists: list[list[str]], defined: dict, key: str, where: Where) -> None:
+    """No two terms of a run may compute the same thing."""
+    try:
+        term_grammar.make_pool([*(n for names in term_lists for n in names), *defined], defined)
+    except term_grammar.TermError as exc:
+        at = f"{key}.define.{exc.field}" if exc.field in defined else f"{key}.terms"
+        where.fail(at, str(exc))
+
+
+def check_rule(rule: RuleSpec, key: str, n_layers: int, where: Where,
+               defined: dict | None = None) -> None:
+    """Check a rule's terms (resolving ``terms: grammar`` to the grammar's term names)."""
+    if defined is None:
+        defined = declared_terms([(rule, key)], where)
+    if isinstance(rule.terms, str):
+        if rule.terms != term_grammar.GRAMMAR:
+            where.fail(f"{key}.terms", f"'{rule.terms}' is not allowed; allowed: a list of "
+                       f"term names, or '{term_grammar.GRAMMAR}' for every term of the grammar")
+        rule.terms = term_grammar.grammar_names()
     if not rule.terms:
         where.fail(f"{key}.terms", "must name at least one term")
+    for i, name in enumerate(rule.terms):
+        if term_grammar.resolve(name, defined) is None:
+            where.fail(f"{key}.terms[{i}]", f"'{name}' is not allowed; allowed: "
+                       f"{', '.join([*TERM_NAMES, *defined])}, a term declared under "
+                       f"{key}.define, or a grammar term g_<a>_<b>[_<s>]")
     if len(set(rule.terms)) != len(rule.terms):
         where.fail(f"{key}.terms", "a term is named twice")
+    check_pool([rule.terms], defined, key, where)
     for name in rule.init:
         if name not in rule.terms:
             where.fail(f"{key}.init.{name}", f"not among {key}.terms ({', '.join(rule.terms)})")
@@ -271,7 +320,7 @@ def _describe(tp: Any) -> str:
     if origin is list:
         return f"list of {_describe(typing.get_args(tp)[0])}"
     if origin is dict:
-        return "mapping of name to number"
+        return f"mapping of name to {_describe(typing.get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
         return "mapping"
     return {int: "integer", float: "number", str: "string", bool: "true/false",
@@ -290,7 +339,7 @@ def _convert(value: Any, tp: Any, key: str, md: dict, where: Where) -> Any:
             try:
                 return _convert(value, arg, key, md, where)
             except PlastError:
-                if len(args) == 2:
+                if len(args) == 2 and type(None) in args:
                     raise
         where.fail(key, f"expected {_describe(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
@@ -444,7 +493,7 @@ class AssignmentSpec:
 class AblationSpec:
     # Terms of rule.terms that act only on an assignment's layers; the other terms of
     # rule.terms (the base rule) act on every layer.
-    added_terms: list[str] = spec(factory=lambda: ["err_hebb"], choices=TERM_NAMES)
+    added_terms: list[str] = spec(factory=lambda: ["err_hebb"])
     assignments: list[AssignmentSpec] = spec(factory=list)
     # Angles are averaged over episodes burn_in..end (P1 Table 1: 100..500).
     burn_in: int = spec(100, minimum=0)

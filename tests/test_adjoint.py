@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from term_cases import DECLARED, IDS, RECIPE_POOL, RECIPE_TERMS
 from test_engine import _adjoint_args, _assert_same_meta_outputs, _config, _tiny_sampler
 
 from plastcli import adjoint, input_layer
@@ -11,25 +12,27 @@ from plastcli.engine import MetaTrainer
 from plastcli.network import init_net
 from plastcli.recipes import TERM_NAMES
 from plastcli.rules import LayerCoefficients, layer_mask
+from plastcli.terms import BUILTIN_POOL
 
 SMALL = {"quad_1", "quad_2", "quad_3", "sum_post_grad"}  # large values blow the net up
 
 
-def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1):
+def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1, pool=BUILTIN_POOL):
     """(autograd grad, adjoint grad, autograd CE, adjoint CE) in float64."""
     torch.set_default_dtype(torch.float64)
     min_defer = adjoint.MIN_DEFER_SIZE
     adjoint.MIN_DEFER_SIZE = 0  # the tiny layers defer too when chunk > 1
     try:
         sampler = _tiny_sampler()
-        cfg = _config(terms, feedback, P=len(seeds))
+        cfg = _config(terms, feedback, P=len(seeds), pool=pool)
         if per_layer is not None:
-            cfg.mask = layer_mask(terms, per_layer, 3).expand(len(seeds), 3, -1).clone()
+            cfg.mask = layer_mask(terms, per_layer, 3, pool).expand(len(seeds), 3, -1).clone()
         tr = MetaTrainer(cfg, sampler, list(seeds), torch.device("cpu"))
         ep = sampler.sample(list(seeds), 0, "cpu")
         ep.x_train, ep.x_query = ep.x_train.double(), ep.x_query.double()
         g = torch.Generator().manual_seed(5)
-        scale = torch.tensor([0.03 if t in SMALL else 0.3 for t in terms])
+        scale = torch.tensor([0.03 if t in SMALL or pool.decl(t).s != "1" else 0.3
+                              for t in terms])
         theta = (scale * torch.rand(tr.params[0].shape, generator=g)).requires_grad_(True)
         _, ce_ref, _ = tr.member_losses(ep, [theta])
         ref = torch.autograd.grad(ce_ref.sum(), theta)[0]
@@ -38,10 +41,10 @@ def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1):
         net = init_net(cfg.layers, tr.seeds, 0, cfg.init, cfg.feedback)
         net.W = [w.double() for w in net.W]
         net.Bf = [b.double() for b in net.Bf] if net.Bf else None
-        active = LayerCoefficients.build(full.detach(), tr.mask).active
+        active = LayerCoefficients.build(full.detach(), tr.mask, pool).active
         ce, _, cg = adjoint.meta_loss_and_coef_grad(net, ep.x_train, ep.y_train, ep.x_query,
                                                     ep.y_query, coef.detach(), active, 10.0,
-                                                    feedback, chunk=chunk)
+                                                    feedback, chunk=chunk, pool=pool)
         got = torch.autograd.grad(coef, theta, cg)[0]
         return ref, got, ce_ref.detach(), ce
     finally:
@@ -131,6 +134,52 @@ def test_input_layer_path_needs_oja_and_plain_terms():
     assert input_layer.applies(frozenset({0, 9}), "sym")
     assert not input_layer.applies(frozenset({0, 2}), "fixed")  # no oja: nothing to gain
     assert not input_layer.applies(frozenset({0, 3, 9}), "fixed")  # decay
+
+
+# chunk 1 applies every update at once; 5 defers them (and, for declarations the chunked
+# input layer takes, runs layer 1 in chunks of basis products)
+@pytest.mark.parametrize("chunk", [1, 5])
+@pytest.mark.parametrize(("term", "pool"), DECLARED, ids=IDS)
+def test_every_declared_term_matches_autograd(term, pool, chunk):
+    """The reverse pass against autograd in float64 for every declaration (the grammar and
+    the recipe-declared terms), each next to pseudo_grad, with fixed feedback."""
+    terms = ["pseudo_grad"] if term.name == "pseudo_grad" else ["pseudo_grad", term.name]
+    ref, got, ce_ref, ce = _both_gradients(terms, "fixed", chunk=chunk, pool=pool)
+    assert torch.isfinite(ce_ref).all()
+    torch.testing.assert_close(ce, ce_ref, rtol=1e-10, atol=1e-12)
+    assert ref.abs().max() > 1e-4  # a gradient worth comparing
+    torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-10)
+
+
+CHUNKABLE = [(t, p) for t, p in DECLARED if not t.decay and input_layer.applies(
+    frozenset(p.index[n] for n in {"pseudo_grad", t.name, "oja"}), "fixed", p)]
+
+
+@pytest.mark.parametrize(("term", "pool"), CHUNKABLE, ids=[t.name for t, _ in CHUNKABLE])
+def test_declared_terms_on_the_chunked_input_layer_match_autograd(term, pool, monkeypatch):
+    """Every declaration the chunked input layer takes, with pseudo_grad and Oja's term."""
+    closed = []
+    close = input_layer.InputLayerChunks.close
+    monkeypatch.setattr(input_layer.InputLayerChunks, "close",
+                        lambda self: closed.append(1) or close(self))
+    terms = list(dict.fromkeys(["pseudo_grad", term.name, "oja"]))
+    ref, got, _, _ = _both_gradients(terms, "fixed", chunk=5, pool=pool)
+    assert len(closed) == 3
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("feedback", ["fixed", "sym"])
+def test_recipe_terms_with_the_whole_pool_match_autograd(feedback):
+    ref, got, _, _ = _both_gradients(RECIPE_POOL.names, feedback, chunk=5, pool=RECIPE_POOL)
+    torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-10)
+
+
+def test_input_layer_applies_is_a_property_of_declarations():
+    on = frozenset(RECIPE_POOL.index[n] for n in ("pseudo_grad", "hebb", "oja"))
+    assert input_layer.applies(on, "sym", RECIPE_POOL)  # no term reads e_0
+    on_sum = frozenset(RECIPE_POOL.index[n] for n in ("pseudo_grad", "hebb_sum", "oja"))
+    assert not input_layer.applies(on_sum, "fixed", RECIPE_POOL)  # a state-dependent scalar
+    assert set(RECIPE_TERMS) == {"hebb", "hebb_sum", "ones_oja"}
 
 
 def test_trainer_paths_agree_and_choice_is_honoured():

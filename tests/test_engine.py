@@ -12,6 +12,7 @@ from plastcli.data import Dataset, TaskSampler
 from plastcli.engine import Adam, MetaConfig, MetaTrainer, inner_step
 from plastcli.network import Net, forward, init_net
 from plastcli.rules import IDX, LayerCoefficients, layer_mask, selection_matrix
+from plastcli.terms import BUILTIN_POOL
 
 LAYERS = [12, 9, 7, 5]
 
@@ -51,11 +52,12 @@ def _tiny_sampler(n_classes=5, per_class=12, seed=0):
                        per_class_cap=None, cap_seed=0)
 
 
-def _config(terms, feedback="fixed", P=1, fb_terms=None, dtype=torch.float32, l1=0.0):
+def _config(terms, feedback="fixed", P=1, fb_terms=None, dtype=torch.float32, l1=0.0,
+            pool=BUILTIN_POOL):
     L = len(LAYERS) - 1
     cfg = MetaConfig(layers=LAYERS, init="xavier", beta=10.0, feedback=feedback, terms=terms,
-                     term_init={"pseudo_grad": 0.02}, mask=layer_mask(terms, None, L)
-                     .expand(P, L, -1).clone(), lr=1e-2, l1=l1)
+                     term_init={"pseudo_grad": 0.02}, mask=layer_mask(terms, None, L, pool)
+                     .expand(P, L, -1).clone(), lr=1e-2, l1=l1, pool=pool)
     if fb_terms:
         cfg.fb_terms, cfg.fb_init = fb_terms, {}
         cfg.fb_mask = layer_mask(fb_terms, None, L).expand(P, L, -1).clone()

@@ -9,6 +9,7 @@ from conftest import REPO
 from typer.testing import CliRunner
 
 from plastcli.cli import app
+from plastcli.engine import MetaConfig
 from plastcli.experiments import meta_train
 from plastcli.progress import Reporter
 from plastcli.recipes import load_recipe
@@ -84,7 +85,7 @@ def test_store_made_before_a_new_recipe_key_still_resumes(tmp_path):
     meta_train.run(tiny_recipe(2), tmp_path / "old.h5")
     with h5py.File(tmp_path / "old.h5", "a") as f:
         f.attrs["recipe_yaml"] = f.attrs["recipe_yaml"].replace("  gradient: auto\n", "")
-    assert "gradient" not in read_store(tmp_path / "old.h5").attrs["recipe_yaml"]
+    assert "  gradient: auto\n" not in read_store(tmp_path / "old.h5").attrs["recipe_yaml"]
     meta_train.run(tiny_recipe(3), tmp_path / "old.h5", resume=True)
     assert read_store(tmp_path / "old.h5")["episodes/theta"].shape[1] == 3
 
@@ -131,6 +132,28 @@ def test_cli_meta_train_show_and_errors(tmp_path):
     assert r.exit_code == 2 and "plast[download]" in r.output  # brackets survive Rich markup
     r = runner.invoke(app, ["figures", "--paper", "1999"])
     assert r.exit_code == 2 and "allowed: 2022, 2024" in r.output
+
+
+def test_cli_meta_train_with_a_recipe_declared_term(tmp_path):
+    """rule.define through the CLI, on the fast path; the store records the declarations."""
+    recipe = tmp_path / "declared.yaml"
+    recipe.write_text((REPO / "recipes/bio.yaml").read_text().replace(
+        "  terms: [pseudo_grad, err_hebb, oja]",
+        "  terms: [pseudo_grad, oja, my_term]\n"
+        "  define:\n    my_term: {a: y_post, b: ones, s: \"1^T y_post\", sign: -1}"))
+    out = tmp_path / "declared.h5"
+    args = ["meta-train", str(recipe), "--episodes", "2", "--out", str(out),
+            "--set", "network.layers=[784,32,24,47]", *[a for s in TINY[1:] for a in ("--set", s)]]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "my_term" in r.output
+    st = read_store(out)
+    assert st.complete and st.json_attr("term_names") == ["pseudo_grad", "oja", "my_term"]
+    decl = st.json_attr("term_declarations")[2]
+    assert decl == {"name": "my_term", "a": "y_post", "b": "ones", "s": "1^T y_post",
+                    "sign": -1, "formula": "−(1ᵀ y_post) y_post onesᵀ"}
+    assert st["episodes/theta"].shape == (2, 2, 3) and np.isfinite(st["episodes/theta"]).all()
+    assert MetaConfig.from_recipe(load_recipe(recipe), 1).pool.names[-1] == "my_term"
 
 
 @pytest.mark.parametrize("command", [[], ["meta-train"], ["figures"], ["ablate-layers"]])

@@ -75,3 +75,65 @@ def test_every_shipped_recipe_validates():
     assert len(files) >= 7
     for f in files:
         load_recipe(f)
+
+
+DEFINE = {"my_term": {"a": "y_post", "b": "ones", "s": "1ᵀ y_post", "sign": -1}}
+
+
+def _with_define(define, terms=("pseudo_grad", "oja", "my_term")):
+    recipe = yaml.safe_load(yaml.safe_dump(GOOD))
+    recipe["rule"]["terms"] = list(terms) if not isinstance(terms, str) else terms
+    recipe["rule"]["define"] = define
+    return recipe
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("a", "e_pre", "key 'rule.define.my_term.a': 'e_pre' is not allowed; allowed: 'e_post', "
+     "'y_post', 'ones'"),
+    ("b", "y_post", "key 'rule.define.my_term.b': 'y_post' is not allowed; allowed: 'y_pre', "
+     "'e_pre', 'ones', 'y_pre − Mᵀ y_post' (ASCII 'y_pre - M^T y_post')"),
+    ("s", "y_post^T y_post", "key 'rule.define.my_term.s': 'y_post^T y_post' is not allowed; "
+     "allowed: '1', '1ᵀ y_post' (ASCII '1^T y_post')"),
+    ("sign", 2, "key 'rule.define.my_term.sign': '2.0' is not allowed; allowed: -1, +1"),
+    ("colour", "red", "key 'rule.define.my_term.colour': unknown key; allowed: a, b, s, sign"),
+])
+def test_bad_declarations_name_the_key_and_the_allowed_values(tmp_path, field, value, needle):
+    define = yaml.safe_load(yaml.safe_dump(DEFINE))
+    define["my_term"][field] = value
+    with pytest.raises(PlastError) as err:
+        load_recipe(_write(tmp_path, _with_define(define)))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("define,terms,needle", [
+    ({"oja": {"a": "y_post", "b": "y_pre"}}, ["pseudo_grad"],
+     "key 'rule.define.oja': 'oja' is already a term of the grammar"),
+    ({"mine": {"a": "e_post", "b": "y_pre", "sign": 1}}, ["pseudo_grad", "mine"],
+     "key 'rule.define.mine': 'mine' computes the same term as 'pseudo_grad'"),
+    ({}, ["pseudo_grad", "my_term"], "key 'rule.terms[1]': 'my_term' is not allowed"),
+    ({}, "all", "key 'rule.terms': 'all' is not allowed; allowed: a list of term names, or "
+     "'grammar'"),
+    ({"m": {"b": "ones"}}, ["pseudo_grad"], "key 'rule.define.m.a': required; allowed:"),
+])
+def test_bad_term_names_and_duplicates(tmp_path, define, terms, needle):
+    with pytest.raises(PlastError) as err:
+        load_recipe(_write(tmp_path, _with_define(define, terms)))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_declared_terms_and_the_grammar_resolve_and_roundtrip(tmp_path):
+    from plastcli.terms import grammar_names, recipe_pool
+
+    r = load_recipe(_write(tmp_path, _with_define(DEFINE)))
+    pool = recipe_pool(r)
+    assert pool.names[-1] == "my_term" and len(pool) == 11
+    t = pool.decl("my_term")
+    assert (t.a, t.b, t.s, t.sign) == ("y_post", "ones", "1^T y_post", -1)
+    assert recipe_from_yaml(recipe_to_yaml(r)) == r
+    g = load_recipe(_write(tmp_path, _with_define({}, "grammar")))
+    assert g.rule.terms == grammar_names() and len(g.rule.terms) == 49
+    assert recipe_from_yaml(recipe_to_yaml(g)).rule.terms == g.rule.terms
+    # a feedback rule may use a term the forward rule declares
+    fb = _with_define(DEFINE)
+    fb.update(feedback="plastic", feedback_rule={"terms": ["my_term", "decay"]})
+    assert recipe_pool(load_recipe(_write(tmp_path, fb))).names[-1] == "my_term"

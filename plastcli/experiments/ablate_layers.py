@@ -19,8 +19,9 @@ import numpy as np
 
 from plastcli.errors import PlastError
 from plastcli.progress import Reporter
-from plastcli.recipes import TERM_NAMES, AblateLayersRecipe, layer_names
+from plastcli.recipes import AblateLayersRecipe, layer_names
 from plastcli.store import Store, StoreData, read_store
+from plastcli.terms import recipe_pool
 
 ACC_TAIL = 50  # final meta-accuracy = mean of the last 50 episodes (as plast meta-train)
 
@@ -37,10 +38,10 @@ def assignment_layers(recipe: AblateLayersRecipe) -> np.ndarray:
 
 def assignment_masks(recipe: AblateLayersRecipe) -> np.ndarray:
     """``[A, L, R]`` 0/1 pool masks: base terms on every layer, added terms where assigned."""
-    pool = {n: i for i, n in enumerate(TERM_NAMES)}
+    pool = recipe_pool(recipe).index  # the built-in terms, then any the recipe declares
     added = assignment_layers(recipe)
     A, L = added.shape
-    masks = np.zeros((A, L, len(TERM_NAMES)), dtype=np.float32)
+    masks = np.zeros((A, L, len(pool)), dtype=np.float32)
     for t in recipe.rule.terms:
         if t in recipe.ablation.added_terms:
             masks[:, :, pool[t]] = added

@@ -22,6 +22,7 @@ from plastcli.experiments.common import (
 )
 from plastcli.progress import Reporter
 from plastcli.recipes import MetaTrainRecipe
+from plastcli.terms import recipe_pool
 
 
 @dataclass
@@ -73,6 +74,15 @@ def _finite_mean(x: np.ndarray, axis=None):
     return float(out) if axis is None else out
 
 
+def term_declarations(recipe: MetaTrainRecipe) -> dict[str, list[dict]]:
+    """The declarations (a, b, s, sign; plastcli.terms) of the rule's terms, stored next
+    to their names."""
+    pool = recipe_pool(recipe)
+    fb = recipe.feedback_rule.terms if recipe.feedback_rule else []
+    return {"term_declarations": [pool.decl(n).to_dict() for n in recipe.rule.terms],
+            "feedback_term_declarations": [pool.decl(n).to_dict() for n in fb]}
+
+
 def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: bool = False,
         data_dir=None, device: str | None = None, reporter: Reporter | None = None,
         member_masks: np.ndarray | None = None, extra_attrs: dict | None = None,
@@ -94,6 +104,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                  extra_attrs={"term_names": recipe.rule.terms,
                               "feedback_term_names": recipe.feedback_rule.terms
                               if recipe.feedback_rule else [],
+                              **term_declarations(recipe),
                               "seeds": seeds, "grid_keys": list(grid),
                               **machine_attrs(), **(extra_attrs or {})},
                  may_grow=("meta.episodes",))
