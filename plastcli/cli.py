@@ -131,17 +131,19 @@ def meta_train(
     from plastcli.experiments import meta_train as exp
     rec, res = _run("meta-train", exp, recipe, set_, device, out, resume, overwrite, data_dir,
                     {"population.seeds": seeds, "meta.episodes": episodes})
-    table = Table(title=f"meta-train {rec.name}: {res.episodes} episodes -> {res.out}")
+    table = Table(title=f"meta-train {rec.name}: {res.episodes} episodes -> {res.out}",
+                  caption="meta-acc, meta-loss: mean of the last 50 episodes; diverged, "
+                          "collapsed: the episode it happened (- = never)")
     table.add_column("seed", justify="right")
     for key in res.grid:
         table.add_column(key, justify="right")
-    table.add_column("meta-acc (last 50)", justify="right")
-    table.add_column("meta-loss (last 50)", justify="right")
+    table.add_column("meta-acc", justify="right")
+    table.add_column("meta-loss", justify="right")
     wide = len(res.terms) > 10  # e.g. rule.terms: grammar: the largest coefficients only
     for name in ["largest |θ|"] if wide else res.terms:
         table.add_column(name if wide else f"θ {name}", justify="right")
-    table.add_column("diverged at", justify="right")
-    table.add_column("collapsed at", justify="right")
+    table.add_column("diverged", justify="right")
+    table.add_column("collapsed", justify="right")
     for i, s in enumerate(res.seeds):
         d, c = res.diverged_at[i], res.collapsed_at[i]
         theta = [f"{v:.3g}" for v in res.theta[i]]
