@@ -13,6 +13,7 @@ coefficient bound (``meta.bounds``) may be taken from.
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from plastcli.collapse import chance_loss
 from plastcli.figures import register
@@ -86,7 +87,13 @@ def stability_map(s):
         ax.axhline(rows["chance"], color="k", ls="--", lw=0.7, label="chance ln 5")
         lin = max(1e-4, float(np.min(np.abs(c[c != 0]))) if (c != 0).any() else 1e-4)
         ax.set_xscale("symlog", linthresh=lin)
+        ticks = [v for v in (-1e-1, -1e-3, -1e-5, 0.0, 1e-5, 1e-3, 1e-1)
+                 if c.min() <= v <= c.max() and (v == 0 or abs(v) >= lin)]
+        ax.set_xticks(ticks, [f"{v:.0e}".replace("e-0", "e-") if v else "0" for v in ticks],
+                      fontsize=7)
         ax.set_yscale("log")
+        if np.nanmax(y) / np.nanmin(y) > 10:  # several decades: major labels suffice
+            ax.yaxis.set_minor_formatter(NullFormatter())
         iv = interval(rows, "safe")
         span = "none safe" if iv is None else f"safe [{iv[0]:.0e}, {iv[1]:.0e}]"
         ax.set(title=f"{rows['term']}: {span}", xlabel=f"θ_{rows['term']}",
