@@ -215,3 +215,21 @@ def test_stability_map_is_drawn_from_lr0_grid_stores(tmp_path):
     table = (tmp_path / "figs/stability-map.md").read_text()
     assert "| oja |" in table and "| pseudo_grad |" in table and "100" in table  # 100 blows up
     assert not [s for s in rep.skipped if s.startswith(("fig-stability", "stability-map"))]
+
+
+def test_pool_sweep_figure_picks_the_largest_lambda_close_to_the_best(tmp_path):
+    from plastcli.figures import draw_paper
+    from plastcli.figures.stability import sweep_rows
+
+    rec = load_recipe(REPO / "recipes/2022/fig4-pool-sweep.yaml",
+                      [*TINY, "meta.episodes=2", "population.seeds=1",
+                       "population.grid.meta.l1=[0.0, 1.0, 1.0e6]"])
+    meta_train.run(rec, tmp_path / "2022/fig4-pool-sweep.h5")
+    rows = sweep_rows(read_store(tmp_path / "2022/fig4-pool-sweep.h5"))
+    assert rows["l1"].tolist() == [0.0, 1.0, 1e6] and rows["theta"].shape == (3, 10)
+    assert (rows["theta"][2] == 0).all()  # λ = 1e6: every term thresholded away
+    best = np.nanmax(rows["acc"])
+    assert rows["chosen"] == max(v for v, a in zip(rows["l1"], rows["acc"], strict=True)
+                                 if a >= best - 0.05)
+    draw_paper("2022", tmp_path / "2022", tmp_path / "figs", ["png"])
+    assert (tmp_path / "figs/fig4-pool-sweep.png").exists()

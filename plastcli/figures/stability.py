@@ -128,3 +128,54 @@ def stability_table(s):
                      f"{fmt(interval(rows, 'usable'))} | {rows['coef'][best]:g} | "
                      f"{rows['ce'][best]:.3f} | {', '.join(f'{v:g}' for v in nan) or '-'} |")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ the λ sweep of the pool
+SWEEP = "fig4-pool-sweep"
+CLOSE_TO_BEST = 0.05  # the recipe's criterion: largest λ within this of the best accuracy
+
+
+def sweep_rows(st) -> dict:
+    """Per λ of a pool sweep store: λ ``[G]``, median final meta-accuracy ``[G]``, median
+    final |θ| ``[G, R]``, failed seeds ``[G]``; and the λ the criterion picks."""
+    from plastcli.figures.paper2022 import final_per_seed, member_events
+
+    l1 = st["members/l1"]
+    acc = final_per_seed(st, "meta_accuracy")
+    theta = np.abs(st["episodes/theta"][:, -1])  # [P, R]
+    div, col = member_events(st)
+    lams = np.unique(l1)
+    med = np.array([np.nanmedian(acc[l1 == v]) for v in lams])
+    th = np.stack([np.median(theta[l1 == v], 0) for v in lams])
+    failed = np.array([int(((div >= 0) | (col >= 0))[l1 == v].sum()) for v in lams])
+    ok = med >= np.nanmax(med) - CLOSE_TO_BEST
+    return {"l1": lams, "acc": med, "theta": th, "failed": failed,
+            "seeds": int((l1 == lams[0]).sum()), "names": st.json_attr("term_names", []),
+            "chosen": float(lams[ok].max())}
+
+
+@register("2022", "fig4-pool-sweep", stores=(SWEEP,))
+def pool_sweep(s):
+    rows = sweep_rows(s[SWEEP])
+    x = np.where(rows["l1"] > 0, rows["l1"], np.nan)
+    zero = rows["l1"] == 0
+    fig, ax = subplots(2, size=(4.8, 3.6))
+    ax[0].plot(x, rows["acc"], "o-", color="C0", label="median over seeds")
+    if zero.any():
+        ax[0].axhline(rows["acc"][zero][0], color="C0", ls=":", label="λ = 0")
+    ax[0].axvline(rows["chosen"], color="k", ls="--", lw=0.8,
+                  label=f"chosen λ = {rows['chosen']:g}")
+    ax[0].set(xscale="log", xlabel="L1 coefficient λ", ylim=(0, 1),
+              ylabel="meta-accuracy (last 50 episodes)",
+              title=f"accuracy vs λ ({rows['seeds']} seeds each)")
+    ax[0].legend(fontsize=8)
+    for r, name in enumerate(rows["names"]):
+        ax[1].plot(x, np.maximum(rows["theta"][:, r], 1e-7), "o-", color=f"C{r}", label=name)
+    ax[1].set(xscale="log", yscale="log", xlabel="L1 coefficient λ",
+              ylabel="|θ| at the last episode (median; 1e-7 = exactly 0)",
+              title="which terms survive as λ grows")
+    ax[1].legend(fontsize=7, ncol=2)
+    episodes = s[SWEEP]["episodes/theta"].shape[1]
+    fig.suptitle(f"P1 Fig 4 sweep — the ten-term pool, proximal L1, θ boxed by the stability "
+                 f"map, {episodes} episodes")
+    return fig
