@@ -516,6 +516,9 @@ class AblateLayersRecipe(MetaTrainRecipe):
         names = layer_names(len(self.network.layers) - 1)
         if self.rule.layers is not None:
             where.fail("rule.layers", "not allowed here: ablation.assignments sets the layers")
+        if self.population.grid:
+            where.fail("population.grid", "not allowed here: the members are ablation "
+                       "assignments x seeds")
         for t in self.ablation.added_terms:
             if t not in self.rule.terms:
                 where.fail("ablation.added_terms", f"term '{t}' not among rule.terms "

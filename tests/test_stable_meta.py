@@ -143,6 +143,12 @@ def test_bad_grid_or_bounds_is_one_line_naming_the_key(bad, match):
         load_recipe(REPO / "recipes/bio.yaml", [bad])
 
 
+def test_ablate_layers_refuses_a_grid():
+    with pytest.raises(PlastError, match="population.grid.*assignments"):
+        load_recipe(REPO / "recipes/2022/table1-ablate-layers.yaml",
+                    ["population.grid.meta.l1=[0, 1]"])
+
+
 # ------------------------------------------------------------------ stabilisers in a run
 def test_bounds_hold_and_proximal_l1_zeroes_terms(tmp_path):
     rec = load_recipe(REPO / "recipes/bio.yaml",
