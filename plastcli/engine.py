@@ -193,11 +193,20 @@ def _initial_theta(names: list[str], init: dict[str, float | list[float]], P: in
 
 def _jitter_theta(theta: torch.Tensor, seeds: list[int], rel: float) -> None:
     """Multiply member i's theta by (1 + rel * N(0,1)), drawn from its seed's own stream:
-    a rounding-level stand-in for another CPU (exact zeros stay zero)."""
+    a rounding-level stand-in for another CPU (exact zeros stay zero).
+
+    A change below one float32 step (rel < ~6e-8, e.g. 1e-9) would round back to the
+    same number, so every nonzero coefficient moves by at least one step (one ulp), in
+    the direction of its noise."""
     for i, s in enumerate(seeds):
         noise = torch.randn(theta.shape[1], generator=generator_for(s, 0, "theta_jitter"),
                             dtype=torch.float64)
-        theta[i] = (theta[i].double() * (1 + rel * noise)).to(theta.dtype)
+        old = theta[i].clone()
+        new = (old.double() * (1 + rel * noise)).to(theta.dtype)
+        towards = torch.where(noise > 0, torch.full_like(old, math.inf),
+                              torch.full_like(old, -math.inf))
+        stuck = (new == old) & (old != 0)
+        theta[i] = torch.where(stuck, torch.nextafter(old, towards), new)
 
 
 def _member_values(x: float | list[float], device) -> float | torch.Tensor:

@@ -179,6 +179,20 @@ def test_theta_jitter_is_relative_seeded_and_keeps_zeros(tmp_path):
     assert (outs[0][:, 1:] == 0).all()
 
 
+def test_theta_jitter_below_float32_resolution_still_moves_one_step():
+    import torch as _t
+
+    from plastcli.engine import _jitter_theta
+
+    theta = _t.tensor([[1e-3, 0.0, 1.3e-2]] * 4)
+    _jitter_theta(theta, [0, 1, 2, 3], 1e-9)  # 1e-9 relative is below one float32 step
+    base = _t.tensor([1e-3, 0.0, 1.3e-2])
+    moved = theta != base
+    assert moved[:, [0, 2]].all() and not moved[:, 1].any()
+    for v, b in zip(theta[:, 0], theta.new_full((4,), 1e-3), strict=True):
+        assert v in (_t.nextafter(b, _t.tensor(1.0)), _t.nextafter(b, _t.tensor(-1.0)))
+
+
 def test_store_records_the_machine(tmp_path):
     meta_train.run(load_recipe(REPO / "recipes/bio.yaml", [*TINY, "meta.episodes=1"]),
                    tmp_path / "m.h5")
