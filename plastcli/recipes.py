@@ -9,6 +9,7 @@ allowed. Nothing here touches tensors.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ class MetaTrainRecipe:
         defined = declared_terms([(self.rule, "rule"), (self.feedback_rule, "feedback_rule")],
                                  where)
         check_rule(self.rule, "rule", len(self.network.layers) - 1, where, defined)
-        check_meta(self.meta, self.rule, where)
+        check_meta(self.meta, self.rule, self.population.grid, where)
         check_grid(self.population.grid, self.rule, where)
         n_classes = DATASET_SHAPES[self.dataset.name][1]
         if self.task.classes > n_classes:
@@ -223,8 +224,10 @@ def check_dataset_network(dataset: DatasetSpec, network: NetworkSpec, where: Whe
                    f"{n_classes} classes of {dataset.name}")
 
 
-def check_meta(meta: MetaSpec, rule: RuleSpec, where: Where) -> None:
-    """Bounds: two entries, low <= high, for terms of the rule, holding the initial theta."""
+def check_meta(meta: MetaSpec, rule: RuleSpec, grid: dict[str, list[float]],
+               where: Where) -> None:
+    """Bounds: two finite entries (or null), low <= high, for terms of the rule, holding
+    every initial theta (the recipe's and the grid's)."""
     for term, pair in meta.bounds.items():
         key = f"meta.bounds.{term}"
         if term not in rule.terms:
@@ -232,11 +235,16 @@ def check_meta(meta: MetaSpec, rule: RuleSpec, where: Where) -> None:
         if len(pair) != 2:
             where.fail(key, f"expected [low, high] (null for no bound), got {pair!r}")
         lo, hi = pair
+        if any(v is not None and not math.isfinite(v) for v in pair):
+            where.fail(key, f"bounds must be finite numbers or null, got {pair!r}")
         if lo is not None and hi is not None and lo > hi:
             where.fail(key, f"low {lo} is above high {hi}")
-        v = rule.init.get(term, 0.0)
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            where.fail(key, f"rule.init.{term} = {v} lies outside [{lo}, {hi}]")
+        starts = [(f"rule.init.{term}", rule.init.get(term, 0.0))]
+        starts += [(f"population.grid.rule.init.{term}", v)
+                   for v in grid.get(GRID_INIT_PREFIX + term, [])]
+        for where_key, v in starts:
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                where.fail(key, f"{where_key} = {v} lies outside [{lo}, {hi}]")
 
 
 def check_grid(grid: dict[str, list[float]], rule: RuleSpec, where: Where) -> None:
@@ -247,6 +255,10 @@ def check_grid(grid: dict[str, list[float]], rule: RuleSpec, where: Where) -> No
             where.fail(f"population.grid.{key}", f"unknown key; allowed: {', '.join(allowed)}")
         if not values:
             where.fail(f"population.grid.{key}", "needs at least one value")
+        if not all(math.isfinite(v) for v in values):
+            where.fail(f"population.grid.{key}", f"values must be finite, got {values}")
+        if len(set(values)) != len(values):
+            where.fail(f"population.grid.{key}", f"a value is listed twice: {values}")
         if key in GRID_KEYS and min(values) < 0:
             where.fail(f"population.grid.{key}", f"values must be >= 0, got {min(values)}")
 

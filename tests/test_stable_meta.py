@@ -253,3 +253,39 @@ def test_pool_sweep_figure_picks_the_largest_lambda_close_to_the_best(tmp_path):
                                  if a >= best - 0.05)
     draw_paper("2022", tmp_path / "2022", tmp_path / "figs", ["png"])
     assert (tmp_path / "figs/fig4-pool-sweep.png").exists()
+
+
+def test_grid_key_order_does_not_change_the_members(tmp_path):
+    a = meta_train.grid_members(load_recipe(REPO / "recipes/bio.yaml", GRID))
+    b = meta_train.grid_members(load_recipe(REPO / "recipes/bio.yaml", GRID[::-1]))
+    assert a[0] == b[0] and list(a[1]) == list(b[1]) == sorted(a[1])
+    for k in a[1]:
+        np.testing.assert_array_equal(a[1][k], b[1][k])
+
+
+def test_gridded_run_resumes_to_the_same_numbers(tmp_path):
+    from test_meta_train_store import StopAfter
+
+    def rec(n, grid=GRID):
+        return load_recipe(REPO / "recipes/bio.yaml", [*TINY, f"meta.episodes={n}", *grid])
+
+    meta_train.run(rec(4), tmp_path / "full.h5")
+    with pytest.raises(KeyboardInterrupt):
+        meta_train.run(rec(4), tmp_path / "cut.h5", reporter=StopAfter(3))
+    meta_train.run(rec(4, GRID[::-1]), tmp_path / "cut.h5", resume=True)
+    full, cut = read_store(tmp_path / "full.h5"), read_store(tmp_path / "cut.h5")
+    for k in [*episode_arrays(tmp_path / "full.h5"), "members/l1", "members/init_oja",
+              "members/collapsed_at"]:
+        np.testing.assert_array_equal(full[k], cut[k], err_msg=k)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("population.grid.meta.l1=[0.1, 0.1]", "listed twice"),
+    ("population.grid.meta.l1=[.nan]", "finite"),
+    ("meta.bounds.oja=[.nan, 1]", "finite"),
+    ("population.grid.rule.init.oja=[-0.1, 0.0]", "grid.rule.init.oja = -0.1 lies outside"),
+])
+def test_grid_and_bounds_refuse_duplicates_nan_and_starts_outside(bad, match):
+    extra = ["meta.bounds.oja=[0, null]"] if "grid.rule.init" in bad else []
+    with pytest.raises(PlastError, match=match):
+        load_recipe(REPO / "recipes/bio.yaml", [*extra, bad])

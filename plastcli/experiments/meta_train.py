@@ -44,18 +44,24 @@ class MetaTrainResult:
 def grid_members(recipe: MetaTrainRecipe) -> tuple[list[int], dict[str, np.ndarray]]:
     """Member seeds ``[P]`` and per-member grid values ``{key: [P]}``.
 
-    Members are grid points (every combination, in the grid's key order) x seeds,
-    seed fastest: member ``g * S + s`` is grid point g with seed ``population.seed + s``.
+    Members are grid points (every combination, keys in sorted order, so that a recipe
+    listing them in another order lays out the same members) x seeds, seed fastest:
+    member ``g * S + s`` is grid point g with seed ``population.seed + s``.
     Without a grid: the seeds alone and ``{}``.
     """
     seeds = member_seeds(recipe)
-    grid = recipe.population.grid
+    grid = {k: recipe.population.grid[k] for k in sorted(recipe.population.grid)}
     if not grid:
         return seeds, {}
     points = list(itertools.product(*grid.values()))
     values = {k: np.array([p[j] for p in points for _ in seeds], dtype=np.float64)
               for j, k in enumerate(grid)}
     return seeds * len(points), values
+
+
+def grid_label(grid: dict[str, np.ndarray], i: int) -> str:
+    """', l1=0.1, init_oja=0.001' for member i of a gridded run ('' without a grid)."""
+    return "".join(f", {grid_dataset_name(k)}={v[i]:g}" for k, v in grid.items())
 
 
 def grid_dataset_name(key: str) -> str:
@@ -106,11 +112,12 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                               if recipe.feedback_rule else [],
                               **term_declarations(recipe),
                               "seeds": seeds, "grid_keys": list(grid),
-                              **machine_attrs(), **(extra_attrs or {})},
+                              **(extra_attrs or {})},
                  may_grow=("meta.episodes",))
     # how the population is split decides float rounding (plastcli/workers.py)
     r.store.set_attrs(torch_threads=torch.get_num_threads(),
-                      processes=workers.processes_for(len(seeds), r.device))
+                      processes=workers.processes_for(len(seeds), r.device),
+                      **machine_attrs())  # on resume: the machine that wrote the rest
     torch.manual_seed(0)  # nothing should draw from the global RNG; make sure it is fixed
     sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,
                           recipe.task.query_per_class, recipe.dataset.per_class_cap,
@@ -123,6 +130,12 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     if r.state is not None:
         trainer.load_state_dict(r.state)
         r.store.truncate("episodes", trainer.episode)
+        if "collapsed_at" not in r.state:  # a checkpoint from before collapse detection
+            from plastcli.store import read_store
+
+            ce = read_store(out)["episodes/query_ce"]
+            for e in range(ce.shape[1]):
+                trainer.collapse.update(e, ce[:, e])
     elif r.resumed:  # killed before the first checkpoint: start over in the same file
         r.store.truncate("episodes", 0)
     members = {"seed": np.array(seeds),
@@ -152,11 +165,11 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
             rec = trainer.run_episode()
             buffer.append(rec)
             for i in np.nonzero((dead_before < 0) & (trainer.diverged_at >= 0))[0]:
-                say(f"member {i} (seed {seeds[i]}) diverged at episode "
+                say(f"member {i} (seed {seeds[i]}{grid_label(grid, i)}) diverged at episode "
                     f"{trainer.diverged_at[i]}: theta or meta-loss became NaN; "
                     f"its coefficients are frozen from here on")
             for i in np.nonzero((collapsed_before < 0) & (trainer.collapsed_at >= 0))[0]:
-                say(f"member {i} (seed {seeds[i]}) collapsed at episode "
+                say(f"member {i} (seed {seeds[i]}{grid_label(grid, i)}) collapsed at episode "
                     f"{trainer.collapsed_at[i]}: its query loss has stayed above chance "
                     f"(ln {recipe.task.classes} = {cfg.chance:.2f}) for "
                     f"{cfg.collapse_window} episodes after it had learned")

@@ -80,7 +80,11 @@ def draw_paper(paper: str, results_dir: Path, out_dir: Path, formats: list[str])
         for n in spec.optional:
             if get(n) is not None:
                 stores[n] = get(n)
-        outputs = spec.draw(stores)
+        try:
+            outputs = spec.draw(stores)
+        except PlastError as exc:  # one unusable store must not stop the other figures
+            report.skipped.append(f"{spec.stem}: {exc}")
+            continue
         if not isinstance(outputs, dict):
             outputs = {spec.stem: outputs}
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -149,8 +149,7 @@ def fig5(s):
                         "P1 Fig 5 — F_bio = pseudo_grad + err_hebb + oja, fixed random feedback")
 
 
-@register("2022", "fig6-ehebb", stores=("fig6-ehebb", "fig3-pseudo"),
-          optional=("fig3-bp", "fig6-ehebb-paper", "fig6-ehebb-jitter"))
+@register("2022", "fig6-ehebb", stores=("fig6-ehebb", "fig3-pseudo"), optional=("fig3-bp",))
 def fig6(s):
     return _rule_figure(s, "fig6-ehebb", "eHebb",
                         "P1 Fig 6 — F_eHebb = pseudo_grad + err_hebb, fixed random feedback")

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from plastcli.collapse import chance_loss
+from plastcli.errors import PlastError
 from plastcli.figures import register
 from plastcli.figures.style import subplots
 
@@ -31,7 +32,11 @@ def stability_rows(st) -> dict[str, np.ndarray]:
     import yaml
 
     recipe = yaml.safe_load(st.attrs["recipe_yaml"])
-    (key,) = recipe["population"]["grid"]
+    keys = list(recipe["population"].get("grid", {}))
+    if len(keys) != 1 or not keys[0].startswith("rule.init."):
+        raise PlastError(f"{st.path}: a stability map grids one rule.init.<term>, "
+                         f"this store grids {keys or 'nothing'}")
+    key = keys[0]
     chance = chance_loss(recipe["task"]["classes"])
     coef = st[f"members/{key.replace('rule.init.', 'init_')}"]
     ce = np.asarray(st["episodes/query_ce"], dtype=np.float64)  # [G, tasks]
@@ -140,6 +145,9 @@ def sweep_rows(st) -> dict:
     final |θ| ``[G, R]``, failed seeds ``[G]``; and the λ the criterion picks."""
     from plastcli.figures.paper2022 import final_per_seed, member_events
 
+    if st.json_attr("grid_keys", []) != ["meta.l1"]:
+        raise PlastError(f"{st.path}: a pool sweep grids meta.l1 alone, this store grids "
+                         f"{st.json_attr('grid_keys', []) or 'nothing'}")
     l1 = st["members/l1"]
     acc = final_per_seed(st, "meta_accuracy")
     theta = np.abs(st["episodes/theta"][:, -1])  # [P, R]
@@ -148,6 +156,8 @@ def sweep_rows(st) -> dict:
     med = np.array([np.nanmedian(acc[l1 == v]) for v in lams])
     th = np.stack([np.median(theta[l1 == v], 0) for v in lams])
     failed = np.array([int(((div >= 0) | (col >= 0))[l1 == v].sum()) for v in lams])
+    if not np.isfinite(med).any():
+        raise PlastError(f"{st.path}: every λ's seeds diverged; nothing to choose from")
     ok = med >= np.nanmax(med) - CLOSE_TO_BEST
     return {"l1": lams, "acc": med, "theta": th, "failed": failed,
             "seeds": int((l1 == lams[0]).sum()), "names": st.json_attr("term_names", []),
