@@ -173,6 +173,13 @@ class StoreData:
     def __contains__(self, key: str) -> bool:
         return key in self.arrays
 
+    def members(self, mask: np.ndarray) -> StoreData:
+        """The same store restricted to some members (``mask`` ``[P]`` bool): every
+        ``episodes/``, ``curves/`` and ``members/`` array sliced along its first axis."""
+        cut = {k: (v[mask] if k.split("/", 1)[0] in ("episodes", "curves", "members") else v)
+               for k, v in self.arrays.items()}
+        return StoreData(self.path, dict(self.attrs), cut)
+
 
 def read_store(path: str | Path) -> StoreData:
     """Read every attribute and dataset (except checkpoints) of a store."""

@@ -162,28 +162,55 @@ def fig8(s):
                         "P1 Fig 8 — F_Oja = pseudo_grad + oja, fixed random feedback")
 
 
-@register("2022", "fig4-pool", stores=("fig4-pool", "fig3-pseudo"))
+def pool_runs(s) -> dict:
+    """The pool searches present, label -> store: the paper-faithful setting, the λ sweep's
+    members at its chosen λ, and the full run at that λ."""
+    from plastcli.figures.stability import SWEEP, sweep_rows
+
+    runs = {}
+    if "fig4-pool-paper" in s:
+        runs["pool (paper λ, no bounds)"] = s["fig4-pool-paper"]
+    if SWEEP in s:
+        rows = sweep_rows(s[SWEEP])
+        chosen = s[SWEEP].members(s[SWEEP]["members/l1"] == rows["chosen"])
+        runs[f"pool (bounded, λ {rows['chosen']:g}, sweep)"] = chosen
+    if "fig4-pool" in s:
+        runs["pool (bounded)"] = s["fig4-pool"]
+    return runs
+
+
+@register("2022", "fig4-pool", stores=("fig3-pseudo",),
+          optional=("fig4-pool", "fig4-pool-paper", "fig4-pool-sweep"))
 def fig4(s):
-    pool = s["fig4-pool"]
+    from plastcli.errors import PlastError
+
+    runs = pool_runs(s)
+    if not runs:
+        raise PlastError("needs results/2022/fig4-pool.h5, fig4-pool-paper.h5 or "
+                         "fig4-pool-sweep.h5")
+    label, pool = list(runs.items())[-1]  # the most complete search
     fig, ax = subplots(3, size=(4.8, 3.6))
-    _accuracy_panel(ax[0], {"pseudo": s["fig3-pseudo"], "pool": pool})
-    _theta_panel(ax[1], pool, "pool")
+    _accuracy_panel(ax[0], {"pseudo": s["fig3-pseudo"], **runs})
+    _theta_panel(ax[1], pool, label)
     ax[1].legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     names = pool.json_attr("term_names", [])
     final = np.abs(pool["episodes/theta"][:, -1, :])  # [P, R]
     order = np.argsort(-final.mean(0))
-    ax[2].bar(range(len(names)), final.mean(0)[order], yerr=final.std(0)[order],
-              color=[f"C{r}" for r in order])
+    ax[2].bar(range(len(names)), np.maximum(final.mean(0)[order], 1e-7),
+              yerr=final.std(0)[order], color=[f"C{r}" for r in order])
     ax[2].set_xticks(range(len(names)), [names[r] for r in order], rotation=60, ha="right")
     diverged = diverged_text(pool)
-    ax[2].set(ylabel="|θ| at the last episode", yscale="log",
-              title="which terms survive the L1 penalty" if diverged == "none"
+    ax[2].set(ylabel="|θ| at the last episode (1e-7 = 0)", yscale="log",
+              title=f"which terms survive: F_{label}" if diverged == "none"
               else "|θ| frozen where each seed diverged")
     import yaml
 
-    l1 = yaml.safe_load(pool.attrs["recipe_yaml"])["meta"]["l1"]
+    meta = yaml.safe_load(pool.attrs["recipe_yaml"])["meta"]
+    lam = pool["members/l1"][0] if "members/l1" in pool else meta["l1"]
     fig.suptitle(f"P1 Fig 4 — meta-learning all ten pool terms with an L1 penalty "
-                 f"(λ = {l1:g}) on θ; diverged: {diverged}")
+                 f"(λ = {lam:g}, {meta.get('l1_mode', 'subgradient')}"
+                 f"{', θ boxed by the stability map' if meta.get('bounds') else ''}); "
+                 f"diverged: {diverged}")
     return fig
 
 
@@ -265,11 +292,15 @@ def meta_table_rows(stores: dict) -> list[dict]:
 
 
 @register("2022", "reproduction-2022.md", stores=("fig3-pseudo",),
-          optional=tuple(v for v in (*RULE_STORES.values(), *VARIANT_STORES.values())
+          optional=tuple(v for v in (*RULE_STORES.values(), *VARIANT_STORES.values(),
+                                     "fig4-pool-paper", "fig4-pool-sweep")
                          if v != "fig3-pseudo"))
 def report(s):
     stores = {lab: s[name] for lab, name in {**RULE_STORES, **VARIANT_STORES}.items()
-              if name in s}
+              if name in s and lab != "pool"}
+    searches = pool_runs(s)  # the pool searches, the most complete last
+    stores.update(searches)
+    pool_key = list(searches)[-1] if searches else "pool"
     acc = {k: final_per_seed(v, "meta_accuracy").mean() for k, v in stores.items()}
     ang = {k: float(np.nanmean(final_per_seed(v, "angles")))
            for k, v in stores.items()}
@@ -344,18 +375,18 @@ def report(s):
                              f"{healthy(r)}")
 
     def pool_top():
-        st = stores["pool"]
+        st = stores[pool_key]
         names = st.json_attr("term_names", [])
         final = np.abs(st["episodes/theta"][:, -1, :]).mean(0)
         return [names[i] for i in np.argsort(-final)]
 
-    if "pool" in stores and (np.asarray(stores["pool"].arrays.get("members/diverged_at", [-1]))
-                             >= 0).all():
-        lines.append("| the L1 pool search keeps pseudo_grad, err_hebb and oja | every seed "
-                     f"diverged ({diverged_text(stores['pool'])}) | NOT REPRODUCED |")
+    text = f"the L1 pool search keeps pseudo_grad, err_hebb and oja (top 3 by abs θ; F_{pool_key})"
+    if pool_key in stores and (np.asarray(stores[pool_key].arrays.get("members/diverged_at",
+                                                                      [-1])) >= 0).all():
+        lines.append(f"| {text} | every seed diverged ({diverged_text(stores[pool_key])}) | "
+                     "NOT REPRODUCED |")
         return "\n".join(lines) + "\n"
-    claim("the L1 pool search keeps pseudo_grad, err_hebb and oja (top 3 by abs θ)", ["pool"],
-          lambda: set(pool_top()[:3]) == {"pseudo_grad", "err_hebb", "oja"},
+    claim(text, [pool_key], lambda: set(pool_top()[:3]) == {"pseudo_grad", "err_hebb", "oja"},
           lambda: "ranking: " + ", ".join(pool_top()[:5]))
     return "\n".join(lines) + "\n"
 
