@@ -61,6 +61,10 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     reporter = reporter or Reporter()
     data = load_recipe_dataset(recipe.dataset, data_dir)
     seeds = list(seeds) if seeds is not None else member_seeds(recipe)
+    # every check (here: enough images per class) before the store exists
+    sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,
+                          recipe.task.query_per_class, recipe.dataset.per_class_cap,
+                          recipe.dataset.cap_seed)
     r = open_run(recipe, out, [data], resume=resume, overwrite=overwrite, device_name=device,
                  extra_attrs={"term_names": recipe.rule.terms,
                               "feedback_term_names": recipe.feedback_rule.terms
@@ -71,9 +75,6 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     r.store.set_attrs(torch_threads=torch.get_num_threads(),
                       processes=workers.processes_for(len(seeds), r.device))
     torch.manual_seed(0)  # nothing should draw from the global RNG; make sure it is fixed
-    sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,
-                          recipe.task.query_per_class, recipe.dataset.per_class_cap,
-                          recipe.dataset.cap_seed)
     cfg = MetaConfig.from_recipe(recipe, len(seeds))
     if member_masks is not None:
         cfg.mask = torch.as_tensor(member_masks, dtype=torch.float32)
@@ -91,11 +92,12 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     every = recipe.run.checkpoint_every
 
     def flush() -> None:
-        r.store.append("episodes", buffer)
+        with r.store.transaction():  # records and checkpoint replace the store at once
+            r.store.append("episodes", buffer)
+            r.store.write_arrays("members", {"seed": np.array(seeds),
+                                             "diverged_at": trainer.diverged_at})
+            r.store.checkpoint(trainer.state_dict())
         buffer.clear()
-        r.store.write_arrays("members", {"seed": np.array(seeds),
-                                         "diverged_at": trainer.diverged_at})
-        r.store.checkpoint(trainer.state_dict())
 
     reporter.start(total, trainer.episode, f"meta-train {recipe.name}")
     try:
