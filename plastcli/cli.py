@@ -345,7 +345,7 @@ def figures(
 ) -> None:
     """Draw every figure of a paper that its stores support (missing stores are named)."""
     from plastcli.figures import draw_paper
-    from plastcli.paths import ensure_out_dir
+    from plastcli.paths import ensure_out_dir, remove_empty
 
     if paper not in ("2022", "2024"):
         raise PlastError(f"--paper '{paper}' is not allowed; allowed: 2022, 2024")
@@ -353,8 +353,11 @@ def figures(
     for f in formats:
         if f not in ("png", "pdf"):
             raise PlastError(f"--format '{f}' is not allowed; allowed: png, pdf")
-    out_dir = ensure_out_dir(out or results / paper / "figures")
+    out_dir = out or results / paper / "figures"
+    made = ensure_out_dir(out_dir)
     report = draw_paper(paper, results / paper, out_dir, formats)
+    if not report.written:
+        remove_empty(made)  # a refused call leaves nothing behind
     for line in report.skipped:
         err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
     for path in report.written:

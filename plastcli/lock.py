@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plastcli.errors import PlastError
+from plastcli.paths import make_dirs, remove_empty
 
 
 def lock_path(store: str | Path) -> Path:
@@ -143,14 +144,14 @@ def acquire(store: str | Path, warn: Callable[[str], None] = _warn) -> None:
     if key in _HELD:
         _HELD[key][1] += 1
         return
-    made = _make_parents(path.parent)
+    made = make_dirs(path.parent)
     try:
         fd, old = _open_locked(path, store)
     except OSError as exc:
-        _remove_empty(made)
+        remove_empty(made)
         raise PlastError(f"cannot write {store}: {exc.strerror or exc}") from None
     except BaseException:
-        _remove_empty(made)
+        remove_empty(made)
         raise
     prev = Holder.parse(old)
     if prev is not None and prev.pid != os.getpid():
@@ -160,30 +161,6 @@ def acquire(store: str | Path, warn: Callable[[str], None] = _warn) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, Holder.me().text().encode())
     _HELD[key] = [fd, 1, made]
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """Create the missing directories above a store; return them, deepest first."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    try:
-        for d in reversed(missing):
-            d.mkdir()
-    except OSError as exc:
-        _remove_empty(missing)
-        raise PlastError(f"cannot create the directory {d}: {exc.strerror or exc}") from None
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove directories a refused run made, deepest first, if they are still empty."""
-    for d in folders:
-        try:
-            d.rmdir()
-        except OSError:
-            return
 
 
 def release(store: str | Path) -> None:
@@ -202,7 +179,7 @@ def release(store: str | Path) -> None:
     except FileNotFoundError:
         pass
     os.close(entry[0])
-    _remove_empty(entry[2])
+    remove_empty(entry[2])
 
 
 def held(store: str | Path) -> bool:

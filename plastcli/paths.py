@@ -51,21 +51,48 @@ def check_store_out(out: str | Path, option: str = "--out") -> Path:
     return out
 
 
-def ensure_out_dir(folder: str | Path, option: str = "--out") -> Path:
+def make_dirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and the missing directories above it; return the ones made,
+    deepest first (for :func:`remove_empty`)."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except OSError as exc:
+            remove_empty(missing)
+            raise PlastError(f"cannot create the directory {d}: {exc.strerror or exc}") \
+                from None
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove directories a refused command made, deepest first, while they are empty."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def ensure_out_dir(folder: str | Path, option: str = "--out") -> list[Path]:
     """Create the output directory ``folder`` if needed and check that files can be
-    written in it; a one-line PlastError otherwise."""
+    written in it (a one-line PlastError otherwise); return the directories made."""
     folder = Path(folder)
     if "\0" in str(folder):
         raise PlastError(f"{option} {folder!r}: a path cannot contain a NUL character")
     if os.path.lexists(folder) and not folder.is_dir():
         raise PlastError(f"{option} {folder} is a file, not a directory")
     _check_parents(folder, option)
+    made = make_dirs(folder)
+    probe = folder / f".plast-write-test-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".plast-write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as exc:
+        remove_empty(made)
         raise PlastError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") \
             from None
-    return folder
+    return made
