@@ -118,7 +118,9 @@ class Store:
         try:
             if copy:
                 shutil.copyfile(self.path, tmp)
-            with h5py.File(tmp, mode) as f:
+            # v108: HDF5 >= 1.8 formats, whose attributes may exceed 64 KiB (many seeds)
+            libver = ("v108", "latest") if mode == "w" else None
+            with h5py.File(tmp, mode, libver=libver) as f:
                 self._file = f
                 try:
                     yield f
