@@ -94,8 +94,8 @@ def user_errors(fn):
             raise typer.Exit(130) from None
         except Terminated as exc:
             _abandon(exc)
-            err_console.print(f"[yellow]terminated[/] ({exc}): the store says 'failed: "
-                              "terminated'; continue with --resume")
+            err_console.print(f"[yellow]terminated[/] ({exc}): a store being written says "
+                              "'failed: terminated' and how to continue")
             raise typer.Exit(exc.exit_code) from None
         except BaseException as exc:
             if not isinstance(exc, typer.Exit | SystemExit):

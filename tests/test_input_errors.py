@@ -158,7 +158,7 @@ def test_nan_or_inf_in_a_set_value_is_refused(tmp_path, assignment):
 
 def _data_copy(tmp_path: Path, without: str) -> Path:
     """A data directory of links to the real files, one of them missing."""
-    real = data_dir()
+    real = data_dir().resolve()
     copy = tmp_path / "data"
     for f in real.rglob("*"):
         if f.is_file() and str(f.relative_to(real)) != without:
