@@ -8,6 +8,8 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
 from pathlib import Path
 
 import typer
@@ -56,24 +58,49 @@ DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the IDX fi
 
 
 def _fail(message: str) -> None:
-    # escape: messages name keys like rule.layers[0] and extras like plast[download]
+    # escape: messages name keys like rule.layers[0] and extras like plast[download];
+    # one line, whatever the message quotes from the user's input
+    message = " ".join(str(message).split())
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
+def _abandon(exc: BaseException) -> None:
+    """Mark runs this command left open failed and release their locks (only if an
+    experiment was loaded at all)."""
+    common = sys.modules.get("plastcli.experiments.common")
+    if common is not None:
+        common.abandon_open_runs(exc)
+
+
 def user_errors(fn):
-    """Turn PlastError (and a bad recipe's validation) into one red line and exit 2."""
+    """Turn PlastError (and a bad recipe's validation) into one red line and exit 2;
+    Ctrl-C, SIGTERM and SIGHUP into a note and exit 130, 143, 129."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from plastcli.signals import Terminated, terminate_as_interrupt
+
         try:
-            return fn(*args, **kwargs)
+            with terminate_as_interrupt():
+                return fn(*args, **kwargs)
         except PlastError as exc:
+            _abandon(exc)
             _fail(str(exc))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            _abandon(exc)
             err_console.print("[yellow]interrupted[/]: the store says 'failed: interrupted'; "
                               "continue with --resume")
             raise typer.Exit(130) from None
+        except Terminated as exc:
+            _abandon(exc)
+            err_console.print(f"[yellow]terminated[/] ({exc}): a store being written says "
+                              "'failed: terminated' and how to continue")
+            raise typer.Exit(exc.exit_code) from None
+        except BaseException as exc:
+            if not isinstance(exc, typer.Exit | SystemExit):
+                _abandon(exc)
+            raise
 
     return wrapper
 
@@ -89,19 +116,23 @@ def _load(recipe: Path, kind: str, sets: list[str] | None, extra: list[str]):
     return load_recipe(recipe, list(extra) + list(sets or []), expected=kind)
 
 
-def _run(kind: str, module, recipe: Path, set_, device, out, resume, overwrite, data_dir,
-         shortcuts: dict):
-    """Load the recipe (shortcut options such as --seeds become overrides), run the
-    experiment under a progress bar; return (recipe, result)."""
-    from plastcli.experiments.common import default_out
-    from plastcli.progress import RichReporter
+def _run(kind: str, module_name: str, recipe: Path, set_, device, out, resume, overwrite,
+         data_dir, shortcuts: dict):
+    """Load and check the recipe and --out (before torch is imported: bad input fails in
+    well under a second), then run the experiment under a progress bar; return
+    (recipe, result)."""
+    from plastcli.paths import check_store_out, default_out
 
     _check_device(device)
     extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     rec = _load(recipe, kind, set_, extra)
+    out = check_store_out(out or default_out(rec))
+    module = importlib.import_module(f"plastcli.experiments.{module_name}")
+    from plastcli.progress import RichReporter
+
     with RichReporter(err_console) as rep:
-        res = module.run(rec, out or default_out(rec), resume=resume, overwrite=overwrite,
-                         data_dir=data_dir, device=device, reporter=rep)
+        res = module.run(rec, out, resume=resume, overwrite=overwrite, data_dir=data_dir,
+                         device=device, reporter=rep)
     return rec, res
 
 
@@ -128,9 +159,8 @@ def meta_train(
     On a CPU with several cores, a population of 8 or more seeds is split across one
     single-threaded process per core (OMP_NUM_THREADS=1 keeps it in one process).
     """
-    from plastcli.experiments import meta_train as exp
-    rec, res = _run("meta-train", exp, recipe, set_, device, out, resume, overwrite, data_dir,
-                    {"population.seeds": seeds, "meta.episodes": episodes})
+    rec, res = _run("meta-train", "meta_train", recipe, set_, device, out, resume, overwrite,
+                    data_dir, {"population.seeds": seeds, "meta.episodes": episodes})
     table = Table(title=f"meta-train {rec.name}: {res.episodes} episodes -> {res.out}",
                   caption="meta-acc, meta-loss: mean of the last 50 episodes; diverged, "
                           "collapsed: the episode it happened (- = never)")
@@ -179,11 +209,11 @@ def ablate_layers(
     averaged from ablation.burn_in to the end (mean ± sd over seeds) and writes
     STORE.csv and STORE.md. Example: plast ablate-layers recipes/2022/table1-ablate-layers.yaml
     """
+    rec, res = _run("ablate-layers", "ablate_layers", recipe, set_, device, out, resume,
+                    overwrite, data_dir, {"population.seeds": seeds, "meta.episodes": episodes})
     from plastcli.experiments import ablate_layers as exp
     from plastcli.store import read_store
 
-    rec, res = _run("ablate-layers", exp, recipe, set_, device, out, resume, overwrite, data_dir,
-                    {"population.seeds": seeds, "meta.episodes": episodes})
     header, body = exp.table1_text(read_store(res.out))
     table = Table(title=f"ablate-layers {rec.name} (P1 Table 1): angles averaged over episodes "
                   f"{rec.ablation.burn_in}..{rec.meta.episodes}, mean ± sd over seeds")
@@ -201,11 +231,8 @@ def ablate_layers(
 def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_, resume,
                     overwrite, data_dir) -> None:
     """Shared body of ``plast baseline`` and ``plast init-study``."""
-    from plastcli.experiments import baseline, init_study
-
-    exp = baseline if kind == "baseline" else init_study
-    rec, res = _run(kind, exp, recipe, set_, device, out, resume, overwrite, data_dir,
-                    {"population.seeds": seeds, "online.samples": samples})
+    rec, res = _run(kind, kind.replace("-", "_"), recipe, set_, device, out, resume, overwrite,
+                    data_dir, {"population.seeds": seeds, "online.samples": samples})
     table = Table(title=f"{kind} {rec.name}: {rec.online.samples} online samples, "
                   f"{rec.population.seeds} runs per condition -> {res.out}")
     table.add_column("condition")
@@ -290,9 +317,8 @@ def rnn_memory_cmd(
     then trains every condition x seed (per hidden size) online, one sequence per update.
     Example: plast rnn-memory recipes/2024/fig7-rnn-memory.yaml
     """
-    from plastcli.experiments import rnn_memory as exp
-    rec, res = _run("rnn-memory", exp, recipe, set_, device, out, resume, overwrite, data_dir,
-                    {"population.seeds": seeds, "online.samples": samples})
+    rec, res = _run("rnn-memory", "rnn_memory", recipe, set_, device, out, resume, overwrite,
+                    data_dir, {"population.seeds": seeds, "online.samples": samples})
     table = Table(title=f"rnn-memory {rec.name}: {rec.online.samples} sequences (T = "
                   f"{rec.task.T}, image for {rec.task.present} steps), {rec.population.seeds} "
                   f"runs per condition -> {res.out}")
@@ -330,6 +356,7 @@ def figures(
 ) -> None:
     """Draw every figure of a paper that its stores support (missing stores are named)."""
     from plastcli.figures import draw_paper
+    from plastcli.paths import ensure_out_dir, remove_empty
 
     if paper not in ("2022", "2024"):
         raise PlastError(f"--paper '{paper}' is not allowed; allowed: 2022, 2024")
@@ -338,7 +365,10 @@ def figures(
         if f not in ("png", "pdf"):
             raise PlastError(f"--format '{f}' is not allowed; allowed: png, pdf")
     out_dir = out or results / paper / "figures"
+    made = ensure_out_dir(out_dir)
     report = draw_paper(paper, results / paper, out_dir, formats)
+    if not report.written:
+        remove_empty(made)  # a refused call leaves nothing behind
     for line in report.skipped:
         err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
     for path in report.written:
@@ -349,33 +379,66 @@ def figures(
 
 @data_app.command("check")
 @user_errors
-def data_check(data_dir: Path | None = DataDirOpt) -> None:
-    """Verify every known data file against the sha256 sums shipped with plast."""
-    from plastcli.data import check_all, resolve_data_dir
+def data_check(
+    data_dir: Path | None = DataDirOpt,
+    recipes: Path | None = typer.Option(None, "--recipes", help="Recipe folder whose needs "
+                                        "are checked [default: the recipes/ of this checkout, "
+                                        "else ./recipes]."),
+) -> None:
+    """Verify every known data file against the sha256 sums shipped with plast.
+
+    Exits with 1 when a file some recipe needs is missing, or any file is corrupt, and
+    names the recipes each missing file blocks.
+    """
+    from plastcli.data import check_all, how_to_get, recipe_needs, resolve_data_dir
 
     root = resolve_data_dir(data_dir)
     rows = check_all(root)
+    needs = recipe_needs(recipes or _recipes_dir())
     table = Table(title=f"data files in {root}")
-    for col in ("file", "status", "sha256"):
+    for col in ("file", "status", "sha256", "needed by"):
         table.add_column(col)
     colour = {"ok": "green", "missing": "yellow", "corrupt": "red", "unverified": "cyan"}
     for rel, status, digest in rows:
-        table.add_row(rel, f"[{colour[status]}]{status}[/]", digest[:16] + "…" if digest else "")
+        users = needs.get(rel, [])
+        table.add_row(rel, f"[{colour[status]}]{status}[/]", digest[:16] + "…" if digest else "",
+                      f"{len(users)} recipe(s)" if users else "-")
     out_console.print(table)
-    if any(s == "corrupt" for _, s, _ in rows):
+    blocked = [(rel, needs[rel]) for rel, status, _ in rows if status == "missing" and rel in needs]
+    for rel, users in blocked:
+        err_console.print(f"[yellow]missing[/] {rel} blocks {', '.join(users)}; "
+                          f"{how_to_get(rel, root)}", highlight=False, soft_wrap=True)
+    if blocked or any(s == "corrupt" for _, s, _ in rows):
         raise typer.Exit(1)
+
+
+def _recipes_dir() -> Path:
+    """The recipes/ folder next to the package (a checkout), else ./recipes."""
+    here = Path(__file__).resolve().parent.parent / "recipes"
+    return here if here.is_dir() else Path("recipes")
 
 
 @data_app.command("fetch")
 @user_errors
 def data_fetch(
-    dataset: str = typer.Argument("mnist", help="mnist | fashion-mnist | emnist-balanced"),
+    dataset: str | None = typer.Argument(None, help="mnist | fashion-mnist | emnist-balanced "
+                                         "[default: list what can be fetched]",
+                                         show_default=False),
     data_dir: Path | None = DataDirOpt,
 ) -> None:
-    """Download a dataset through torchvision (needs internet and torchvision)."""
-    from plastcli.data import fetch, resolve_data_dir
+    """Download a dataset through torchvision (needs internet and torchvision).
 
-    for line in fetch(dataset, resolve_data_dir(data_dir)):
+    Without DATASET: list what can be fetched, and what must be placed by hand
+    (emnist-bymerge, emnist-byclass) and from where.
+    """
+    from plastcli.data import fetch, fetch_listing, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    if dataset is None:
+        for line in fetch_listing(root):
+            out_console.print(line, highlight=False, soft_wrap=True)
+        return
+    for line in fetch(dataset, root):
         out_console.print(line)
 
 

@@ -104,7 +104,7 @@ def verify_file(data_dir: Path, rel: str) -> str:
     if not path.is_file():
         want = f" (expected sha256 {expected})" if expected else ""
         raise PlastError(f"data file missing: {path}{want}; set --data-dir or ${ENV_VAR}, "
-                         f"or run 'plast data fetch'")
+                         f"or {how_to_get(rel, data_dir)}")
     st = path.stat()
     digest = _verified(str(path.resolve()), st.st_mtime, st.st_size)
     if expected is not None and digest != expected:
@@ -284,13 +284,72 @@ def check_all(data_dir: Path) -> list[tuple[str, str, str]]:
     return rows
 
 
+def recipe_needs(recipes_dir: Path) -> dict[str, list[str]]:
+    """Data file (relative path) -> the recipes under ``recipes_dir`` that read it.
+    Meta-training recipes read their dataset's split; online ones its train and test."""
+    from plastcli.recipes import load_recipe  # no torch there; here only for this listing
+
+    needs: dict[str, list[str]] = {}
+    for path in sorted(Path(recipes_dir).rglob("*.yaml")):
+        try:
+            recipe = load_recipe(path)
+        except PlastError:
+            continue
+        name = recipe.dataset.name
+        splits = [recipe.dataset.split] if hasattr(recipe.dataset, "split") else ["train", "test"]
+        for split in splits:
+            for rel in REGISTRY.get(name, {}).get(split, ()):
+                needs.setdefault(rel, []).append(str(path))
+    return needs
+
+
 _TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+FETCHABLE = ("mnist", "fashion-mnist", "emnist-balanced")
+NIST_EMNIST = ("https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip (linked from "
+               "https://www.nist.gov/itl/products-and-services/emnist-dataset)")
+
+
+def dataset_of(rel: str) -> str | None:
+    """The registered dataset a data file belongs to."""
+    for name, splits in REGISTRY.items():
+        if any(rel in pair for pair in splits.values()):
+            return name
+    return None
+
+
+def by_hand(name: str, data_dir: Path | None = None) -> str:
+    """How to place a dataset that ``plast data fetch`` cannot download."""
+    rels = [rel for pair in REGISTRY[name].values() for rel in pair]
+    files = ", ".join(Path(rel).name for rel in rels)
+    folder = Path(rels[0]).parent
+    dest = data_dir / folder if data_dir is not None else f"DATA_DIR/{folder}"
+    return (f"{name} must be placed by hand: download {NIST_EMNIST}, unzip it and copy "
+            f"{files} from its gzip/ folder into {dest}/")
+
+
+def how_to_get(rel: str, data_dir: Path | None = None) -> str:
+    """The hint for a missing data file: the fetch command, or where to get it by hand."""
+    name = dataset_of(rel)
+    if name in FETCHABLE:
+        return f"run 'plast data fetch {name}'"
+    if name is not None:
+        return by_hand(name, data_dir)
+    return "copy it into the data directory"
+
+
+def fetch_listing(data_dir: Path | None = None) -> list[str]:
+    """What ``plast data fetch`` can download, and what must be placed by hand."""
+    lines = [f"can fetch (through torchvision, when online): {', '.join(FETCHABLE)}"]
+    lines += [by_hand(n, data_dir) for n in REGISTRY if n not in FETCHABLE]
+    return lines
 
 
 def fetch(name: str, data_dir: Path):
     """Download a dataset with torchvision and lay it out as plast expects; yields messages."""
-    if name not in ("mnist", "fashion-mnist", "emnist-balanced"):
-        raise PlastError(f"cannot fetch '{name}'; allowed: mnist, fashion-mnist, emnist-balanced")
+    if name in REGISTRY and name not in FETCHABLE:
+        raise PlastError(f"cannot fetch '{name}': {by_hand(name, data_dir)}")
+    if name not in FETCHABLE:
+        raise PlastError(f"cannot fetch '{name}'; allowed: {', '.join(FETCHABLE)}")
     try:
         import torchvision.datasets as tvd  # optional; imported only here
     except Exception as exc:  # noqa: BLE001 - any import failure means "cannot fetch"

@@ -388,7 +388,7 @@ def _convert(value: Any, tp: Any, key: str, md: dict, where: Where) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             where.fail(key, f"expected a number, got {value!r}")
-        value = float(value)
+        value = _finite(value, key, where)
     elif tp is str:
         if not isinstance(value, str):
             where.fail(key, f"expected a string, got {value!r}")
@@ -399,6 +399,17 @@ def _convert(value: Any, tp: Any, key: str, md: dict, where: Where) -> Any:
     if minimum is not None and isinstance(value, (int, float)) and value < minimum:
         where.fail(key, f"{value} is below the minimum {minimum}")
     return value
+
+
+def _finite(value: int | float, key: str, where: Where) -> float:
+    """A number as a float; NaN, infinity and ints too large for a float are refused."""
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        where.fail(key, f"{value!r} is not a finite number")
+    return out
 
 
 def parse_dataclass(cls: type, data: dict, where: Where, prefix: str = "") -> Any:
@@ -425,7 +436,7 @@ def apply_override(raw: dict, assignment: str, where: Where) -> None:
     key, text = assignment.split("=", 1)
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise PlastError(f"--set '{assignment}': value is not valid YAML ({exc})") from None
     node = raw
     parts = key.strip().split(".")
@@ -441,6 +452,33 @@ def apply_override(raw: dict, assignment: str, where: Where) -> None:
     node[parts[-1]] = value
 
 
+def read_recipe_yaml(path: Path) -> dict:
+    """The recipe file's YAML mapping; PlastError if it is missing, a directory,
+    unreadable, not UTF-8 text, not YAML or not a mapping."""
+    if path.is_dir():
+        raise PlastError(f"{path} is a directory, not a recipe file")
+    if not path.is_file():
+        raise PlastError(f"{path}: recipe file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlastError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                         f"offset {exc.start}); save the recipe as UTF-8") from None
+    except OSError as exc:
+        raise PlastError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise PlastError(f"{path}: not valid YAML{at}") from None
+    except RecursionError:
+        raise PlastError(f"{path}: not valid YAML (nested too deeply)") from None
+    if not isinstance(raw, dict):
+        raise PlastError(f"{path}: a recipe must be a YAML mapping")
+    return raw
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                 expected: str | None = None) -> Any:
     """Read, override and validate a recipe; return its schema dataclass.
@@ -449,20 +487,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     """
     path = Path(path)
     where = Where(path)
-    if not path.is_file():
-        raise PlastError(f"{path}: recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark else ""
-        raise PlastError(f"{path}: not valid YAML{at}") from None
-    if not isinstance(raw, dict):
-        raise PlastError(f"{path}: a recipe must be a YAML mapping")
+    raw = read_recipe_yaml(path)
     for assignment in overrides:
         apply_override(raw, assignment, where)
     kind = raw.get("experiment")
-    if kind not in SCHEMAS:
+    if not isinstance(kind, str) or kind not in SCHEMAS:
         where.fail("experiment", f"{kind!r} is not an experiment; allowed: {', '.join(SCHEMAS)}")
     if expected is not None and kind != expected:
         where.fail("experiment", f"this recipe is for 'plast {kind}', not 'plast {expected}'")

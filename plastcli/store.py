@@ -5,17 +5,25 @@ Layout (ARCHITECTURE.md): root attributes for provenance and ``status``
 and ``/curves/<metric>`` ``[P, S, ...]`` resizable along axis 1; ``/analysis/...``
 fixed arrays; ``/members/...`` per-member facts; ``/checkpoint/...`` resume state.
 
-Every write opens the file, writes and closes it, so a killed run leaves a
-readable file whose ``status`` still says ``running``. Reading needs only h5py
-and numpy (no torch import here).
+Writes never touch the store file in place: each write (or a block of writes in
+:meth:`Store.transaction`) goes to a copy ``<store>.tmp`` that then replaces the store
+with ``os.replace``. A reader holding the store open keeps reading the version it
+opened and never blocks the writer (HDF5 locks only the file it opened, and the
+writer's file is a new one); a run killed at any moment leaves the last complete
+version, whose ``status`` still says ``running``. One writer per store is enforced by
+:mod:`plastcli.lock`. Reading needs only h5py and numpy (no torch import here).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
+import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,20 +68,29 @@ def _to_attr(value: Any) -> Any:
 
 
 class Store:
-    """Writer for one result file (opened per operation)."""
+    """Writer for one result file: every write replaces the file atomically."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._file: h5py.File | None = None  # the open temporary copy within a transaction
+
+    @property
+    def tmp_path(self) -> Path:
+        """Where the next version of the store is written before it replaces the store."""
+        return self.path.with_name(self.path.name + ".tmp")
 
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, path: str | Path, attrs: dict[str, Any], overwrite: bool = False) -> Store:
         path = Path(path)
+        if path.is_dir():
+            raise PlastError(f"{path} is a directory, not a store file")
         if path.exists() and not overwrite:
             raise PlastError(f"{path} already exists; pass --resume to continue it or "
                              f"--overwrite to start again")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
+        store = cls(path)
+        with store._replacing(copy=False, mode="w") as f:
             f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             f.attrs["git_commit"] = git_commit()
             for k, v in package_versions().items():
@@ -81,14 +98,43 @@ class Store:
             for k, v in attrs.items():
                 f.attrs[k] = _to_attr(v)
             f.attrs["status"] = RUNNING
-        return cls(path)
+        return store
 
-    def _open(self, mode: str = "a") -> h5py.File:
-        return h5py.File(self.path, mode)
+    @contextmanager
+    def transaction(self) -> Iterator[h5py.File]:
+        """Group writes: they all land in the store at once, or (on any error, Ctrl-C or
+        signal) not at all."""
+        if self._file is not None:
+            yield self._file
+            return
+        with self._replacing(copy=True, mode="a") as f:
+            yield f
+
+    @contextmanager
+    def _replacing(self, copy: bool, mode: str) -> Iterator[h5py.File]:
+        """Open ``<store>.tmp`` (a copy of the store when ``copy``), yield it, then move
+        it over the store (fsynced first); remove it instead if the block fails."""
+        tmp = self.tmp_path
+        try:
+            if copy:
+                shutil.copyfile(self.path, tmp)
+            # v108: HDF5 >= 1.8 formats, whose attributes may exceed 64 KiB (many seeds)
+            libver = ("v108", "latest") if mode == "w" else None
+            with h5py.File(tmp, mode, libver=libver) as f:
+                self._file = f
+                try:
+                    yield f
+                finally:
+                    self._file = None
+            _fsync(tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # ------------------------------------------------------------------ writes
     def set_attrs(self, **attrs: Any) -> None:
-        with self._open() as f:
+        with self.transaction() as f:
             for k, v in attrs.items():
                 f.attrs[k] = _to_attr(v)
 
@@ -99,7 +145,7 @@ class Store:
         """Append records (each ``{metric: [P, ...]}``) along axis 1 of ``/group/metric``."""
         if not rows:
             return
-        with self._open() as f:
+        with self.transaction() as f:
             g = f.require_group(group)
             for key in rows[0]:
                 block = np.stack([np.asarray(r[key]) for r in rows], axis=1)  # [P, n, ...]
@@ -116,7 +162,7 @@ class Store:
 
     def truncate(self, group: str, n: int) -> None:
         """Cut every dataset of ``group`` to its first n entries along axis 1."""
-        with self._open() as f:
+        with self.transaction() as f:
             if group in f:
                 for ds in f[group].values():
                     if ds.shape[1] > n:
@@ -124,7 +170,7 @@ class Store:
 
     def write_arrays(self, group: str, arrays: dict[str, np.ndarray], **attrs: Any) -> None:
         """(Re)write fixed arrays under ``/group``."""
-        with self._open() as f:
+        with self.transaction() as f:
             g = f.require_group(group)
             for k, v in arrays.items():
                 if k in g:
@@ -137,13 +183,44 @@ class Store:
         self.write_arrays("checkpoint", state, **attrs)
 
     def read_checkpoint(self) -> dict[str, np.ndarray] | None:
-        with self._open("r") as f:
+        with open_for_reading(self.path) as f:
             if "checkpoint" not in f:
                 return None
             return {k: np.asarray(v[()]) for k, v in f["checkpoint"].items()}
 
 
+def _fsync(path: Path) -> None:
+    """Make a written file durable before it replaces the store."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------------- reading
+
+
+def _lock_refused(exc: OSError) -> bool:
+    """Whether h5py refused to open a file because another process holds its HDF5 lock."""
+    text = str(exc).lower()
+    return "lock" in text or getattr(exc, "errno", None) in (11, 35)  # EAGAIN/EWOULDBLOCK
+
+
+def open_for_reading(path: str | Path) -> h5py.File:
+    """Open a store read-only. A file another program holds open for writing (HDF5's
+    file lock) is opened without taking the lock rather than refused."""
+    path = Path(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if not _lock_refused(exc):
+            raise PlastError(f"{path}: not a readable HDF5 store ({exc})") from None
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError:
+        raise PlastError(f"{path}: another program holds it open for writing and it cannot "
+                         f"be read now; try again when it has closed it") from None
 
 
 class StoreData:
@@ -184,19 +261,28 @@ class StoreData:
 def read_store(path: str | Path) -> StoreData:
     """Read every attribute and dataset (except checkpoints) of a store."""
     path = Path(path)
+    if path.is_dir():
+        raise PlastError(f"{path} is a directory, not a store file")
     if not path.is_file():
         raise PlastError(f"store not found: {path}")
+    f = open_for_reading(path)
     try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise PlastError(f"{path}: not a readable HDF5 store ({exc})") from None
-    arrays: dict[str, np.ndarray] = {}
-    with f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and not name.startswith("checkpoint"):
-                arrays[name] = obj[()]
-
-        f.visititems(visit)
+        with f:
+            attrs, arrays = _read_all(f)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise PlastError(f"{path}: could not be read ({type(exc).__name__}: {exc}); another "
+                         f"program may be writing it") from None
     return StoreData(path, attrs, arrays)
+
+
+def _read_all(f: h5py.File) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Root attributes and every dataset outside /checkpoint."""
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    arrays: dict[str, np.ndarray] = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and not name.startswith("checkpoint"):
+            arrays[name] = obj[()]
+
+    f.visititems(visit)
+    return attrs, arrays

@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
+from plastcli.lock import holder
 from plastcli.store import read_store
 
 TAIL = 50  # episodes averaged for "final" meta-training metrics
@@ -21,6 +22,22 @@ def final_values(arr: np.ndarray, group: str) -> np.ndarray:
     return arr[:, -1]
 
 
+def writer_note(path: str | Path, status: str) -> str:
+    """Who writes the store now, from its lock file (a running store without a live
+    writer was killed and can be resumed)."""
+    found = holder(path)
+    if found is None:
+        return "" if status != "running" else ("[yellow]no plast run holds its lock: the run "
+                                               "was killed; continue it with --resume[/]")
+    who, alive = found
+    if alive is False:
+        return (f"[yellow]not running: its writer ({who.describe()}) is gone; continue it "
+                f"with --resume[/]")
+    if alive is None:
+        return f"being written by {who.describe()} (another host: cannot check it is alive)"
+    return f"[yellow]being written now[/] by {who.describe()}; this shows its last checkpoint"
+
+
 def store_summary(path: str | Path) -> list:
     s = read_store(path)
     a = s.attrs
@@ -31,6 +48,9 @@ def store_summary(path: str | Path) -> list:
         if key in a:
             head.add_row(key, str(a[key]))
     head.add_row("status", f"[{colour}]{s.status}[/]")
+    writer = writer_note(path, s.status)
+    if writer:
+        head.add_row("writer", writer)
     out: list = [Panel(head, title=str(path))]
     if "recipe_yaml" in a:
         out.append(Panel(Syntax(a["recipe_yaml"], "yaml"), title="resolved recipe"))

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from plastcli.errors import PlastError
+from plastcli.lock import store_lock
+from plastcli.paths import check_store_out
 from plastcli.progress import Reporter
 from plastcli.recipes import AblateLayersRecipe, layer_names
 from plastcli.store import Store, StoreData, read_store
@@ -79,18 +81,20 @@ def run(recipe: AblateLayersRecipe, out: Path, *, resume: bool = False, overwrit
              "added_terms": list(recipe.ablation.added_terms),
              "base_terms": [t for t in recipe.rule.terms if t not in recipe.ablation.added_terms],
              "burn_in": recipe.ablation.burn_in}
-    res = meta_train.run(recipe, out, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                         device=device, reporter=reporter, member_masks=masks,
-                         extra_attrs=attrs, seeds=seeds)
-    Store(out).write_arrays("members", {
-        "assignment": np.array([names[a] for a in index], dtype="S"),
-        "assignment_index": index,
-        "added_layers": assignment_layers(recipe)[index],  # [P, L] bool
-        "mask": masks,
-    })
-    store = read_store(out)
-    rows = table1_rows(store)
-    files = write_table_files(store, out.parent)
+    out = check_store_out(out)
+    with store_lock(out):  # one writer across the meta-training run and the writes after it
+        res = meta_train.run(recipe, out, resume=resume, overwrite=overwrite,
+                             data_dir=data_dir, device=device, reporter=reporter,
+                             member_masks=masks, extra_attrs=attrs, seeds=seeds)
+        Store(out).write_arrays("members", {
+            "assignment": np.array([names[a] for a in index], dtype="S"),
+            "assignment_index": index,
+            "added_layers": assignment_layers(recipe)[index],  # [P, L] bool
+            "mask": masks,
+        })
+        store = read_store(out)
+        rows = table1_rows(store)
+        files = write_table_files(store, out.parent)
     return AblateResult(out, rows, res.messages, files)
 
 

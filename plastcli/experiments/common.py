@@ -12,18 +12,17 @@ import numpy as np
 import torch
 import yaml
 
-from plastcli import SIGN_CONVENTION
+from plastcli import SIGN_CONVENTION, lock
 from plastcli.data import Dataset, load_dataset
 from plastcli.engine import resolve_device
 from plastcli.errors import PlastError
+from plastcli.paths import check_store_out, default_out  # noqa: F401  (default_out: API)
 from plastcli.recipes import recipe_from_yaml, recipe_to_yaml
+from plastcli.signals import Terminated
 from plastcli.store import COMPLETE, Store, read_store
 
-
-def default_out(recipe: Any, results_dir: str | Path = "results") -> Path:
-    """results/<paper>/<name>.h5 (or results/<name>.h5 for a recipe without a paper)."""
-    sub = str(recipe.paper) if getattr(recipe, "paper", None) else ""
-    return Path(results_dir) / sub / f"{recipe.name}.h5"
+# Stores of the runs this process has opened and not yet finished or marked failed.
+_OPEN: dict[Path, Store] = {}
 
 
 def member_seeds(recipe: Any) -> list[int]:
@@ -61,31 +60,53 @@ class Run:
 def open_run(recipe: Any, out: Path, datasets: list[Dataset], *, resume: bool, overwrite: bool,
              device_name: str | None = None, extra_attrs: dict | None = None,
              may_grow: tuple[str, ...] = ()) -> Run:
-    """Create the store (status 'running') or reopen it for ``--resume``.
+    """Take the store's lock, then create the store (status 'running') or reopen it for
+    ``--resume``. The lock is held until :func:`finish` or :func:`mark_failed`.
 
     ``may_grow`` names recipe keys that may differ on resume (e.g. 'meta.episodes').
     """
+    out = check_store_out(out)
     device = resolve_device(device_name or recipe.run.device)
+    lock.acquire(out)
+    try:
+        Store(out).tmp_path.unlink(missing_ok=True)  # left by a writer killed mid-write
+        if resume:
+            run = _reopen(recipe, out, device, may_grow)
+        else:
+            run = _create(recipe, out, datasets, device, overwrite, extra_attrs)
+    except BaseException:
+        lock.release(out)
+        raise
+    _OPEN[out] = run.store
+    return run
+
+
+def _reopen(recipe: Any, out: Path, device, may_grow: tuple[str, ...]) -> Run:
+    """The ``--resume`` half of :func:`open_run`."""
     text = recipe_to_yaml(recipe)
-    if resume:
-        if not out.exists():
-            raise PlastError(f"--resume: {out} does not exist; run without --resume first")
-        stored = read_store(out)
-        if stored.complete and not may_grow:
-            raise PlastError(f"--resume: {out} is already complete")
-        old = stored.attrs.get("recipe_yaml", "")
-        if _comparable(old, may_grow) != _comparable(text, may_grow):
-            raise PlastError(f"--resume: the recipe differs from the one {out} was made with "
-                             f"(only {', '.join(may_grow) or 'nothing'} may change)")
-        store = Store(out)
-        state = store.read_checkpoint()
-        store.set_attrs(recipe_yaml=text, status="running")
-        return Run(store, device, state, True)
+    if not out.exists():
+        raise PlastError(f"--resume: {out} does not exist; run without --resume first")
+    stored = read_store(out)
+    if stored.complete and not may_grow:
+        raise PlastError(f"--resume: {out} is already complete")
+    old = stored.attrs.get("recipe_yaml", "")
+    if _comparable(old, may_grow) != _comparable(text, may_grow):
+        raise PlastError(f"--resume: the recipe differs from the one {out} was made with "
+                         f"(only {', '.join(may_grow) or 'nothing'} may change)")
+    store = Store(out)
+    state = store.read_checkpoint()
+    store.set_attrs(recipe_yaml=text, status="running")
+    return Run(store, device, state, True)
+
+
+def _create(recipe: Any, out: Path, datasets: list[Dataset], device, overwrite: bool,
+            extra_attrs: dict | None) -> Run:
+    """The new-store half of :func:`open_run`."""
     attrs = {
         "plast_experiment": recipe.experiment,
         "name": recipe.name,
         "paper": recipe.paper if recipe.paper is not None else "",
-        "recipe_yaml": text,
+        "recipe_yaml": recipe_to_yaml(recipe),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "seeds": member_seeds(recipe),
@@ -118,17 +139,47 @@ def machine_attrs() -> dict[str, str]:
             "cpu_capability": simd.group(1) if simd else "unknown"}
 
 
-def mark_failed(store: Store, exc: BaseException, hint: str) -> None:
-    """Record why a run stopped: 'failed: interrupted; <hint>' or 'failed: <error>'."""
+def _close(store: Store) -> None:
+    """Forget an open run and release its lock."""
+    if _OPEN.pop(store.path, None) is not None:
+        lock.release(store.path)
+
+
+def failure_status(exc: BaseException, hint: str) -> str:
+    """'failed: interrupted; <hint>' (Ctrl-C), 'failed: terminated; <hint>' (SIGTERM,
+    SIGHUP) or 'failed: <error>'."""
     if isinstance(exc, KeyboardInterrupt):
-        store.set_status(f"failed: interrupted; {hint}")
-    else:
-        store.set_status(f"failed: {type(exc).__name__}: {exc}")
+        return f"failed: interrupted; {hint}"
+    if isinstance(exc, Terminated):
+        return f"failed: terminated; {hint}"
+    return f"failed: {type(exc).__name__}: {exc}"
+
+
+def mark_failed(store: Store, exc: BaseException, hint: str) -> None:
+    """Record why a run stopped (see :func:`failure_status`) and release the store's lock."""
+    try:
+        store.set_status(failure_status(exc, hint))
+    except OSError:
+        pass  # e.g. a full disk: keep the original error; the store says 'running'
+    finally:
+        _close(store)
+
+
+def abandon_open_runs(exc: BaseException) -> None:
+    """Mark every run still open in this process failed and release its lock (the CLI
+    calls this when a command stops with an error outside a run's own handling)."""
+    for store in list(_OPEN.values()):
+        mark_failed(store, exc, "continue with --resume or start again with --overwrite")
 
 
 def finish(store: Store, status: str = COMPLETE, **attrs: Any) -> None:
-    store.set_attrs(**attrs)
-    store.set_status(status)
+    """Write the final attributes and status in one replacement; release the lock."""
+    try:
+        with store.transaction():
+            store.set_attrs(**attrs)
+            store.set_status(status)
+    finally:
+        _close(store)
 
 
 def load_recipe_dataset(dataset_spec, data_dir) -> Dataset:

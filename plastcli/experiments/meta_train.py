@@ -106,6 +106,10 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     if seeds is None:
         seeds, grid = grid_members(recipe)
     seeds = list(seeds)
+    # every check (here: enough images per class) before the store exists
+    sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,
+                          recipe.task.query_per_class, recipe.dataset.per_class_cap,
+                          recipe.dataset.cap_seed)
     r = open_run(recipe, out, [data], resume=resume, overwrite=overwrite, device_name=device,
                  extra_attrs={"term_names": recipe.rule.terms,
                               "feedback_term_names": recipe.feedback_rule.terms
@@ -119,9 +123,6 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                       processes=workers.processes_for(len(seeds), r.device),
                       **machine_attrs())  # on resume: the machine that wrote the rest
     torch.manual_seed(0)  # nothing should draw from the global RNG; make sure it is fixed
-    sampler = TaskSampler(data, recipe.task.classes, recipe.task.train_per_class,
-                          recipe.task.query_per_class, recipe.dataset.per_class_cap,
-                          recipe.dataset.cap_seed)
     cfg = MetaConfig.from_recipe(recipe, len(seeds), grid)
     if member_masks is not None:
         cfg.mask = torch.as_tensor(member_masks, dtype=torch.float32)
@@ -147,11 +148,12 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     every = recipe.run.checkpoint_every
 
     def flush() -> None:
-        r.store.append("episodes", buffer)
+        with r.store.transaction():  # records and checkpoint replace the store at once
+            r.store.append("episodes", buffer)
+            r.store.write_arrays("members", {**members, "diverged_at": trainer.diverged_at,
+                                             "collapsed_at": trainer.collapsed_at})
+            r.store.checkpoint(trainer.state_dict())
         buffer.clear()
-        r.store.write_arrays("members", {**members, "diverged_at": trainer.diverged_at,
-                                         "collapsed_at": trainer.collapsed_at})
-        r.store.checkpoint(trainer.state_dict())
 
     def say(msg: str) -> None:
         messages.append(msg)
