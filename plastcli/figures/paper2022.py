@@ -386,8 +386,26 @@ def report(s):
         lines.append(f"| {text} | every seed diverged ({diverged_text(stores[pool_key])}) | "
                      "NOT REPRODUCED |")
         return "\n".join(lines) + "\n"
+    def pool_detail():
+        """Ranking, terms L1 set exactly to 0 in every seed, terms held at a bound."""
+        import yaml
+
+        st = stores[pool_key]
+        names = st.json_attr("term_names", [])
+        last = st["episodes/theta"][:, -1, :]  # [P, R]
+        bounds = yaml.safe_load(st.attrs["recipe_yaml"])["meta"].get("bounds") or {}
+        zero = [n for r, n in enumerate(names) if (last[:, r] == 0).all()]
+        def at_bound(v, pair):
+            return any(b is not None and np.isclose(v, b, rtol=1e-3, atol=0) for b in pair)
+
+        held = [n for r, n in enumerate(names) if n in bounds
+                and all(at_bound(v, bounds[n]) for v in last[:, r])]
+        return (f"ranking: {', '.join(pool_top()[:5])}; exactly 0 in every seed: "
+                f"{', '.join(zero) or 'none'}; held at a bound of meta.bounds in every seed: "
+                f"{', '.join(held) or 'none'}")
+
     claim(text, [pool_key], lambda: set(pool_top()[:3]) == {"pseudo_grad", "err_hebb", "oja"},
-          lambda: "ranking: " + ", ".join(pool_top()[:5]))
+          pool_detail)
     return "\n".join(lines) + "\n"
 
 
