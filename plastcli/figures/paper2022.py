@@ -50,15 +50,24 @@ def _mark_events(ax, st, c: str, y: float) -> None:
                        clip_on=False)
 
 
-def _accuracy_panel(ax, stores: dict, loc: str = "upper left") -> None:
-    events = False
+def _accuracy_panel(ax, stores: dict, loc: str = "center right") -> None:
+    from matplotlib.colors import to_hex
+
+    collapsed = diverged = False
+    used: set[str] = set()
     for i, (label, st) in enumerate(stores.items()):
-        mean_sd_band(ax, _x(st), st["episodes/meta_accuracy"], f"F_{label}", color(label, i),
-                     smooth=SMOOTH)
-        _mark_events(ax, st, color(label, i), 0.02 + 0.03 * i)
-        events |= bool((np.concatenate(member_events(st)) >= 0).any())
-    if events:
+        c = to_hex(color(label.split(" (")[0], i))
+        if c in used:  # variants of one rule get their own colour
+            c = next(h for h in (to_hex(f"C{k}") for k in range(10)) if h not in used)
+        used.add(c)
+        mean_sd_band(ax, _x(st), st["episodes/meta_accuracy"], f"F_{label}", c, smooth=SMOOTH)
+        _mark_events(ax, st, c, 0.02 + 0.03 * i)
+        div, col = member_events(st)
+        collapsed |= bool((col >= 0).any())
+        diverged |= bool((div >= 0).any())
+    if collapsed:
         ax.scatter([], [], marker="v", color="k", label="a seed collapsed")
+    if diverged:
         ax.scatter([], [], marker="x", color="k", label="a seed diverged")
     ax.set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
            title=f"meta-accuracy (moving avg. {SMOOTH}; mean ± sd, seeds)")
@@ -192,6 +201,8 @@ def fig4(s):
     fig, ax = subplots(3, size=(4.8, 3.6))
     _accuracy_panel(ax[0], {"pseudo": s["fig3-pseudo"], **runs})
     _theta_panel(ax[1], pool, label)
+    for line in ax[1].get_lines():  # the title names the run; the legend names the terms
+        line.set_label(line.get_label().split(" (")[0])
     ax[1].legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     names = pool.json_attr("term_names", [])
     final = np.abs(pool["episodes/theta"][:, -1, :])  # [P, R]

@@ -182,10 +182,10 @@ def pool_sweep(s):
     for r, name in enumerate(rows["names"]):
         ax[1].plot(x, np.maximum(rows["theta"][:, r], 1e-7), "o-", color=f"C{r}", label=name)
     ax[1].set(xscale="log", yscale="log", xlabel="L1 coefficient λ",
-              ylabel="|θ| at the last episode (median; 1e-7 = exactly 0)",
+              ylabel="final |θ| (median; 1e-7 = 0)",
               title="which terms survive as λ grows")
     ax[1].legend(fontsize=7, ncol=2)
     episodes = s[SWEEP]["episodes/theta"].shape[1]
-    fig.suptitle(f"P1 Fig 4 sweep — the ten-term pool, proximal L1, θ boxed by the stability "
-                 f"map, {episodes} episodes")
+    fig.suptitle(f"P1 Fig 4 λ sweep: ten-term pool, proximal L1, θ boxed by the stability "
+                 f"map, {episodes} episodes", y=1.04)
     return fig
