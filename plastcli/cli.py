@@ -169,7 +169,7 @@ def meta_train(
         table.add_column(key, justify="right")
     table.add_column("meta-acc", justify="right")
     table.add_column("meta-loss", justify="right")
-    wide = len(res.terms) > 10  # e.g. rule.terms: grammar: the largest coefficients only
+    wide = len(res.terms) > 4  # e.g. the pool or rule.terms: grammar: the largest ones only
     for name in ["largest |θ|"] if wide else res.terms:
         table.add_column(name if wide else f"θ {name}", justify="right")
     table.add_column("diverged", justify="right")
