@@ -51,7 +51,7 @@ def _mark_events(ax, st, c: str, y: float) -> None:
                        clip_on=False)
 
 
-def _accuracy_panel(ax, stores: dict, loc: str = "center right") -> None:
+def _accuracy_panel(ax, stores: dict, loc: str = "below") -> None:
     from matplotlib.colors import to_hex
 
     collapsed = diverged = False
@@ -72,7 +72,10 @@ def _accuracy_panel(ax, stores: dict, loc: str = "center right") -> None:
         ax.scatter([], [], marker="x", color="k", label="a seed diverged")
     ax.set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
            title=f"meta-accuracy (moving avg. {SMOOTH}; mean ± sd, seeds)")
-    ax.legend(loc=loc, fontsize=8)
+    if loc == "below":  # outside the axes, under the x label: never over a curve
+        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    else:
+        ax.legend(loc=loc, fontsize=8)
 
 
 def _loss_panel(ax, stores: dict) -> None:
