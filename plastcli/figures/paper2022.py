@@ -19,7 +19,8 @@ RULE_STORES = {"BP": "fig3-bp", "pseudo": "fig3-pseudo", "eHebb": "fig6-ehebb",
 VARIANT_STORES = {"bio (paper, no bound)": "fig5-bio-paper",
                   "bio (θ₀ jitter 1e-9)": "fig5-bio-jitter",
                   "Oja (paper, no bound)": "fig8-oja-paper",
-                  "Oja (θ₀ jitter 1e-9)": "fig8-oja-jitter"}
+                  "Oja (θ₀ jitter 1e-9)": "fig8-oja-jitter",
+                  "Oja (θ_pseudo in [0, 0.02] too)": "fig8-oja-pseudo-bounded"}
 
 
 def _x(store) -> np.ndarray:
@@ -143,7 +144,8 @@ def _rule_figure(s, key: str, label: str, title: str):
     stores = {"pseudo": s["fig3-pseudo"], label: rule}
     if "fig3-bp" in s:
         stores = {"BP": s["fig3-bp"], **stores}
-    for suffix, what in (("-jitter", "θ₀ jittered 1e-9"), ("-paper", "paper, no bound")):
+    for suffix, what in (("-jitter", "θ₀ jittered 1e-9"), ("-paper", "paper, no bound"),
+                         ("-pseudo-bounded", "θ_pseudo in [0, 0.02] too")):
         if key + suffix in s:  # the comparison runs on the same seeds
             stores[f"{label} ({what})"] = s[key + suffix]
     fig, ax = subplots(3, size=(4.8, 3.6))
@@ -169,7 +171,7 @@ def fig6(s):
 
 
 @register("2022", "fig8-oja", stores=("fig8-oja", "fig3-pseudo"),
-          optional=("fig3-bp", "fig8-oja-paper", "fig8-oja-jitter"))
+          optional=("fig3-bp", "fig8-oja-paper", "fig8-oja-jitter", "fig8-oja-pseudo-bounded"))
 def fig8(s):
     return _rule_figure(s, "fig8-oja", "Oja",
                         "P1 Fig 8 — F_Oja = pseudo_grad + oja, fixed random feedback")
