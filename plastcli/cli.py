@@ -158,6 +158,11 @@ def meta_train(
 
     On a CPU with several cores, a population of 8 or more seeds is split across one
     single-threaded process per core (OMP_NUM_THREADS=1 keeps it in one process).
+
+    Recipe keys for stable meta-learning (README, "Using plast"): population.grid
+    (meta.l1, meta.lr, rule.init.TERM per member), meta.bounds, meta.l1_mode
+    (subgradient or proximal), meta.theta_jitter, meta.collapse_window; and rule.define
+    for your own terms. Example: plast meta-train recipes/2022/fig4-pool-sweep.yaml
     """
     rec, res = _run("meta-train", "meta_train", recipe, set_, device, out, resume, overwrite,
                     data_dir, {"population.seeds": seeds, "meta.episodes": episodes})
