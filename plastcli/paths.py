@@ -59,13 +59,17 @@ def make_dirs(folder: Path) -> list[Path]:
         missing.append(folder)
         folder = folder.parent
     for d in reversed(missing):
-        try:
-            d.mkdir()
-        except OSError as exc:
-            remove_empty(missing)
-            raise PlastError(f"cannot create the directory {d}: {exc.strerror or exc}") \
-                from None
+        _undo_on_error(missing, f"cannot create the directory {d}", d.mkdir)
     return missing
+
+
+def _undo_on_error(made: list[Path], what: str, action) -> None:
+    """Run ``action()``; on OSError remove the directories made so far and raise one line."""
+    try:
+        action()
+    except OSError as exc:
+        remove_empty(made)
+        raise PlastError(f"{what}: {exc.strerror or exc}") from None
 
 
 def remove_empty(folders: list[Path]) -> None:
@@ -88,11 +92,10 @@ def ensure_out_dir(folder: str | Path, option: str = "--out") -> list[Path]:
     _check_parents(folder, option)
     made = make_dirs(folder)
     probe = folder / f".plast-write-test-{os.getpid()}"
-    try:
+
+    def touch_and_remove() -> None:
         probe.touch()
         probe.unlink()
-    except OSError as exc:
-        remove_empty(made)
-        raise PlastError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") \
-            from None
+
+    _undo_on_error(made, f"{option} {folder}: cannot write there", touch_and_remove)
     return made
