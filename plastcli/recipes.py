@@ -131,6 +131,11 @@ GRID_KEYS = ("meta.l1", "meta.lr")
 GRID_INIT_PREFIX = "rule.init."
 
 
+def grid_dataset_name(key: str) -> str:
+    """/members dataset of a grid key: 'meta.l1' -> 'l1', 'rule.init.oja' -> 'init_oja'."""
+    return key.removeprefix("meta.").replace(GRID_INIT_PREFIX, "init_")
+
+
 @dataclass
 class MetaPopulationSpec(PopulationSpec):
     # Members = every combination of the grid (in key order) x seeds; each grid point

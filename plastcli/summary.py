@@ -10,6 +10,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from plastcli.lock import holder
+from plastcli.recipes import grid_dataset_name
 from plastcli.store import read_store
 
 TAIL = 50  # episodes averaged for "final" meta-training metrics
@@ -100,7 +101,7 @@ def store_summary(path: str | Path) -> list:
 
 def grid_table(s, grid_keys: list[str]) -> Table:
     """Meta-train population grid: one row per grid point, finals over its seeds."""
-    cols = [k.removeprefix("meta.").replace("rule.init.", "init_") for k in grid_keys]
+    cols = [grid_dataset_name(k) for k in grid_keys]
     vals = np.stack([s[f"members/{c}"] for c in cols], 1)  # [P, K]
     acc = final_values(s["episodes/meta_accuracy"], "episodes")
     t = Table(title="population grid: meta-accuracy per grid point (median over seeds)")

@@ -21,7 +21,7 @@ from plastcli.experiments.common import (
     open_run,
 )
 from plastcli.progress import Reporter
-from plastcli.recipes import MetaTrainRecipe
+from plastcli.recipes import MetaTrainRecipe, grid_dataset_name
 from plastcli.terms import recipe_pool
 
 
@@ -64,9 +64,6 @@ def grid_label(grid: dict[str, np.ndarray], i: int) -> str:
     return "".join(f", {grid_dataset_name(k)}={v[i]:g}" for k, v in grid.items())
 
 
-def grid_dataset_name(key: str) -> str:
-    """/members dataset of a grid key: 'meta.l1' -> 'l1', 'rule.init.oja' -> 'init_oja'."""
-    return key.removeprefix("meta.").replace("rule.init.", "init_")
 
 
 def _finite_mean(x: np.ndarray, axis=None):

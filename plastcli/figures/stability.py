@@ -19,6 +19,7 @@ from plastcli.collapse import chance_loss
 from plastcli.errors import PlastError
 from plastcli.figures import register
 from plastcli.figures.style import subplots
+from plastcli.recipes import grid_dataset_name
 
 STABILITY_TERMS = ("pseudo_grad", "post_act_pre_err", "err_hebb", "decay", "ones_pre_err",
                    "sum_post_grad", "quad_1", "quad_2", "quad_3", "oja")
@@ -38,7 +39,7 @@ def stability_rows(st) -> dict[str, np.ndarray]:
                          f"this store grids {keys or 'nothing'}")
     key = keys[0]
     chance = chance_loss(recipe["task"]["classes"])
-    coef = st[f"members/{key.replace('rule.init.', 'init_')}"]
+    coef = st[f"members/{grid_dataset_name(key)}"]
     ce = np.asarray(st["episodes/query_ce"], dtype=np.float64)  # [G, tasks]
     finite = np.isfinite(ce).all(1)
     mean_ce = np.where(finite, np.where(np.isfinite(ce), ce, 0).mean(1), np.inf)
