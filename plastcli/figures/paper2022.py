@@ -16,11 +16,18 @@ RULE_STORES = {"BP": "fig3-bp", "pseudo": "fig3-pseudo", "eHebb": "fig6-ehebb",
                "Oja": "fig8-oja", "bio": "fig5-bio", "pool": "fig4-pool"}
 # Comparison runs on the same seeds: the paper's setting without the stabiliser, and the
 # stabilised recipe with its initial θ jittered (a stand-in for another CPU's rounding).
-VARIANT_STORES = {"bio (paper, no bound)": "fig5-bio-paper",
-                  "bio (θ₀ jitter 1e-9)": "fig5-bio-jitter",
-                  "Oja (paper, no bound)": "fig8-oja-paper",
-                  "Oja (θ₀ jitter 1e-9)": "fig8-oja-jitter",
-                  "Oja (θ_pseudo in [0, 0.02] too)": "fig8-oja-pseudo-bounded"}
+VARIANTS = {"fig5-bio-paper": ("bio", "paper, no bound"),
+            "fig5-bio-jitter": ("bio", "θ₀ jitter 1e-9"),
+            "fig8-oja-paper": ("Oja", "paper, no bound"),
+            "fig8-oja-jitter": ("Oja", "θ₀ jitter 1e-9"),
+            "fig8-oja-lower-bound": ("Oja", "θ_oja ≥ 0 only"),
+            "fig8-oja-pseudo-bounded": ("Oja", "θ_oja ≥ 0, θ_pseudo ≤ 0.02")}
+VARIANT_STORES = {f"{rule} ({what})": name for name, (rule, what) in VARIANTS.items()}
+
+
+def variants_of(rule: str) -> tuple[str, ...]:
+    """The comparison stores of one rule label (e.g. "Oja"), in VARIANTS order."""
+    return tuple(name for name, (r, _) in VARIANTS.items() if r == rule)
 
 
 def _x(store) -> np.ndarray:
@@ -144,10 +151,9 @@ def _rule_figure(s, key: str, label: str, title: str):
     stores = {"pseudo": s["fig3-pseudo"], label: rule}
     if "fig3-bp" in s:
         stores = {"BP": s["fig3-bp"], **stores}
-    for suffix, what in (("-jitter", "θ₀ jittered 1e-9"), ("-paper", "paper, no bound"),
-                         ("-pseudo-bounded", "θ_pseudo in [0, 0.02] too")):
-        if key + suffix in s:  # the comparison runs on the same seeds
-            stores[f"{label} ({what})"] = s[key + suffix]
+    for name in variants_of(label):  # the comparison runs on the same seeds
+        if name in s:
+            stores[f"{label} ({VARIANTS[name][1]})"] = s[name]
     fig, ax = subplots(3, size=(4.8, 3.6))
     _accuracy_panel(ax[0], stores)
     _theta_panel(ax[1], rule, label)
@@ -158,7 +164,7 @@ def _rule_figure(s, key: str, label: str, title: str):
 
 
 @register("2022", "fig5-bio", stores=("fig5-bio", "fig3-pseudo"),
-          optional=("fig3-bp", "fig5-bio-paper", "fig5-bio-jitter"))
+          optional=("fig3-bp", *variants_of("bio")))
 def fig5(s):
     return _rule_figure(s, "fig5-bio", "bio",
                         "P1 Fig 5 — F_bio = pseudo_grad + err_hebb + oja, fixed random feedback")
@@ -171,7 +177,7 @@ def fig6(s):
 
 
 @register("2022", "fig8-oja", stores=("fig8-oja", "fig3-pseudo"),
-          optional=("fig3-bp", "fig8-oja-paper", "fig8-oja-jitter", "fig8-oja-pseudo-bounded"))
+          optional=("fig3-bp", *variants_of("Oja")))
 def fig8(s):
     return _rule_figure(s, "fig8-oja", "Oja",
                         "P1 Fig 8 — F_Oja = pseudo_grad + oja, fixed random feedback")
