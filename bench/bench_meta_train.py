@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(recipe: str, P: int, episodes: int, device: str) -> dict:
+def measure(recipe: str, P: int, episodes: int, device: str, sets: tuple = ()) -> dict:
+    """One (recipe, P): s/episode and peak memory; ``sets`` are extra --set overrides."""
     import time
 
     import torch
@@ -30,7 +31,7 @@ def measure(recipe: str, P: int, episodes: int, device: str) -> dict:
     from plastcli.recipes import load_recipe
     from plastcli.workers import peak_rss_all_mib, processes_for
 
-    r = load_recipe(recipe, [f"population.seeds={P}"])
+    r = load_recipe(recipe, [f"population.seeds={P}", *sets])
     dev = resolve_device(device)
     d = load_dataset(r.dataset.name, r.dataset.split)
     s = TaskSampler(d, r.task.classes, r.task.train_per_class, r.task.query_per_class,

@@ -289,3 +289,87 @@ def test_grid_and_bounds_refuse_duplicates_nan_and_starts_outside(bad, match):
     extra = ["meta.bounds.oja=[0, null]"] if "grid.rule.init" in bad else []
     with pytest.raises(PlastError, match=match):
         load_recipe(REPO / "recipes/bio.yaml", [*extra, bad])
+
+
+# ------------------------------------------------------------------ the grammar pool
+def _tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_grammar_stability_recipes_are_what_the_tool_writes_and_load():
+    from plastcli.figures.stability import GRAMMAR_TERMS, STABILITY_TERMS
+
+    tool = _tool("grammar_stability_recipes")
+    assert len(STABILITY_TERMS) == 10 and len(GRAMMAR_TERMS) == 39
+    assert not set(STABILITY_TERMS) & set(GRAMMAR_TERMS)
+    for term in GRAMMAR_TERMS:
+        path = REPO / f"recipes/2022/stability/{term}.yaml"
+        assert path.read_text() == tool.render(term), f"rerun the tool: {path} is stale"
+        r = load_recipe(path)
+        assert r.rule.terms == ["pseudo_grad", term] and r.meta.lr == 0
+        assert 0.0 in r.population.grid[f"rule.init.{term}"]
+
+
+def test_safe_bounds_are_the_safe_intervals_and_feed_the_grammar_recipe(tmp_path):
+    import yaml
+
+    from plastcli.figures.stability import interval, safe_bounds, stability_rows
+
+    rec = load_recipe(REPO / "recipes/2022/stability/g_ones_ones.yaml",
+                      [*TINY, "meta.episodes=1", "population.seeds=1",
+                       "population.grid.rule.init.g_ones_ones=[-1e6, -1e-6, 0.0, 1e-6, 1e6]"])
+    meta_train.run(rec, tmp_path / "g.h5")
+    st = read_store(tmp_path / "g.h5")
+    bounds = safe_bounds({"stability/g_ones_ones": st})
+    assert bounds == {"g_ones_ones": list(interval(stability_rows(st), "safe"))}
+    lo, hi = bounds["g_ones_ones"]
+    assert lo <= 0 <= hi and lo > -1e6  # -1e6 sends the weights to inf
+    text = _tool("grammar_pool_recipe").render({"g_ones_ones": [lo, hi]})
+    meta = yaml.safe_load(text)["meta"]
+    pool = yaml.safe_load((REPO / "recipes/2022/fig4-pool.yaml").read_text())["meta"]
+    assert meta["bounds"] == {**pool["bounds"], "g_ones_ones": [lo, hi]}
+    assert (meta["l1"], meta["l1_mode"]) == (pool["l1"], pool["l1_mode"])
+    (tmp_path / "grammar.yaml").write_text(text)
+    assert len(load_recipe(tmp_path / "grammar.yaml").rule.terms) == 49
+
+
+def test_theta_text_lists_a_big_pool_by_its_largest_coefficients():
+    from plastcli.figures.paper2022 import theta_text
+
+    assert theta_text(["a", "b"], np.array([0.5, -0.25])) == "a 0.5, b -0.25"
+    names = [f"t{i}" for i in range(12)]
+    theta = np.zeros(12)
+    theta[[3, 7, 9]] = [0.1, -0.3, 0.2]
+    assert theta_text(names, theta, top=2) == "t7 -0.3, t9 0.2 (3 of 12 nonzero)"
+
+
+def test_final_per_seed_upto_reads_the_first_episodes_only():
+    from plastcli.figures.paper2022 import TAIL, final_per_seed
+
+    acc = np.arange(2 * 120, dtype=float).reshape(2, 120)
+    st = {"episodes/meta_accuracy": acc}
+    np.testing.assert_allclose(final_per_seed(st, "meta_accuracy", upto=100),
+                               acc[:, 100 - TAIL:100].mean(1))
+    np.testing.assert_allclose(final_per_seed(st, "meta_accuracy"), acc[:, -TAIL:].mean(1))
+
+
+def test_grammar_search_is_drawn_and_reported_against_f_bio(tmp_path):
+    from plastcli.figures import draw_paper
+
+    base = [*TINY, "meta.episodes=2"]
+    for name, recipe, extra in (("fig3-pseudo", "fig3-pseudo", []), ("fig5-bio", "fig5-bio", []),
+                                ("grammar-pool", "fig4-pool", ["rule.terms=grammar"])):
+        r = load_recipe(REPO / f"recipes/2022/{recipe}.yaml", [*base, *extra])
+        meta_train.run(r, tmp_path / f"2022/{name}.h5")
+    rep = draw_paper("2022", tmp_path / "2022", tmp_path / "figs", ["png"])
+    assert (tmp_path / "figs/fig4-grammar-pool.png").exists()
+    assert not [s for s in rep.skipped if s.startswith("fig4-grammar-pool")]
+    row = next(ln for ln in (tmp_path / "figs/reproduction-2022.md").read_text().splitlines()
+               if ln.startswith("| beyond the paper"))
+    assert "all 49 grammar terms" in row and "vs F_bio" in row
+    assert row.endswith(("| rediscovers F_bio |", "| finds another rule |"))

@@ -49,10 +49,15 @@ def grammar_extras() -> list[str]:
     return [n for n in grammar_names() if n not in builtin]
 
 
-def main() -> None:
+def render(term: str) -> str:
+    """The stability recipe of one grammar term."""
     values = ", ".join(f"{v:.1e}" if v else "0.0" for v in VALUES)
+    return TEMPLATE.format(term=term, values=values)
+
+
+def main() -> None:
     for term in grammar_extras():
-        (OUT / f"{term}.yaml").write_text(TEMPLATE.format(term=term, values=values))
+        (OUT / f"{term}.yaml").write_text(render(term))
     print(f"wrote {len(grammar_extras())} recipes to {OUT}")
 
 

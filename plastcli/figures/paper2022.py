@@ -200,6 +200,49 @@ def pool_runs(s) -> dict:
     return runs
 
 
+def _survivor_bars(ax, pool, top: int | None = None) -> list[str]:
+    """Bars of the mean |θ| at the last episode (± sd over seeds), largest first; only the
+    ``top`` largest if given. Returns the term names in bar order."""
+    names = pool.json_attr("term_names", [])
+    final = np.abs(pool["episodes/theta"][:, -1, :])  # [P, R]
+    order = np.argsort(-final.mean(0))[:top]
+    ax.bar(range(len(order)), np.maximum(final.mean(0)[order], 1e-7),
+           yerr=final.std(0)[order], color=[f"C{r % 10}" for r in order])
+    ax.set_xticks(range(len(order)), [names[r] for r in order], rotation=60, ha="right")
+    ax.set(ylabel="|θ| at the last episode (1e-7 = 0)", yscale="log")
+    return [names[r] for r in order]
+
+
+GRAMMAR = "grammar-pool"
+
+
+@register("2022", "fig4-grammar-pool", stores=(GRAMMAR, "fig5-bio"), optional=("fig4-pool",))
+def fig4_grammar(s):
+    """Beyond the paper: the pool search over all 49 grammar terms against F_bio."""
+    pool = s[GRAMMAR]
+    E = pool["episodes/meta_accuracy"].shape[1]
+    runs = {"bio": s["fig5-bio"], "grammar pool": pool}
+    if "fig4-pool" in s:
+        runs = {"bio": s["fig5-bio"], "pool (ten terms)": s["fig4-pool"], "grammar pool": pool}
+    fig, ax = subplots(3, size=(4.8, 3.6))
+    _accuracy_panel(ax[0], runs)
+    ax[0].axvline(E, color="k", lw=0.6, ls=":")
+    top = _survivor_bars(ax[1], pool, top=12)
+    ax[1].set(title=f"the 12 largest of {len(pool.json_attr('term_names', []))} terms")
+    names = pool.json_attr("term_names", [])
+    theta = np.array(pool["episodes/theta"], dtype=np.float64)  # [P, E, R]
+    for i, name in enumerate(top[:6]):
+        mean_sd_band(ax[2], _x(pool), theta[:, :, names.index(name)], name, f"C{i}")
+    ax[2].axhline(0, color="k", lw=0.6)
+    ax[2].set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)",
+              title="the six largest coefficients")
+    ax[2].legend(fontsize=7)
+    fig.suptitle(f"Beyond P1 Fig 4 — L1 search over every grammar term "
+                 f"({pool['episodes/theta'].shape[0]} seeds × {E} episodes) vs F_bio; "
+                 f"diverged: {diverged_text(pool)}")
+    return fig
+
+
 @register("2022", "fig4-pool", stores=("fig3-pseudo",),
           optional=("fig4-pool", "fig4-pool-paper", "fig4-pool-sweep"))
 def fig4(s):
@@ -216,15 +259,9 @@ def fig4(s):
     for line in ax[1].get_lines():  # the title names the run; the legend names the terms
         line.set_label(line.get_label().split(" (")[0])
     ax[1].legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    names = pool.json_attr("term_names", [])
-    final = np.abs(pool["episodes/theta"][:, -1, :])  # [P, R]
-    order = np.argsort(-final.mean(0))
-    ax[2].bar(range(len(names)), np.maximum(final.mean(0)[order], 1e-7),
-              yerr=final.std(0)[order], color=[f"C{r}" for r in order])
-    ax[2].set_xticks(range(len(names)), [names[r] for r in order], rotation=60, ha="right")
+    _survivor_bars(ax[2], pool)
     diverged = diverged_text(pool)
-    ax[2].set(ylabel="|θ| at the last episode (1e-7 = 0)", yscale="log",
-              title=f"which terms survive: F_{label}" if diverged == "none"
+    ax[2].set(title=f"which terms survive: F_{label}" if diverged == "none"
               else "|θ| frozen where each seed diverged")
     import yaml
 
@@ -271,13 +308,14 @@ def fig_all(s):
 # ------------------------------------------------------------------ reproduction report
 
 
-def final_per_seed(st, key: str) -> np.ndarray:
-    """Mean over each seed's last 50 finite episodes (per trailing index).
+def final_per_seed(st, key: str, upto: int | None = None) -> np.ndarray:
+    """Mean over each seed's last 50 finite episodes (per trailing index), of the first
+    ``upto`` episodes if given (to compare runs of different length at one budget).
 
     A member that diverged has NaN metrics from its divergence on; its final value is
     the mean of the 50 episodes before it diverged (all-NaN members give NaN).
     """
-    a = np.asarray(st[f"episodes/{key}"], dtype=np.float64)
+    a = np.asarray(st[f"episodes/{key}"], dtype=np.float64)[:, :upto]
     out = []
     for member in a:  # [E, ...]
         finite = np.isfinite(member.reshape(len(member), -1)).all(1)
@@ -291,6 +329,17 @@ def diverged_text(st) -> str:
     if d is None or (np.asarray(d) < 0).all():
         return "none"
     return ", ".join(f"seed {i}: ep {e}" for i, e in enumerate(d) if e >= 0)
+
+
+def theta_text(names: list[str], theta: np.ndarray, top: int = 5) -> str:
+    """'pseudo_grad 0.01, oja 0.006'; a pool of more than ten terms lists only its ``top``
+    largest |θ| and how many are nonzero."""
+    pairs = list(zip(names, theta, strict=True))
+    if len(pairs) <= 10:
+        return ", ".join(f"{n} {m:.3g}" for n, m in pairs)
+    big = sorted(pairs, key=lambda p: -abs(p[1]))[:top]
+    return (", ".join(f"{n} {m:.3g}" for n, m in big)
+            + f" ({int(np.count_nonzero(theta))} of {len(pairs)} nonzero)")
 
 
 def meta_table_rows(stores: dict) -> list[dict]:
@@ -308,21 +357,22 @@ def meta_table_rows(stores: dict) -> list[dict]:
             "acc_mean": float(np.mean(acc)), "acc_sd": float(np.std(acc)),
             "acc_median": float(med), "acc_lo": float(lo), "acc_hi": float(hi),
             "collapsed": int((col >= 0).sum()), "diverged": int((div >= 0).sum()),
-            "theta": ", ".join(f"{n} {m:.3g}" for n, m in zip(names, theta.mean(0),
-                                                                strict=True)),
+            "theta": theta_text(names, theta.mean(0)),
         })
     return rows
 
 
 @register("2022", "reproduction-2022.md", stores=("fig3-pseudo",),
           optional=tuple(v for v in (*RULE_STORES.values(), *VARIANT_STORES.values(),
-                                     "fig4-pool-paper", "fig4-pool-sweep")
+                                     "fig4-pool-paper", "fig4-pool-sweep", GRAMMAR)
                          if v != "fig3-pseudo"))
 def report(s):
     stores = {lab: s[name] for lab, name in {**RULE_STORES, **VARIANT_STORES}.items()
               if name in s and lab != "pool"}
     searches = pool_runs(s)  # the pool searches, the most complete last
     stores.update(searches)
+    if GRAMMAR in s:
+        stores["grammar pool"] = s[GRAMMAR]
     pool_key = list(searches)[-1] if searches else "pool"
     acc = {k: final_per_seed(v, "meta_accuracy").mean() for k, v in stores.items()}
     ang = {k: float(np.nanmean(final_per_seed(v, "angles")))
@@ -434,7 +484,28 @@ def report(s):
 
     claim(text, [pool_key], lambda: set(pool_top()[:3]) == {"pseudo_grad", "err_hebb", "oja"},
           pool_detail)
+    grammar_claim(lines, stores)
     return "\n".join(lines) + "\n"
+
+
+def grammar_claim(lines: list[str], stores: dict) -> None:
+    """Beyond the paper: does the search over every grammar term rediscover F_bio, and how
+    does its meta-accuracy compare with F_bio's at the same episode budget?"""
+    if "grammar pool" not in stores or "bio" not in stores:
+        return
+    st, bio = stores["grammar pool"], stores["bio"]
+    E = st["episodes/meta_accuracy"].shape[1]
+    names = st.json_attr("term_names", [])
+    top = [names[r] for r in np.argsort(-np.abs(st["episodes/theta"][:, -1, :]).mean(0))]
+    g = np.nanmedian(final_per_seed(st, "meta_accuracy"))
+    b = np.nanmedian(final_per_seed(bio, "meta_accuracy", upto=E))
+    div, col = member_events(st)
+    verdict = ("rediscovers F_bio" if set(top[:3]) == {"pseudo_grad", "err_hebb", "oja"}
+               else "finds another rule")
+    lines.append(f"| beyond the paper: the L1 search over all {len(names)} grammar terms "
+                 f"(top 3 by abs θ) | top 5: {', '.join(top[:5])}; median meta-accuracy "
+                 f"{g:.3f} vs F_bio {b:.3f} at episode {E} ({int((div >= 0).sum())} diverged, "
+                 f"{int((col >= 0).sum())} collapsed of {len(div)}) | {verdict} |")
 
 
 # ----------------------------------------------------------------------------------------

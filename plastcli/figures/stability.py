@@ -20,10 +20,13 @@ from plastcli.errors import PlastError
 from plastcli.figures import register
 from plastcli.figures.style import subplots
 from plastcli.recipes import grid_dataset_name
+from plastcli.terms import BUILTIN, grammar_names
 
-STABILITY_TERMS = ("pseudo_grad", "post_act_pre_err", "err_hebb", "decay", "ones_pre_err",
-                   "sum_post_grad", "quad_1", "quad_2", "quad_3", "oja")
+STABILITY_TERMS = tuple(t.name for t in BUILTIN)  # the ten terms of SPEC §3.1
+# The other 39 terms of rule.terms: grammar (a coarser scan: tools/grammar_stability_recipes.py)
+GRAMMAR_TERMS = tuple(n for n in grammar_names() if n not in STABILITY_TERMS)
 STORES = tuple(f"stability/{t}" for t in STABILITY_TERMS)
+GRAMMAR_STORES = tuple(f"stability/{t}" for t in GRAMMAR_TERMS)
 SAFE_MARGIN = 0.1  # nats above max(chance, CE with the term off)
 
 
@@ -113,7 +116,7 @@ def stability_map(s):
     return fig
 
 
-@register("2022", "stability-map.md", stores=STORES[:1], optional=STORES[1:])
+@register("2022", "stability-map.md", stores=STORES[:1], optional=STORES[1:] + GRAMMAR_STORES)
 def stability_table(s):
     lines = ["# Stability map (P1 network, fixed feedback, 250 online steps)", "",
              f"Mean query CE over each coefficient's tasks, θ_pseudo fixed (its own row "
@@ -126,7 +129,7 @@ def stability_table(s):
     def fmt(iv):
         return "none" if iv is None else f"[{iv[0]:g}, {iv[1]:g}]"
 
-    for name in (n for n in STORES if n in s):
+    for name in (n for n in STORES + GRAMMAR_STORES if n in s):
         rows = stability_rows(s[name])
         best = int(np.argmin(rows["ce"]))
         nan = rows["coef"][~np.isfinite(rows["ce"])]
@@ -134,6 +137,53 @@ def stability_table(s):
                      f"{fmt(interval(rows, 'usable'))} | {rows['coef'][best]:g} | "
                      f"{rows['ce'][best]:.3f} | {', '.join(f'{v:g}' for v in nan) or '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def safe_bounds(s) -> dict[str, list[float]]:
+    """``{term: [low, high]}``: the safe interval of every term with a stability store in
+    ``s`` (a term whose only safe value is 0 gets ``[0, 0]``), for ``meta.bounds``."""
+    out = {}
+    for name in (n for n in STORES + GRAMMAR_STORES if n in s):
+        rows = stability_rows(s[name])
+        iv = interval(rows, "safe")
+        out[rows["term"]] = [0.0, 0.0] if iv is None else [iv[0], iv[1]]
+    return out
+
+
+@register("2022", "fig-stability-strip", stores=STORES[:1],
+          optional=STORES[1:] + GRAMMAR_STORES)
+def stability_strip(s):
+    """Every mapped term on one chart: a row per term, a marker per tested coefficient,
+    coloured by what the 250 online steps did with it."""
+    present = [n for n in STORES + GRAMMAR_STORES if n in s]
+    fig, (ax,) = subplots(1, size=(7.5, 0.17 * len(present) + 1.2))
+    kinds = (("below chance", "C2", "o"), ("safe, not helping", "C0", "o"),
+             ("loss climbs", "C1", "o"), ("non-finite", "C3", "x"))
+    seen = set()
+    for y, name in enumerate(present):
+        rows = stability_rows(s[name])
+        nan = ~np.isfinite(rows["ce"])
+        masks = (rows["usable"], rows["safe"] & ~rows["usable"], ~rows["safe"] & ~nan, nan)
+        for (label, col, mk), m in zip(kinds, masks, strict=True):
+            if m.any():
+                ax.scatter(rows["coef"][m], np.full(m.sum(), y), color=col, marker=mk, s=14,
+                           label=None if label in seen else label)
+                seen.add(label)
+        iv = interval(rows, "safe")
+        if iv is not None:
+            ax.plot(iv, [y, y], color="C0", lw=3, alpha=0.35, solid_capstyle="butt")
+    ax.set_yticks(range(len(present)), [n.removeprefix("stability/") for n in present],
+                  fontsize=6.5)
+    ax.invert_yaxis()
+    ax.set_xscale("symlog", linthresh=1e-6)
+    ticks = [-1e-1, -1e-3, -1e-5, 0.0, 1e-5, 1e-3, 1e-1]
+    ax.set_xticks(ticks, [f"{v:.0e}".replace("e-0", "e-") if v else "0" for v in ticks])
+    ax.set_xlabel("coefficient θ of the term (pseudo_grad at 0.01 beside it; symlog axis)")
+    ax.grid(axis="x", lw=0.3)
+    fig.legend(loc="outside upper center", ncol=4, fontsize=8)
+    ax.set_title("Stability map of every term: the shaded bar is the safe interval used "
+                 "for meta.bounds", fontsize=9)
+    return fig
 
 
 # ------------------------------------------------------------------ the λ sweep of the pool

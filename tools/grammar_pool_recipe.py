@@ -1,0 +1,66 @@
+"""Write recipes/2022/grammar-pool.yaml: the pool search over all 49 grammar terms.
+
+Bounds: the ten built-in terms keep recipes/2022/fig4-pool.yaml's boxes (taken from the
+stability map by hand); each of the 39 other terms is boxed into its safe interval from
+results/2022/stability/<term>.h5 (``plastcli.figures.stability.safe_bounds``), so the
+bounds are exactly what the committed map says. Run tools/grammar_stability_recipes.py
+and the 39 stability recipes first.
+
+    python tools/grammar_pool_recipe.py [RESULTS_DIR]     # default: results/2022
+"""
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from plastcli.figures.stability import GRAMMAR_STORES, safe_bounds
+from plastcli.store import read_store
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "recipes" / "2022" / "grammar-pool.yaml"
+
+HEADER = """\
+# Written by tools/grammar_pool_recipe.py from the stability map; rerun it, do not edit.
+experiment: meta-train
+name: grammar-pool
+description: >-
+  Beyond the paper (issue 10): the L1 pool search over every term of the grammar
+  (rule.terms: grammar, 49 terms), with fig4-pool's lambda, proximal L1 and Adam, every
+  coefficient boxed into its safe interval from the stability map. Does it rediscover
+  F_bio (pseudo_grad, err_hebb, oja)? [choice] 3 seeds x 300 episodes, to fit one CPU
+  core in about an hour (49 terms cost ~3x the ten-term pool per episode).
+paper: 2022
+"""
+
+
+def render(map_bounds: dict[str, list[float]]) -> str:
+    """grammar-pool.yaml from the map's safe intervals of the 39 non-built-in terms."""
+    pool = yaml.safe_load((REPO / "recipes/2022/fig4-pool.yaml").read_text())
+    body = {k: pool[k] for k in ("dataset", "task", "network", "feedback")}
+    body["rule"] = {"terms": "grammar", "init": {"pseudo_grad": 1.0e-3}}
+    body["meta"] = {**{k: pool["meta"][k] for k in ("lr", "l1", "l1_mode")},
+                    "episodes": 300, "bounds": {**pool["meta"]["bounds"], **map_bounds}}
+    body["population"] = {"seeds": 3, "seed": 0}
+    body["run"] = pool["run"]
+    return HEADER + yaml.safe_dump(body, sort_keys=False, width=96)
+
+
+def map_bounds(results: Path) -> dict[str, list[float]]:
+    """Safe intervals of the 39 grammar terms from ``results/stability/<term>.h5``."""
+    missing = [n for n in GRAMMAR_STORES if not (results / f"{n}.h5").is_file()]
+    if missing:
+        sys.exit(f"missing stability stores under {results}: {', '.join(missing)}")
+    return safe_bounds({n: read_store(results / f"{n}.h5") for n in GRAMMAR_STORES})
+
+
+def main() -> None:
+    results = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "2022"
+    bounds = map_bounds(results)
+    OUT.write_text(render(bounds))
+    held = sorted(t for t, b in bounds.items() if b == [0.0, 0.0])
+    print(f"wrote {OUT} ({len(bounds)} map bounds; held at 0: {', '.join(held) or '-'})")
+
+
+if __name__ == "__main__":
+    main()
