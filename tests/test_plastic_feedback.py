@@ -157,3 +157,22 @@ def test_fig8_recipes_and_store_records_both_coefficient_sets(tmp_path):
     assert (np.abs(np.diff(fb, axis=1)).sum(-1) > 0).all()  # learned, recorded every episode
     assert np.isfinite(st["episodes/angles"]).all()
     assert IDX["post_act_pre_err"] != IDX["decay"]
+
+
+def test_fig8_verdict_pairs_members_by_seed_and_reads_the_ci():
+    from plastcli.figures.paper2024 import fig8_verdict
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 0.7, size=(10, 1)) + np.zeros((10, 60))  # [seeds, episodes]
+    order = rng.permutation(10)  # the plastic store lists its seeds in another order
+
+    def stores(delta):
+        bp = {"members/seed": np.arange(10), "episodes/meta_accuracy": base}
+        plastic = {"members/seed": order, "episodes/meta_accuracy": base[order] + delta}
+        return plastic, bp
+
+    assert "**exceeds**" in fig8_verdict(*stores(0.01))  # paired: a tiny, constant gain
+    assert "**falls short of**" in fig8_verdict(*stores(-0.01))
+    noisy = rng.normal(0, 0.02, size=(10, 1))
+    assert "**matches**" in fig8_verdict(*stores(noisy - noisy.mean()))
+    assert "10 shared seeds" in fig8_verdict(*stores(0.0))

@@ -59,7 +59,27 @@ def fig8_summary(plastic, bp) -> str:
                          f"{last[:, r].std(ddof=1):.2g} |")
     last = bp["episodes/theta"][:, -1, 0]
     lines.append(f"| F_BP | pseudo_grad | {last.mean():.3g} ± {last.std(ddof=1):.2g} |")
+    lines += ["", fig8_verdict(plastic, bp)]
     return "\n".join(lines) + "\n"
+
+
+def fig8_verdict(plastic, bp) -> str:
+    """P2's claim "plastic feedback with Oja can exceed meta-trained BP", decided by the
+    98% bootstrap CI of the paired difference of final meta-accuracy (same seed = same
+    tasks and initial weights in both stores): "exceeds" if the CI lies above 0, "falls
+    short" if below, "matches" if it contains 0."""
+    seeds_p, seeds_b = list(plastic["members/seed"]), list(bp["members/seed"])
+    common = [s for s in seeds_p if s in seeds_b]
+    if not common:
+        return "Paired difference: the two stores share no seed; not decided."
+    d = (_tail_mean(plastic["episodes/meta_accuracy"])[[seeds_p.index(s) for s in common]]
+         - _tail_mean(bp["episodes/meta_accuracy"])[[seeds_b.index(s) for s in common]])
+    mean, lo, hi = bootstrap_ci(d, level=0.98)
+    verdict = "exceeds" if lo > 0 else "falls short of" if hi < 0 else "matches"
+    return (f"Paired difference in final meta-accuracy, plastic feedback − F_BP, over "
+            f"{len(common)} shared seeds: {mean:+.3f} [98% CI {lo:+.3f}, {hi:+.3f}] → the "
+            f"plastic-feedback rule **{verdict}** meta-trained BP"
+            + (" (fewer than 10 seeds: weak evidence)." if len(common) < 10 else "."))
 
 
 @register("2024", "fig8-plastic-feedback", stores=tuple(FIG8.values()))
