@@ -373,3 +373,12 @@ def test_grammar_search_is_drawn_and_reported_against_f_bio(tmp_path):
                if ln.startswith("| beyond the paper"))
     assert "all 49 grammar terms" in row and "vs F_bio" in row
     assert row.endswith(("| rediscovers F_bio |", "| finds another rule |"))
+
+
+def test_committed_grammar_recipe_is_what_the_committed_map_gives():
+    tool = _tool("grammar_pool_recipe")
+    results = REPO / "results/2022"
+    if not all((results / f"{n}.h5").is_file() for n in tool.GRAMMAR_STORES):
+        pytest.skip("the grammar stability stores are not in this checkout")
+    assert (REPO / "recipes/2022/grammar-pool.yaml").read_text() == \
+        tool.render(tool.map_bounds(results)), "rerun tools/grammar_pool_recipe.py"
