@@ -167,8 +167,9 @@ def meta_train(
     rec, res = _run("meta-train", "meta_train", recipe, set_, device, out, resume, overwrite,
                     data_dir, {"population.seeds": seeds, "meta.episodes": episodes})
     table = Table(title=f"meta-train {rec.name}: {res.episodes} episodes -> {res.out}",
-                  caption="meta-acc, meta-loss: mean of the last 50 episodes; diverged, "
-                          "collapsed: the episode it happened (- = never)")
+                  caption="meta-acc, meta-loss: mean of the last 50 finite episodes (a "
+                          "diverged member: the 50 before it diverged); diverged, collapsed: "
+                          "the episode it happened (- = never)")
     table.add_column("seed", justify="right")
     for key in res.grid:
         table.add_column(key, justify="right")

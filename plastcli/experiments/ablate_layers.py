@@ -22,11 +22,10 @@ from plastcli.lock import store_lock
 from plastcli.paths import check_store_out
 from plastcli.progress import Reporter
 from plastcli.recipes import AblateLayersRecipe, layer_names
+from plastcli.statistics import TAIL as ACC_TAIL  # final meta-accuracy: as plast meta-train
+from plastcli.statistics import final_window, window_mean
 from plastcli.store import Store, StoreData, read_store
 from plastcli.terms import recipe_pool
-
-ACC_TAIL = 50  # final meta-accuracy = mean of the last 50 episodes (as plast meta-train)
-
 
 # --------------------------------------------------------------------------- members
 
@@ -109,22 +108,14 @@ def _mean_sd(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
 
 
-def _window_mean(x: np.ndarray, lo: int) -> np.ndarray:
-    """Per member mean over episodes lo..end of x ``[P, E, ...]`` (finite entries only)."""
-    seg = np.asarray(x[:, lo:], dtype=np.float64)
-    ok = np.isfinite(seg)
-    n = ok.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.where(ok, seg, 0.0).sum(1) / np.maximum(n, 1), np.nan)
-
-
 def table1_rows(store: StoreData, burn_in: int | None = None) -> list[dict]:
     """P1 Table 1 from an ablate-layers store, one dict per assignment.
 
     Keys: 'assignment', 'base_layers' / 'added_layers' (layer names), 'seeds' (members),
     'diverged' (members), 'alpha' ``[L, 2]`` (mean, sd over seeds of each member's mean
     angle alpha_l over episodes burn_in..end, degrees) and 'meta_accuracy' (mean, sd over
-    seeds of each member's mean over the last 50 episodes).
+    seeds of each member's final value, plastcli.statistics.final_window: its last 50
+    finite episodes).
     """
     if store.attrs.get("plast_experiment") != "ablate-layers" or "members/assignment" not in store:
         raise PlastError(f"{store.path}: not a complete ablate-layers store")
@@ -138,8 +129,8 @@ def table1_rows(store: StoreData, burn_in: int | None = None) -> list[dict]:
     if angles.shape[1] <= burn_in:
         raise PlastError(f"{store.path}: {angles.shape[1]} episodes, none after the burn-in "
                          f"{burn_in}")
-    alpha = _window_mean(angles, burn_in)  # [P, L]
-    final_acc = _window_mean(acc, max(0, acc.shape[1] - ACC_TAIL))  # [P]
+    alpha = window_mean(angles, burn_in)  # [P, L]: a fixed window, not the final value
+    final_acc = final_window(acc, ACC_TAIL)  # [P]
     diverged = store["members/diverged_at"] if "members/diverged_at" in store else None
     rows = []
     for a, name in enumerate(names):
@@ -168,7 +159,7 @@ def eHebb_pairs(store: StoreData, burn_in: int | None = None) -> list[dict]:
     names = store.json_attr("assignment_names")
     index, seeds = store["members/assignment_index"], store["members/seed"]
     added = store["members/added_layers"]
-    alpha = _window_mean(store["episodes/angles"], burn_in)  # [P, L]
+    alpha = window_mean(store["episodes/angles"], burn_in)  # [P, L]
     sets = {a: frozenset(np.nonzero(added[index == a][0])[0].tolist()) for a in range(len(names))}
     out = []
     for l, layer in enumerate(layers):
