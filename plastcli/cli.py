@@ -217,10 +217,10 @@ def ablate_layers(
     """
     rec, res = _run("ablate-layers", "ablate_layers", recipe, set_, device, out, resume,
                     overwrite, data_dir, {"population.seeds": seeds, "meta.episodes": episodes})
-    from plastcli.experiments import ablate_layers as exp
     from plastcli.store import read_store
+    from plastcli.tables import table1_text
 
-    header, body = exp.table1_text(read_store(res.out))
+    header, body = table1_text(read_store(res.out))
     table = Table(title=f"ablate-layers {rec.name} (P1 Table 1): angles averaged over episodes "
                   f"{rec.ablation.burn_in}..{rec.meta.episodes}, mean ± sd over seeds")
     for i, col in enumerate(header):

@@ -499,9 +499,9 @@ def grammar_claim(lines: list[str], stores: dict) -> None:
 
 # ----------------------------------------------------------------------------------------
 # P1 Table 1: per-layer rule assignments (plast ablate-layers). The table itself comes from
-# plastcli.experiments.ablate_layers (one place for the CLI and the figures).
+# plastcli.tables (one place for the CLI and the figures).
 
-from plastcli.experiments import ablate_layers as _ablate  # noqa: E402
+from plastcli import tables as _tables  # noqa: E402
 
 TABLE1 = "table1-ablate-layers"
 
@@ -538,7 +538,7 @@ def _table1_angles(st):
 def _table1_summary(st):
     """Grouped bars of Table 1: alpha_l per assignment, the hatched bars are the angles of
     errors that are pre-synaptic to a layer using eHebb."""
-    rows = _ablate.table1_rows(st)
+    rows = _tables.table1_rows(st)
     L = rows[0]["alpha"].shape[0]
     layers = st.json_attr("layer_names")
     fig, ax = subplots(1, size=(10.0, 4.0))
@@ -573,8 +573,8 @@ def _table1_summary(st):
 @register("2022", "table1-ablate-layers", stores=(TABLE1,))
 def table1(s):
     st = s[TABLE1]
-    return {"table1-ablate-layers.md": _ablate.table1_markdown(st),
-            "table1-ablate-layers.csv": _ablate.table1_csv(st),
+    return {"table1-ablate-layers.md": _tables.table1_markdown(st),
+            "table1-ablate-layers.csv": _tables.table1_csv(st),
             "table1-angles": _table1_angles(st),
             "table1-summary": _table1_summary(st)}
 
