@@ -396,7 +396,8 @@ def data_check(
     Exits with 1 when a file some recipe needs is missing, or any file is corrupt, and
     names the recipes each missing file blocks.
     """
-    from plastcli.data import check_all, how_to_get, recipe_needs, resolve_data_dir
+    from plastcli.data import check_all, how_to_get, resolve_data_dir
+    from plastcli.recipes import recipe_needs
 
     root = resolve_data_dir(data_dir)
     rows = check_all(root)

@@ -10,9 +10,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from plastcli.lock import holder
-from plastcli.recipes import grid_dataset_name
 from plastcli.statistics import TAIL, final_window
 from plastcli.store import read_store
+from plastcli.vocabulary import grid_dataset_name
 
 
 def final_values(arr: np.ndarray, group: str) -> np.ndarray:

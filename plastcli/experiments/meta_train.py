@@ -21,9 +21,10 @@ from plastcli.experiments.common import (
     open_run,
 )
 from plastcli.progress import Reporter
-from plastcli.recipes import MetaTrainRecipe, grid_dataset_name
+from plastcli.recipes import MetaTrainRecipe
 from plastcli.statistics import final_window, finite_mean
 from plastcli.terms import recipe_pool
+from plastcli.vocabulary import grid_dataset_name
 
 
 @dataclass
