@@ -167,8 +167,9 @@ def meta_train(
     rec, res = _run("meta-train", "meta_train", recipe, set_, device, out, resume, overwrite,
                     data_dir, {"population.seeds": seeds, "meta.episodes": episodes})
     table = Table(title=f"meta-train {rec.name}: {res.episodes} episodes -> {res.out}",
-                  caption="meta-acc, meta-loss: mean of the last 50 episodes; diverged, "
-                          "collapsed: the episode it happened (- = never)")
+                  caption="meta-acc, meta-loss: mean of the last 50 finite episodes (a "
+                          "diverged member: the 50 before it diverged); diverged, collapsed: "
+                          "the episode it happened (- = never)")
     table.add_column("seed", justify="right")
     for key in res.grid:
         table.add_column(key, justify="right")
@@ -216,10 +217,10 @@ def ablate_layers(
     """
     rec, res = _run("ablate-layers", "ablate_layers", recipe, set_, device, out, resume,
                     overwrite, data_dir, {"population.seeds": seeds, "meta.episodes": episodes})
-    from plastcli.experiments import ablate_layers as exp
     from plastcli.store import read_store
+    from plastcli.tables import table1_text
 
-    header, body = exp.table1_text(read_store(res.out))
+    header, body = table1_text(read_store(res.out))
     table = Table(title=f"ablate-layers {rec.name} (P1 Table 1): angles averaged over episodes "
                   f"{rec.ablation.burn_in}..{rec.meta.episodes}, mean ± sd over seeds")
     for i, col in enumerate(header):
@@ -395,7 +396,8 @@ def data_check(
     Exits with 1 when a file some recipe needs is missing, or any file is corrupt, and
     names the recipes each missing file blocks.
     """
-    from plastcli.data import check_all, how_to_get, recipe_needs, resolve_data_dir
+    from plastcli.data import check_all, how_to_get, resolve_data_dir
+    from plastcli.recipes import recipe_needs
 
     root = resolve_data_dir(data_dir)
     rows = check_all(root)

@@ -21,36 +21,10 @@ import numpy as np
 import torch
 
 from plastcli.errors import PlastError
+from plastcli.vocabulary import REGISTRY  # name -> split -> (images, labels); no torch there
 
 ENV_VAR = "PLAST_DATA"
 
-# name -> split -> (images file, labels file); paths relative to the data dir.
-REGISTRY: dict[str, dict[str, tuple[str, str]]] = {
-    "mnist": {
-        "train": ("mnist/train-images-idx3-ubyte.gz", "mnist/train-labels-idx1-ubyte.gz"),
-        "test": ("mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz"),
-    },
-    "fashion-mnist": {
-        "train": ("fashion-mnist/train-images-idx3-ubyte.gz",
-                  "fashion-mnist/train-labels-idx1-ubyte.gz"),
-        "test": ("fashion-mnist/t10k-images-idx3-ubyte.gz",
-                 "fashion-mnist/t10k-labels-idx1-ubyte.gz"),
-    },
-    "emnist-balanced": {
-        "train": ("emnist/emnist-balanced-train-images-idx3-ubyte.gz",
-                  "emnist/emnist-balanced-train-labels-idx1-ubyte.gz"),
-        "test": ("emnist/emnist-balanced-test-images-idx3-ubyte.gz",
-                 "emnist/emnist-balanced-test-labels-idx1-ubyte.gz"),
-    },
-    "emnist-bymerge": {
-        "test": ("emnist/emnist-bymerge-test-images-idx3-ubyte.gz",
-                 "emnist/emnist-bymerge-test-labels-idx1-ubyte.gz"),
-    },
-    "emnist-byclass": {
-        "test": ("emnist/emnist-byclass-test-images-idx3-ubyte.gz",
-                 "emnist/emnist-byclass-test-labels-idx1-ubyte.gz"),
-    },
-}
 TRANSPOSED = {"emnist-balanced", "emnist-bymerge", "emnist-byclass"}
 
 _IDX_TYPES = {0x08: np.uint8}
@@ -282,25 +256,6 @@ def check_all(data_dir: Path) -> list[tuple[str, str, str]]:
         else:
             rows.append((rel, "ok" if digest == sums[rel] else "corrupt", digest))
     return rows
-
-
-def recipe_needs(recipes_dir: Path) -> dict[str, list[str]]:
-    """Data file (relative path) -> the recipes under ``recipes_dir`` that read it.
-    Meta-training recipes read their dataset's split; online ones its train and test."""
-    from plastcli.recipes import load_recipe  # no torch there; here only for this listing
-
-    needs: dict[str, list[str]] = {}
-    for path in sorted(Path(recipes_dir).rglob("*.yaml")):
-        try:
-            recipe = load_recipe(path)
-        except PlastError:
-            continue
-        name = recipe.dataset.name
-        splits = [recipe.dataset.split] if hasattr(recipe.dataset, "split") else ["train", "test"]
-        for split in splits:
-            for rel in REGISTRY.get(name, {}).get(split, ()):
-                needs.setdefault(rel, []).append(str(path))
-    return needs
 
 
 _TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}

@@ -57,39 +57,6 @@ def query_metrics(net: Net, x: torch.Tensor, labels: torch.Tensor, beta: float,
     }
 
 
-def moving_average(x: np.ndarray, window: int = 11) -> np.ndarray:
-    """Centred moving average along the last axis, shrinking at the edges (NaN-aware)."""
-    x = np.asarray(x, dtype=np.float64)
-    half = window // 2
-    out = np.full_like(x, np.nan)
-    n = x.shape[-1]
-    for i in range(n):
-        lo, hi = max(0, i - half), min(n, i + half + 1)
-        seg = x[..., lo:hi]
-        with np.errstate(invalid="ignore"):
-            cnt = np.sum(~np.isnan(seg), axis=-1)
-            out[..., i] = np.where(cnt > 0, np.nansum(seg, axis=-1) / np.maximum(cnt, 1), np.nan)
-    return out
-
-
-def bootstrap_ci(values: np.ndarray, level: float = 0.98, resamples: int = 500,
-                 seed: int = 0, stat=np.mean) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A statistic over runs (the mean; ``stat=np.median`` for the median) and its
-    percentile bootstrap confidence interval.
-
-    values ``[runs, ...]``: resample runs with replacement ``resamples`` times (seeded),
-    take the statistic of each resample, and return (stat, lower, upper), each ``[...]``,
-    the bounds at the (1-level)/2 and (1+level)/2 percentiles.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
-    stats = stat(values[idx], axis=1)  # [resamples, ...]
-    alpha = (1.0 - level) / 2.0
-    lower, upper = np.percentile(stats, [100 * alpha, 100 * (1 - alpha)], axis=0)
-    return stat(values, axis=0), lower, upper
-
-
 # ----------------------------------------------------------------------------------------
 # Online-learning diagnostics (P2 Figs 2, 3, 4, 6, S1).
 

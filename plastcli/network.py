@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from plastcli.data import generator_for
-from plastcli.recipes import FEEDBACK_MODES, INITS
+from plastcli.vocabulary import FEEDBACK_MODES, INITS
 
 
 @dataclass

@@ -21,18 +21,19 @@ import yaml
 from plastcli import terms as term_grammar
 from plastcli.errors import PlastError
 from plastcli.terms import TERM_NAMES  # the engine's names; plastcli.terms needs no torch
+from plastcli.vocabulary import (  # the names of the core layer; no torch there either
+    DATASETS,
+    FEEDBACK_MODES,
+    GRID_INIT_PREFIX,
+    GRID_KEYS,
+    INITS,
+    REGISTRY,
+)
 
-FEEDBACK_MODES = ("sym", "fixed", "direct", "plastic")
-INITS = ("xavier", "naive")
 DEVICES = ("auto", "cpu", "cuda")
-# name -> (input size, number of classes, splits available)
-DATASET_SHAPES = {
-    "mnist": (784, 10, ("train", "test")),
-    "fashion-mnist": (784, 10, ("train", "test")),
-    "emnist-balanced": (784, 47, ("train", "test")),
-    "emnist-bymerge": (784, 47, ("test",)),
-    "emnist-byclass": (784, 62, ("test",)),
-}
+# name -> (input size, number of classes, splits available), from the dataset catalogue
+DATASET_SHAPES = {name: (n_in, classes, tuple(splits))
+                  for name, (n_in, classes, splits) in DATASETS.items()}
 
 
 def _meta(choices=None, minimum=None, doc=""):
@@ -124,16 +125,6 @@ class MetaSpec:
 class PopulationSpec:
     seeds: int = spec(1, minimum=1)
     seed: int = spec(0, minimum=0)
-
-
-# Meta-hyperparameters a meta-train population may vary per member (population.grid).
-GRID_KEYS = ("meta.l1", "meta.lr")
-GRID_INIT_PREFIX = "rule.init."
-
-
-def grid_dataset_name(key: str) -> str:
-    """/members dataset of a grid key: 'meta.l1' -> 'l1', 'rule.init.oja' -> 'init_oja'."""
-    return key.removeprefix("meta.").replace(GRID_INIT_PREFIX, "init_")
 
 
 @dataclass
@@ -503,6 +494,23 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     recipe = parse_dataclass(SCHEMAS[kind], raw, where)
     recipe.validate(where)
     return recipe
+
+
+def recipe_needs(recipes_dir: Path) -> dict[str, list[str]]:
+    """Data file (relative path) -> the recipes under ``recipes_dir`` that read it.
+    Meta-training recipes read their dataset's split; online ones its train and test."""
+    needs: dict[str, list[str]] = {}
+    for path in sorted(Path(recipes_dir).rglob("*.yaml")):
+        try:
+            recipe = load_recipe(path)
+        except PlastError:
+            continue
+        name = recipe.dataset.name
+        splits = [recipe.dataset.split] if hasattr(recipe.dataset, "split") else ["train", "test"]
+        for split in splits:
+            for rel in REGISTRY.get(name, {}).get(split, ()):
+                needs.setdefault(rel, []).append(str(path))
+    return needs
 
 
 def recipe_to_yaml(recipe: Any) -> str:

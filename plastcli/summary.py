@@ -10,16 +10,17 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from plastcli.lock import holder
-from plastcli.recipes import grid_dataset_name
+from plastcli.statistics import TAIL, final_window
 from plastcli.store import read_store
-
-TAIL = 50  # episodes averaged for "final" meta-training metrics
+from plastcli.vocabulary import grid_dataset_name
 
 
 def final_values(arr: np.ndarray, group: str) -> np.ndarray:
-    """Per member: mean of the last 50 episodes (episodes/) or the last value (curves/)."""
+    """Per member ``[P]`` of arr ``[P, E]``: the final value of episodes/ metrics
+    (:func:`plastcli.statistics.final_window`, the last 50 finite episodes) or the last
+    value of curves/."""
     if group == "episodes":
-        return np.nanmean(arr[:, -TAIL:], axis=1)
+        return final_window(arr)
     return arr[:, -1]
 
 
@@ -63,7 +64,7 @@ def store_summary(path: str | Path) -> list:
         if not scalars:
             continue
         n = next(iter(scalars.values())).shape[1]
-        what = f"mean of last {min(TAIL, n)} episodes" if group == "episodes" else "last value"
+        what = f"mean of last {min(TAIL, n)} finite" if group == "episodes" else "last value"
         t = Table(title=f"{group}: {n} recorded, per member ({what})")
         t.add_column("member", justify="right")
         if seeds is not None:

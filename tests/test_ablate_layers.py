@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import REPO
 from typer.testing import CliRunner
 
-from plastcli import cli
+from plastcli import cli, tables
 from plastcli.cli import app
 from plastcli.engine import inner_step
 from plastcli.experiments import ablate_layers
@@ -141,7 +141,7 @@ def test_cli_smoke_writes_table_matching_numpy(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "all eHebb" in r.output and "W01+W23" in r.output
     st = read_store(out)
-    rows = ablate_layers.table1_rows(st)
+    rows = tables.table1_rows(st)
     assert [row["assignment"] for row in rows][:2] == ["all pseudo", "W12"]
     assert rows[3]["added_layers"] == ["W01", "W12"] and rows[3]["base_layers"] == ["W23"]
     # direct numpy: member means over episodes 1..2, then mean/sd over the 2 seeds
@@ -152,7 +152,7 @@ def test_cli_smoke_writes_table_matching_numpy(tmp_path, monkeypatch):
     acc = st["episodes/meta_accuracy"][m].astype(np.float64).mean(1)
     assert rows[4]["meta_accuracy"] == pytest.approx((acc.mean(), acc.std(ddof=1)))
     # SPEC §7 pairs: W12 added to 'all pseudo' -> 'W12', change of alpha_1 paired by seed
-    pairs = ablate_layers.eHebb_pairs(st)
+    pairs = tables.eHebb_pairs(st)
     assert len(pairs) == 9 and {p["layer"] for p in pairs} == {"W01", "W12", "W23"}
     pair = next(p for p in pairs if p["without"] == "all pseudo" and p["layer"] == "W12")
     ang = st["episodes/angles"].astype(np.float64)[:, 1:, 1].mean(1)

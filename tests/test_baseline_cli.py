@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from plastcli import diagnostics
+from plastcli import statistics
 from plastcli.cli import app
 from plastcli.experiments.baseline import split_data
 from plastcli.recipes import load_recipe
@@ -65,7 +65,7 @@ def test_baseline_cli_writes_a_complete_store(tmp_path):
     acc = st["grid/member_selection_accuracy"].reshape(-1, 2).mean(1)
     np.testing.assert_allclose(pm, acc, rtol=1e-6)
     # stats = bootstrap over the runs of each condition
-    m, lo, hi = diagnostics.bootstrap_ci(st["curves/val_accuracy"][3:6])
+    m, lo, hi = statistics.bootstrap_ci(st["curves/val_accuracy"][3:6])
     np.testing.assert_allclose(st["stats/val_accuracy_mean"][1], m)
     np.testing.assert_allclose(st["stats/val_accuracy_lo"][1], lo)
     assert "TRAIN split" in st.attrs["selection_split"]

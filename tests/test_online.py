@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from plastcli import diagnostics
+from plastcli import diagnostics, statistics
 from plastcli.network import Net, errors, forward, init_net, output_error
 from plastcli.online import concat_nets, eval_points, run_online, stream_order
 from plastcli.rules import IDX, PSEUDO, LayerCoefficients, R, layer_mask
@@ -32,7 +32,7 @@ def _tiny_data(n: int = 60, n_in: int = 12, n_out: int = 5, seed: int = 0):
 
 def test_bootstrap_ci_matches_a_literal_resampling_loop():
     values = np.array([[0.1, 1.0], [0.4, 2.0], [0.35, 0.5], [0.8, 1.5], [0.2, 3.0]])
-    mean, lo, hi = diagnostics.bootstrap_ci(values, level=0.98, resamples=500, seed=3)
+    mean, lo, hi = statistics.bootstrap_ci(values, level=0.98, resamples=500, seed=3)
     rng = np.random.default_rng(3)
     idx = rng.integers(0, 5, size=(500, 5))
     means = np.array([[np.mean([values[i, c] for i in row]) for c in range(2)] for row in idx])
@@ -50,11 +50,11 @@ def test_bootstrap_ci_matches_a_literal_resampling_loop():
 def test_bootstrap_ci_width_matches_normal_theory():
     rng = np.random.default_rng(1)
     x = rng.normal(5.0, 2.0, size=400)
-    mean, lo, hi = diagnostics.bootstrap_ci(x, level=0.98, resamples=500)
+    mean, lo, hi = statistics.bootstrap_ci(x, level=0.98, resamples=500)
     half = 2.326 * x.std() / np.sqrt(len(x))  # z_{0.99} sd / sqrt(n)
     assert lo < mean < hi
     np.testing.assert_allclose((hi - lo) / 2, half, rtol=0.15)
-    const = diagnostics.bootstrap_ci(np.full((7, 3), 0.25))
+    const = statistics.bootstrap_ci(np.full((7, 3), 0.25))
     for a in const:
         np.testing.assert_allclose(a, 0.25)
 

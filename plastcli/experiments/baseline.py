@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plastcli import diagnostics
+from plastcli import diagnostics, statistics
 from plastcli.data import Dataset, generator_for, load_dataset
 from plastcli.experiments.common import (
     CI_LEVEL,
@@ -325,7 +325,7 @@ def stats(curves: dict[str, np.ndarray], condition: np.ndarray, C: int) -> dict[
     for key, arr in curves.items():
         if key == "samples_seen":
             continue
-        m, lo, hi = zip(*(diagnostics.bootstrap_ci(arr[condition == c], CI_LEVEL, CI_RESAMPLES)
+        m, lo, hi = zip(*(statistics.bootstrap_ci(arr[condition == c], CI_LEVEL, CI_RESAMPLES)
                           for c in range(C)), strict=True)
         out[f"{key}_mean"], out[f"{key}_lo"], out[f"{key}_hi"] = map(np.stack, (m, lo, hi))
     return out
@@ -400,7 +400,7 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         mark_failed(r.store, exc, "start again with --overwrite")
         raise
     final = curves["val_accuracy"][:, -1]
-    m, lo, hi = zip(*(diagnostics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
+    m, lo, hi = zip(*(statistics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
                                                CI_RESAMPLES) for c in range(C)), strict=True)
     finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
     return BaselineResult(out, [c.name for c in conds], np.stack(chosen), np.array(m),

@@ -21,8 +21,10 @@ from plastcli.experiments.common import (
     open_run,
 )
 from plastcli.progress import Reporter
-from plastcli.recipes import MetaTrainRecipe, grid_dataset_name
+from plastcli.recipes import MetaTrainRecipe
+from plastcli.statistics import final_window, finite_mean
 from plastcli.terms import recipe_pool
+from plastcli.vocabulary import grid_dataset_name
 
 
 @dataclass
@@ -32,7 +34,7 @@ class MetaTrainResult:
     out: Path
     seeds: list[int]
     episodes: int
-    final: dict[str, np.ndarray]  # metric -> [P], last-50-episode means
+    final: dict[str, np.ndarray]  # metric -> [P], statistics.final_window (last 50 finite)
     theta: np.ndarray  # [P, R] final coefficients
     terms: list[str]
     diverged_at: np.ndarray  # [P], -1 = never
@@ -62,19 +64,6 @@ def grid_members(recipe: MetaTrainRecipe) -> tuple[list[int], dict[str, np.ndarr
 def grid_label(grid: dict[str, np.ndarray], i: int) -> str:
     """', l1=0.1, init_oja=0.001' for member i of a gridded run ('' without a grid)."""
     return "".join(f", {grid_dataset_name(k)}={v[i]:g}" for k, v in grid.items())
-
-
-
-
-def _finite_mean(x: np.ndarray, axis=None):
-    """Mean of the finite entries (NaN where there are none, without a warning)."""
-    x = np.asarray(x, dtype=np.float64)
-    ok = np.isfinite(x)
-    n = ok.sum(axis=axis)
-    total = np.where(ok, x, 0.0).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-    return float(out) if axis is None else out
 
 
 def term_declarations(recipe: MetaTrainRecipe) -> dict[str, list[dict]]:
@@ -174,20 +163,15 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                     f"{cfg.collapse_window} episodes after it had learned")
             if trainer.episode % every == 0 or trainer.episode == total:
                 flush()
-            reporter.update(trainer.episode, loss=_finite_mean(rec["meta_loss"]),
-                            acc=_finite_mean(rec["meta_accuracy"]))
+            reporter.update(trainer.episode, loss=finite_mean(rec["meta_loss"]),
+                            acc=finite_mean(rec["meta_accuracy"]))
     except BaseException as exc:  # the store must never look complete or still running
         mark_failed(r.store, exc, "continue with --resume")
         raise
     from plastcli.store import read_store
 
     data_out = read_store(out)
-    acc = data_out["episodes/meta_accuracy"]
-    tail = slice(max(0, acc.shape[1] - 50), acc.shape[1])
-    final = {
-        "meta_accuracy": _finite_mean(acc[:, tail], axis=1),
-        "meta_loss": _finite_mean(data_out["episodes/meta_loss"][:, tail], axis=1),
-    }
+    final = {k: final_window(data_out[f"episodes/{k}"]) for k in ("meta_accuracy", "meta_loss")}
     n_div = int((trainer.diverged_at >= 0).sum())
     n_col = int((trainer.collapsed_at >= 0).sum())
     finish(r.store, diverged_members=n_div, collapsed_members=n_col)

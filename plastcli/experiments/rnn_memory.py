@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plastcli import diagnostics, rnn
+from plastcli import rnn, statistics
 from plastcli.errors import PlastError
 from plastcli.experiments.baseline import OnlineData, split_data
 from plastcli.experiments.common import (
@@ -225,7 +225,7 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
                 "final_val_accuracy": final,
             })
             for c, cond in enumerate(recipe.conditions):
-                m, lo, hi = diagnostics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
+                m, lo, hi = statistics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
                                                      CI_RESAMPLES)
                 t1, t2 = points[c][best[c]]
                 rows.append({"hidden": hidden, "condition": cond.name, "theta_bptt": t1,

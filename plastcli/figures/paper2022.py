@@ -6,11 +6,10 @@
 import numpy as np  # noqa: E402
 
 from plastcli import collapse  # noqa: E402
-from plastcli.diagnostics import bootstrap_ci  # noqa: E402
 from plastcli.figures import register  # noqa: E402
 from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots  # noqa: E402
+from plastcli.statistics import TAIL, bootstrap_ci, final_window, moving_average  # noqa: E402
 
-TAIL = 50  # "final" = mean of the last 50 episodes, per seed
 TARGET_SEEDS = 10  # issue 10: no collapsed or diverged seed in ten
 RULE_STORES = {"BP": "fig3-bp", "pseudo": "fig3-pseudo", "eHebb": "fig6-ehebb",
                "Oja": "fig8-oja", "bio": "fig5-bio", "pool": "fig4-pool"}
@@ -126,8 +125,6 @@ def _angle_panel(ax, st, label: str, ref=None) -> None:
 
 
 def _smooth(a):
-    from plastcli.diagnostics import moving_average
-
     return moving_average(a, SMOOTH)
 
 
@@ -309,19 +306,11 @@ def fig_all(s):
 
 
 def final_per_seed(st, key: str, upto: int | None = None) -> np.ndarray:
-    """Mean over each seed's last 50 finite episodes (per trailing index), of the first
-    ``upto`` episodes if given (to compare runs of different length at one budget).
-
-    A member that diverged has NaN metrics from its divergence on; its final value is
-    the mean of the 50 episodes before it diverged (all-NaN members give NaN).
-    """
-    a = np.asarray(st[f"episodes/{key}"], dtype=np.float64)[:, :upto]
-    out = []
-    for member in a:  # [E, ...]
-        finite = np.isfinite(member.reshape(len(member), -1)).all(1)
-        rows = member[finite][-TAIL:]
-        out.append(rows.mean(0) if len(rows) else np.full(member.shape[1:], np.nan))
-    return np.asarray(out)
+    """Final value ``[P, ...]`` of /episodes/<key> ``[P, E, ...]`` of a store:
+    :func:`plastcli.statistics.final_window` (the mean over each seed's last 50 finite
+    episodes; for a seed that diverged, the 50 before it did), of the first ``upto``
+    episodes if given (to compare runs of different length at one budget)."""
+    return final_window(st[f"episodes/{key}"], TAIL, upto)
 
 
 def diverged_text(st) -> str:
@@ -510,9 +499,9 @@ def grammar_claim(lines: list[str], stores: dict) -> None:
 
 # ----------------------------------------------------------------------------------------
 # P1 Table 1: per-layer rule assignments (plast ablate-layers). The table itself comes from
-# plastcli.experiments.ablate_layers (one place for the CLI and the figures).
+# plastcli.tables (one place for the CLI and the figures).
 
-from plastcli.experiments import ablate_layers as _ablate  # noqa: E402
+from plastcli import tables as _tables  # noqa: E402
 
 TABLE1 = "table1-ablate-layers"
 
@@ -549,7 +538,7 @@ def _table1_angles(st):
 def _table1_summary(st):
     """Grouped bars of Table 1: alpha_l per assignment, the hatched bars are the angles of
     errors that are pre-synaptic to a layer using eHebb."""
-    rows = _ablate.table1_rows(st)
+    rows = _tables.table1_rows(st)
     L = rows[0]["alpha"].shape[0]
     layers = st.json_attr("layer_names")
     fig, ax = subplots(1, size=(10.0, 4.0))
@@ -584,8 +573,8 @@ def _table1_summary(st):
 @register("2022", "table1-ablate-layers", stores=(TABLE1,))
 def table1(s):
     st = s[TABLE1]
-    return {"table1-ablate-layers.md": _ablate.table1_markdown(st),
-            "table1-ablate-layers.csv": _ablate.table1_csv(st),
+    return {"table1-ablate-layers.md": _tables.table1_markdown(st),
+            "table1-ablate-layers.csv": _tables.table1_csv(st),
             "table1-angles": _table1_angles(st),
             "table1-summary": _table1_summary(st)}
 

@@ -8,9 +8,10 @@ import numpy as np  # noqa: E402
 
 from plastcli.figures import register  # noqa: E402
 from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots  # noqa: E402
+from plastcli.statistics import TAIL as FIG8_TAIL  # noqa: E402
+from plastcli.statistics import final_window  # noqa: E402
 
 FIG8 = {"plastic feedback": "fig8-plastic-feedback", "BP": "fig8-bp"}
-FIG8_TAIL = 50  # "final" = mean of the last 50 episodes, per seed
 
 
 def _fig8_x(st) -> np.ndarray:
@@ -25,25 +26,18 @@ def _fig8_coefficients(ax, st, key: str, names: list[str], title: str, ylabel: s
     ax.set(xlabel="episode", ylabel=ylabel, title=title)
 
 
-def _tail_mean(a: np.ndarray) -> np.ndarray:
-    """Per member mean over the last 50 episodes of ``[P, E, ...]`` (finite entries)."""
-    seg = np.asarray(a[:, -FIG8_TAIL:], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(seg, axis=1)
-
-
 def fig8_summary(plastic, bp) -> str:
     """Markdown with the Fig 8 numbers: final meta-accuracy per seed and mean ± sd, final
-    coefficients and angles (last 50 episodes)."""
+    coefficients and angles (last 50 episodes: plastcli.statistics.final_window)."""
     lines = ["P2 Fig 8 — meta-trained plastic-feedback rule vs meta-trained F_BP "
              f"(means over the last {FIG8_TAIL} episodes per seed; mean ± sd over seeds).", "",
              "| model | meta-accuracy | per seed | meta-loss | mean hidden-layer angle α1..α(L-1) "
              "(°) |", "|---|---|---|---|---|"]
     for label, st in (("plastic feedback (F_W: pseudo_grad + err_hebb + oja + decay; "
                        "F_B: post_act_pre_err + decay)", plastic), ("F_BP", bp)):
-        acc = _tail_mean(st["episodes/meta_accuracy"])
-        loss = _tail_mean(st["episodes/meta_loss"])
-        ang = _tail_mean(st["episodes/angles"])[:, 1:].mean(1)
+        acc = final_window(st["episodes/meta_accuracy"])  # [P]
+        loss = final_window(st["episodes/meta_loss"])  # [P]
+        ang = final_window(st["episodes/angles"])[:, 1:].mean(1)  # [P]
         lines.append(f"| {label} | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} | "
                      f"{', '.join(f'{a:.3f}' for a in acc)} | {loss.mean():.3f} | "
                      f"{np.nanmean(ang):.1f} |")
@@ -240,8 +234,8 @@ def online_table(s):
 # ----------------------------------------------------------------------------------------
 # P2 Fig 7: recurrent delayed-memory task, BPTT vs BPTT+Oja (plast rnn-memory).
 
-from plastcli.diagnostics import bootstrap_ci  # noqa: E402
 from plastcli.figures.style import ci_band  # noqa: E402
+from plastcli.statistics import bootstrap_ci  # noqa: E402
 
 FIG7, FIG7_SWEEP = "fig7-rnn-memory", "fig7-rnn-hidden-sweep"
 FIG7_DELAYS = ("fig7-rnn-delay10", "fig7-rnn-delay20")  # the task with T = 10, 20 (not in P2)

@@ -19,8 +19,8 @@ from plastcli.collapse import chance_loss
 from plastcli.errors import PlastError
 from plastcli.figures import register
 from plastcli.figures.style import subplots
-from plastcli.recipes import grid_dataset_name
 from plastcli.terms import BUILTIN, grammar_names
+from plastcli.vocabulary import grid_dataset_name
 
 STABILITY_TERMS = tuple(t.name for t in BUILTIN)  # the ten terms of SPEC §3.1
 # The other 39 terms of rule.terms: grammar (a coarser scan: tools/grammar_stability_recipes.py)
