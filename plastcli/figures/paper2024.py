@@ -66,8 +66,10 @@ def fig8_verdict(plastic, bp) -> str:
     common = [s for s in seeds_p if s in seeds_b]
     if not common:
         return "Paired difference: the two stores share no seed; not decided."
-    d = (_tail_mean(plastic["episodes/meta_accuracy"])[[seeds_p.index(s) for s in common]]
-         - _tail_mean(bp["episodes/meta_accuracy"])[[seeds_b.index(s) for s in common]])
+    d = (final_window(plastic["episodes/meta_accuracy"])[[seeds_p.index(s) for s in common]]
+         - final_window(bp["episodes/meta_accuracy"])[[seeds_b.index(s) for s in common]])
+    from plastcli.statistics import bootstrap_ci
+
     mean, lo, hi = bootstrap_ci(d, level=0.98)
     verdict = "exceeds" if lo > 0 else "falls short of" if hi < 0 else "matches"
     return (f"Paired difference in final meta-accuracy, plastic feedback − F_BP, over "
