@@ -383,6 +383,47 @@ def figures(
         raise PlastError(f"no figure could be drawn from {results / paper}: no complete store")
 
 
+@app.command("reproduce")
+@user_errors
+def reproduce_cmd(
+    paper: str = typer.Option(..., "--paper", help="2022, 2024 or all."),
+    scale: str = typer.Option("full", "--scale", help="smoke (every recipe shrunk, ~minutes, "
+                              "numbers are not results) or full (the recipes as written)."),
+    jobs: int | None = typer.Option(None, "--jobs", min=1, help="Recipes run side by side "
+                                    "[default: the cores available]."),
+    backend: str = typer.Option("local", "--backend", help="local (a process per recipe) "
+                                "or ray (needs pip install -e '.[ray]')."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join "
+                                       "[default: start an embedded local Ray]."),
+    results: Path = typer.Option(Path("results"), "--results",
+                                 help="Results directory: one store per recipe, "
+                                 "RESULTS/PAPER/RECIPE.h5."),
+    force: bool = typer.Option(False, "--force", help="Rerun every recipe, even if its "
+                               "store is complete and current."),
+    recipes: Path | None = typer.Option(None, "--recipes", help="Recipe folder [default: the "
+                                        "recipes/ of this checkout, else ./recipes]."),
+) -> None:
+    """Reproduce a paper in one command: every recipe of recipes/PAPER/ (by its paper: key),
+    cached and side by side, then its figures and one report (RESULTS/REPORT.md and
+    RESULTS/report.html).
+
+    A store that is complete and whose resolved recipe and plast version match is skipped;
+    a running or failed one is resumed; --force reruns all. Ctrl-C stops every run and
+    leaves each store resumable. Exit 1 when a run failed.
+
+    Example: plast reproduce --paper all --scale smoke --results /tmp/smoke
+    """
+    from plastcli.reproduce import PAPERS, reproduce
+
+    if paper not in (*PAPERS, "all"):
+        raise PlastError(f"--paper '{paper}' is not allowed; allowed: 2022, 2024, all")
+    papers = list(PAPERS) if paper == "all" else [paper]
+    code = reproduce(papers, scale, jobs or 0, backend, address, results,
+                     recipes or _recipes_dir(), force, err_console)
+    if code:
+        raise typer.Exit(code)
+
+
 @data_app.command("check")
 @user_errors
 def data_check(

@@ -1,0 +1,121 @@
+"""plast reproduce: recipe discovery, the cache key, resume, failures and the report."""
+
+from __future__ import annotations
+
+import h5py
+import pytest
+from conftest import REPO
+from typer.testing import CliRunner
+
+from plastcli import reproduce
+from plastcli.cli import app
+from plastcli.errors import PlastError
+
+BIO = (REPO / "recipes/bio.yaml").read_text()
+
+
+def _recipes(tmp_path, **files):
+    root = tmp_path / "recipes"
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_discover_finds_recipes_by_their_paper_key_in_every_subfolder():
+    found = reproduce.discover(REPO / "recipes", ["2022", "2024"])
+    names = {(p, path.relative_to(REPO / "recipes" / p).as_posix()) for p, path, _ in found}
+    assert ("2022", "fig5-bio.yaml") in names and ("2022", "stability/oja.yaml") in names
+    assert ("2024", "fig7-rnn-memory.yaml") in names
+    on_disk = {("2022", p.relative_to(REPO / "recipes/2022").as_posix())
+               for p in (REPO / "recipes/2022").rglob("*.yaml")}
+    assert on_disk <= names  # nothing under recipes/2022 is left out
+    assert all(p in ("2022", "2024") for p, _, _ in found)
+
+
+def test_discover_skips_another_papers_recipe_and_refuses_an_unknown_experiment(tmp_path):
+    root = _recipes(tmp_path, **{"2022/a.yaml": BIO,
+                                 "2022/b.yaml": BIO.replace("paper: 2022", "paper: 2024")})
+    assert [p.name for _, p, _ in reproduce.discover(root, ["2022"])] == ["a.yaml"]
+    (root / "2022/c.yaml").write_text(BIO.replace("experiment: meta-train", "experiment: nope"))
+    with pytest.raises(PlastError, match="experiment 'nope' is not allowed"):
+        reproduce.discover(root, ["2022"])
+
+
+def test_cache_key_ignores_prose_and_old_defaults_but_not_numbers():
+    from plastcli.recipes import load_recipe, recipe_to_yaml
+
+    base = recipe_to_yaml(load_recipe(REPO / "recipes/bio.yaml"))
+    key = reproduce.cache_key(base, "0.1.0")
+    described = base.replace("description: F_bio", "description: another text for F_bio")
+    assert described != base and reproduce.cache_key(described, "0.1.0") == key
+    old = base.replace("  collapse_window: 25\n", "")  # a store from before the key existed
+    assert old != base and reproduce.cache_key(old, "0.1.0") == key
+    assert reproduce.cache_key(base.replace("lr: 0.001", "lr: 0.002"), "0.1.0") != key
+    assert reproduce.cache_key(base, "0.2.0") != key
+
+
+def test_reproduce_runs_caches_reruns_a_changed_recipe_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = _recipes(tmp_path, **{"2022/fig3-pseudo.yaml": BIO, "2022/sub/b.yaml": BIO})
+    results = tmp_path / "results"
+    args = ["reproduce", "--paper", "2022", "--scale", "smoke", "--results", str(results),
+            "--recipes", str(root), "--jobs", "2"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    for rel in ("fig3-pseudo", "sub/b"):
+        with h5py.File(results / f"2022/{rel}.h5") as f:
+            assert f.attrs["status"] == "complete"
+            assert f["episodes/meta_accuracy"].shape == (2, 3)  # the smoke rule: 2 x 3
+    report = (results / "REPORT.md").read_text()
+    assert "not results" in report and "| 2022/sub/b | complete | run |" in report
+    # a store named as a figure's input: its figure is drawn and inlined in the page
+    assert "data:image/png;base64," in (results / "report.html").read_text()
+
+    jobs = reproduce.plan(root, results, ["2022"], "smoke")
+    for j in jobs:
+        reproduce.decide(j, force=False)
+    assert [j.action for j in jobs] == ["cached", "cached"]
+
+    (root / "2022/fig3-pseudo.yaml").write_text(BIO.replace("lr: 1.0e-3", "lr: 2.0e-3"))
+    with h5py.File(results / "2022/sub/b.h5", "r+") as f:  # as a killed run leaves it
+        f.attrs["status"] = "running"
+    for j in jobs:
+        reproduce.decide(j, force=False)
+    assert [j.action for j in jobs] == ["rerun", "resume"]
+    assert "--overwrite" in reproduce.command_line(jobs[0])
+    assert "--resume" in reproduce.command_line(jobs[1])
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "| 2022/fig3-pseudo | complete | rerun |" in (results / "REPORT.md").read_text()
+    with h5py.File(results / "2022/fig3-pseudo.h5") as f:
+        assert "lr: 0.002" in f.attrs["recipe_yaml"]
+
+
+def test_a_failing_recipe_leaves_the_others_complete_and_exits_1(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    bad = BIO.replace("dataset: {name: emnist-bymerge", "dataset: {name: mnist")  # 10 classes
+    bad = bad.replace("network: {layers: [784, 170, 130, 100, 70, 47]",
+                      "network: {layers: [784, 170, 130, 100, 70, 10]")
+    bad = bad.replace("task: {classes: 5", "task: {classes: 11")  # more classes than mnist has
+    root = _recipes(tmp_path, **{"2022/good.yaml": BIO, "2022/bad.yaml": bad})
+    results = tmp_path / "results"
+    r = CliRunner().invoke(app, ["reproduce", "--paper", "2022", "--scale", "smoke",
+                                 "--results", str(results), "--recipes", str(root)])
+    assert r.exit_code == 1, r.output
+    with h5py.File(results / "2022/good.h5") as f:
+        assert f.attrs["status"] == "complete"
+    report = (results / "REPORT.md").read_text()
+    assert "**Failed runs:** 2022/bad (exit 2:" in report
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--paper", "1999"], "--paper '1999' is not allowed"),
+    (["--paper", "2022", "--scale", "huge"], "--scale 'huge' is not allowed"),
+    (["--paper", "2022", "--backend", "slurm"], "--backend 'slurm' is not allowed"),
+    (["--paper", "2022", "--address", "1.2.3.4:6379"], "--address needs --backend ray"),
+])
+def test_bad_options_are_one_line_and_exit_2(args, match, tmp_path):
+    r = CliRunner().invoke(app, ["reproduce", *args, "--results", str(tmp_path / "r")])
+    assert r.exit_code == 2 and match in r.output and "Traceback" not in r.output
