@@ -31,8 +31,8 @@ description: >-
   F_bio (pseudo_grad, err_hebb, oja)? [choice] Adam lr 1e-4, not fig4-pool's 1e-3: at
   1e-3 all 3 seeds diverged at episode 1 (Adam's first step moved 29 of the 49 terms by
   lr or to their bound at once; each is safe alone, not all together), and of lr 1e-3,
-  3e-4 and 1e-4 only 1e-4 stayed finite over a 15-episode probe. [choice] 3 seeds x 500
-  episodes; the report compares it with F_bio at the same episode budget.
+  3e-4 and 1e-4 only 1e-4 stayed finite over a 15-episode probe. [choice] 3 seeds x 300
+  episodes (what one core had left in the session); the report compares it with F_bio at the same episode budget.
 paper: 2022
 """
 
@@ -43,7 +43,7 @@ def render(map_bounds: dict[str, list[float]]) -> str:
     body = {k: pool[k] for k in ("dataset", "task", "network", "feedback")}
     body["rule"] = {"terms": "grammar", "init": {"pseudo_grad": 1.0e-3}}
     body["meta"] = {"lr": 1.0e-4, **{k: pool["meta"][k] for k in ("l1", "l1_mode")},
-                    "episodes": 500, "bounds": {**pool["meta"]["bounds"], **map_bounds}}
+                    "episodes": 300, "bounds": {**pool["meta"]["bounds"], **map_bounds}}
     body["population"] = {"seeds": 3, "seed": 0}
     body["run"] = pool["run"]
     return HEADER + yaml.safe_dump(body, sort_keys=False, width=96, default_flow_style=None)
