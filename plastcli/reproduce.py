@@ -176,6 +176,18 @@ def _progress(log: Path) -> tuple[int, int]:
     return (int(hits[-1][0]), int(hits[-1][1])) if hits else (0, 0)
 
 
+def finish(job: Job, rc: int, message: str = "") -> None:
+    """Record how a child ended: its time, last progress, state and (if it failed) the
+    last line it printed, which is the one-line error of a plast command."""
+    job.seconds = time.time() - (job.started or time.time())
+    job.done, job.total = _progress(job.log)
+    job.state = "complete" if rc == 0 else "failed"
+    if rc != 0:
+        text = job.log.read_text(encoding="utf-8", errors="replace") if job.log.exists() else ""
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        job.message = message or f"exit {rc}: {lines[-1] if lines else 'no output'}"
+
+
 def run_local(jobs: list[Job], n_jobs: int, threads: int,
               on_change: Callable[[], None] = lambda: None) -> None:
     """Run the jobs that need it, ``n_jobs`` at a time, each a child process with
@@ -200,15 +212,7 @@ def run_local(jobs: list[Job], n_jobs: int, threads: int,
             with lock:
                 children.append(p)
             rc = p.wait()
-        job.seconds = time.time() - job.started
-        job.done, job.total = _progress(job.log)
-        if rc == 0:
-            job.state = "complete"
-        else:
-            job.state = "failed"
-            lines = [ln for ln in job.log.read_text(encoding="utf-8", errors="replace").splitlines()
-                     if ln.strip()] if job.log.exists() else []
-            job.message = f"exit {rc}: {lines[-1] if lines else 'no output'}"
+        finish(job, rc)
         on_change()
 
     pool = ThreadPoolExecutor(max_workers=max(1, n_jobs))

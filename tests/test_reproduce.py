@@ -119,3 +119,25 @@ def test_a_failing_recipe_leaves_the_others_complete_and_exits_1(tmp_path, monke
 def test_bad_options_are_one_line_and_exit_2(args, match, tmp_path):
     r = CliRunner().invoke(app, ["reproduce", *args, "--results", str(tmp_path / "r")])
     assert r.exit_code == 2 and match in r.output and "Traceback" not in r.output
+
+
+def test_a_ray_run_writes_the_same_stores_as_the_local_backend(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import numpy as np
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = _recipes(tmp_path, **{"2022/fig3-pseudo.yaml": BIO})
+    stores = {}
+    for backend in ("local", "ray"):
+        results = tmp_path / backend
+        r = CliRunner().invoke(app, ["reproduce", "--paper", "2022", "--scale", "smoke",
+                                     "--results", str(results), "--recipes", str(root),
+                                     "--backend", backend, "--jobs", "1"])
+        assert r.exit_code == 0, r.output
+        with h5py.File(results / "2022/fig3-pseudo.h5") as f:
+            assert f.attrs["status"] == "complete"
+            stores[backend] = {k: f[f"episodes/{k}"][...] for k in f["episodes"]
+                               if k != "seconds"}
+    assert stores["local"].keys() == stores["ray"].keys()
+    for k in stores["local"]:
+        np.testing.assert_array_equal(stores["local"][k], stores["ray"][k], err_msg=k)

@@ -32,7 +32,8 @@ description: >-
   1e-3 all 3 seeds diverged at episode 1 (Adam's first step moved 29 of the 49 terms by
   lr or to their bound at once; each is safe alone, not all together), and of lr 1e-3,
   3e-4 and 1e-4 only 1e-4 stayed finite over a 15-episode probe. [choice] 3 seeds x 300
-  episodes (what one core had left in the session); the report compares it with F_bio at the same episode budget.
+  episodes (what one core had left in the session); the report compares it with F_bio
+  at the same episode budget.
 paper: 2022
 """
 
