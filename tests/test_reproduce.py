@@ -121,6 +121,8 @@ def test_bad_options_are_one_line_and_exit_2(args, match, tmp_path):
     assert r.exit_code == 2 and match in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.skipif(not __import__("os").environ.get("PLAST_TEST_RAY"),
+                    reason="starts a local Ray (slow); set PLAST_TEST_RAY=1 with '.[ray]'")
 def test_a_ray_run_writes_the_same_stores_as_the_local_backend(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     import numpy as np
