@@ -178,3 +178,26 @@ def test_assignment_naming_missing_layer_is_one_line_error(tmp_path):
     assert not (tmp_path / "x.h5").exists()
     r = CliRunner().invoke(app, ["ablate-layers", str(REPO / "recipes/2022/fig6-ehebb.yaml")])
     assert r.exit_code == 2 and "not 'plast ablate-layers'" in r.output
+
+
+def test_store_is_complete_only_with_its_assignment_arrays(tmp_path, monkeypatch):
+    """Issue 11 §4: the assignment arrays are in the store before it says 'complete'."""
+    import h5py
+
+    from plastcli.experiments import common, meta_train
+
+    seen = []
+    real = common.finish
+
+    def spy(store, *a, **kw):
+        with h5py.File(store.path, "r") as f:
+            seen.append(sorted(f["members"]))
+        return real(store, *a, **kw)
+
+    monkeypatch.setattr(meta_train, "finish", spy)
+    rec = load_recipe(REPO / "recipes/2022/table1-ablate-layers.yaml",
+                      [*TINY, "meta.episodes=2", "population.seeds=1", "ablation.burn_in=1"])
+    ablate_layers.run(rec, tmp_path / "t.h5")
+    assert seen and {"assignment", "assignment_index", "added_layers", "mask"} <= set(seen[0])
+    st = read_store(tmp_path / "t.h5")
+    assert st.complete and st["members/mask"].shape[0] == len(rec.ablation.assignments)

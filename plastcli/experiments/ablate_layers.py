@@ -19,7 +19,7 @@ from plastcli.lock import store_lock
 from plastcli.paths import check_store_out
 from plastcli.progress import Reporter
 from plastcli.recipes import AblateLayersRecipe, layer_names
-from plastcli.store import Store, read_store
+from plastcli.store import read_store
 from plastcli.tables import table1_rows, write_table_files
 from plastcli.terms import recipe_pool
 
@@ -78,15 +78,15 @@ def run(recipe: AblateLayersRecipe, out: Path, *, resume: bool = False, overwrit
              "burn_in": recipe.ablation.burn_in}
     out = check_store_out(out)
     with store_lock(out):  # one writer across the meta-training run and the writes after it
+        # the assignment arrays go in with the seeds: the store is complete only with them
         res = meta_train.run(recipe, out, resume=resume, overwrite=overwrite,
                              data_dir=data_dir, device=device, reporter=reporter,
-                             member_masks=masks, extra_attrs=attrs, seeds=seeds)
-        Store(out).write_arrays("members", {
-            "assignment": np.array([names[a] for a in index], dtype="S"),
-            "assignment_index": index,
-            "added_layers": assignment_layers(recipe)[index],  # [P, L] bool
-            "mask": masks,
-        })
+                             member_masks=masks, extra_attrs=attrs, seeds=seeds,
+                             member_arrays={
+                                 "assignment": np.array([names[a] for a in index], dtype="S"),
+                                 "assignment_index": index,
+                                 "added_layers": assignment_layers(recipe)[index],  # [P, L]
+                                 "mask": masks})
         store = read_store(out)
         rows = table1_rows(store)
         files = write_table_files(store, out.parent)

@@ -78,13 +78,16 @@ def term_declarations(recipe: MetaTrainRecipe) -> dict[str, list[dict]]:
 def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: bool = False,
         data_dir=None, device: str | None = None, reporter: Reporter | None = None,
         member_masks: np.ndarray | None = None, extra_attrs: dict | None = None,
-        seeds: list[int] | None = None) -> MetaTrainResult:
+        seeds: list[int] | None = None,
+        member_arrays: dict[str, np.ndarray] | None = None) -> MetaTrainResult:
     """Meta-train every member of the recipe's population, writing ``out`` as it goes.
 
     ``member_masks`` ``[P, L, R]`` overrides the per-layer term mask per member (used by
     ablate-layers); its P must match the number of member seeds. ``seeds`` overrides the
     member seeds (default population.seed + 0..seeds-1); ablate-layers repeats the same seeds
     for every assignment, so all assignments see the same tasks and initial weights.
+    ``member_arrays`` (each ``[P, ...]``) are written under ``/members`` with the seeds, so
+    the store is never complete without them.
     """
     reporter = reporter or Reporter()
     data = load_recipe_dataset(recipe.dataset, data_dir)
@@ -126,7 +129,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     elif r.resumed:  # killed before the first checkpoint: start over in the same file
         r.store.truncate("episodes", 0)
     members = {"seed": np.array(seeds),
-               **{grid_dataset_name(k): v for k, v in grid.items()}}
+               **{grid_dataset_name(k): v for k, v in grid.items()}, **(member_arrays or {})}
     if not r.resumed:
         r.store.write_arrays("members", members)
     messages: list[str] = []
