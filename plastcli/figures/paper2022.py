@@ -491,6 +491,11 @@ def grammar_claim(lines: list[str], stores: dict) -> None:
     div, col = member_events(st)
     verdict = ("rediscovers F_bio" if set(top[:3]) == {"pseudo_grad", "err_hebb", "oja"}
                else "finds another rule")
+    if (div >= 0).all():  # θ frozen where each seed diverged: no rule was found
+        lines.append(f"| beyond the paper: the L1 search over all {len(names)} grammar terms "
+                     f"(top 3 by abs θ) | every seed diverged ({diverged_text(st)}) | "
+                     "no result |")
+        return
     lines.append(f"| beyond the paper: the L1 search over all {len(names)} grammar terms "
                  f"(top 3 by abs θ) | top 5: {', '.join(top[:5])}; median meta-accuracy "
                  f"{g:.3f} vs F_bio {b:.3f} at episode {E} ({int((div >= 0).sum())} diverged, "
