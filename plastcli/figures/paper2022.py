@@ -225,9 +225,14 @@ def fig4_grammar(s):
     _accuracy_panel(ax[0], runs)
     ax[0].axvline(E, color="k", lw=0.6, ls=":")
     top = _survivor_bars(ax[1], pool, top=12)
-    ax[1].set(title=f"the 12 largest of {len(pool.json_attr('term_names', []))} terms")
+    n_terms = len(pool.json_attr("term_names", []))
+    ax[1].set(title=f"the 12 largest of {n_terms} terms"
+              + ("" if diverged_text(pool) == "none" else " (|θ| frozen at divergence)"))
     names = pool.json_attr("term_names", [])
     theta = np.array(pool["episodes/theta"], dtype=np.float64)  # [P, E, R]
+    for i, e in enumerate(member_events(pool)[0]):  # drawn up to each seed's divergence
+        if e >= 0:
+            theta[i, e:] = np.nan
     for i, name in enumerate(top[:6]):
         mean_sd_band(ax[2], _x(pool), theta[:, :, names.index(name)], name, f"C{i}")
     ax[2].axhline(0, color="k", lw=0.6)
