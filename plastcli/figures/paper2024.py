@@ -88,8 +88,9 @@ def fig8(s):
                      "plastic feedback + Oja (meta-learned F_W, F_B)" if name == "plastic"
                      else "F_BP (meta-trained)", color(name, i), smooth=SMOOTH)
     ax[0].set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
-              title=f"meta-accuracy (moving average {SMOOTH}, mean ± sd over "
-                    f"{plastic['episodes/meta_accuracy'].shape[0]} seeds)")
+              title=f"meta-accuracy (moving average {SMOOTH}, mean ± sd over seeds: "
+                    f"{plastic['episodes/meta_accuracy'].shape[0]} plastic, "
+                    f"{bp['episodes/meta_accuracy'].shape[0]} BP)")
     ax[0].legend(loc="lower right")
     _fig8_coefficients(ax[1], plastic, "theta", plastic.json_attr("term_names"),
                        "forward rule coefficients (ΔW = +θ F)", "coefficient θ")
