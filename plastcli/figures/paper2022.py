@@ -218,9 +218,9 @@ def fig4_grammar(s):
     """Beyond the paper: the pool search over all 49 grammar terms against F_bio."""
     pool = s[GRAMMAR]
     E = pool["episodes/meta_accuracy"].shape[1]
-    runs = {"bio": s["fig5-bio"], "grammar pool": pool}
-    if "fig4-pool" in s:
-        runs = {"bio": s["fig5-bio"], "pool (ten terms)": s["fig4-pool"], "grammar pool": pool}
+    runs = {"bio": s["fig5-bio"],
+            **({"pool (ten terms)": s["fig4-pool"]} if "fig4-pool" in s else {}),
+            "grammar pool": pool}
     fig, ax = subplots(3, size=(4.8, 3.6))
     _accuracy_panel(ax[0], runs)
     ax[0].axvline(E, color="k", lw=0.6, ls=":")
