@@ -108,6 +108,17 @@ class Adam:
             p.copy_(torch.where(a, p_new, p))
         self.step_count = t
 
+    def snapshot(self) -> list[torch.Tensor]:
+        """Copies of the moments and step counts (for :meth:`restore`)."""
+        return [t.clone() for t in (*self.m, *self.v, self.step_count)]
+
+    def restore(self, saved: list[torch.Tensor], members: torch.Tensor) -> None:
+        """Put the ``members`` ``[P]`` bool back to a :meth:`snapshot`; others keep theirs."""
+        n = len(self.m)
+        for cur, old in zip((*self.m, *self.v), saved[: 2 * n], strict=True):
+            cur.copy_(torch.where(members.view(-1, *[1] * (cur.dim() - 1)), old, cur))
+        self.step_count = torch.where(members, saved[-1], self.step_count)
+
     def state_dict(self) -> dict[str, np.ndarray]:
         out = {"adam_step": self.step_count.cpu().numpy().copy()}
         for i, (m, v) in enumerate(zip(self.m, self.v, strict=True)):
@@ -148,6 +159,8 @@ class MetaConfig:
     theta_jitter: float = 0.0  # relative N(0,1) perturbation of the initial theta
     chance: float = float("inf")  # query CE of a uniform guess, ln M (collapse detection)
     collapse_window: int = 25
+    rollback: int = 0  # non-finite episodes a member is rolled back after (0 = off)
+    rollback_lr_factor: float = 0.5
     pool: Pool = BUILTIN_POOL  # the terms the masks' R indices name (plastcli.terms)
 
     @classmethod
@@ -180,7 +193,8 @@ class MetaConfig:
             gradient=recipe.meta.gradient, pool=pool, l1_mode=recipe.meta.l1_mode,
             bounds={k: list(v) for k, v in recipe.meta.bounds.items()},
             theta_jitter=recipe.meta.theta_jitter, chance=chance_loss(recipe.task.classes),
-            collapse_window=recipe.meta.collapse_window,
+            collapse_window=recipe.meta.collapse_window, rollback=recipe.meta.rollback,
+            rollback_lr_factor=recipe.meta.rollback_lr_factor,
         )
 
 
@@ -246,6 +260,9 @@ class MetaTrainer:
         if cfg.theta_jitter > 0:
             _jitter_theta(self.theta, self.seeds, cfg.theta_jitter)
         self.lr = _member_values(cfg.lr, device)
+        if cfg.rollback > 0:  # a rollback scales one member's lr: one lr per member
+            self.lr = torch.as_tensor(self.lr, dtype=torch.float32, device=device).expand(P)
+            self.lr = self.lr.clone()
         self.l1 = _member_values(cfg.l1, device)
         self.bounds = _bounds(cfg.terms, cfg.bounds, device)
         self.params = [self.theta]
@@ -259,6 +276,22 @@ class MetaTrainer:
         self.diverged_at = np.full(P, -1, dtype=np.int64)
         self.collapse = CollapseDetector(P, cfg.chance, cfg.collapse_window)
         self.episode = 0
+        # rollback stabiliser: each member's state before the step of its last finite episode
+        self.rollbacks = np.zeros(P, dtype=np.int64)
+        self.last_good = self._state_tensors() if cfg.rollback > 0 else None
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """Copies of everything a rollback restores: params, then Adam's state."""
+        return [p.detach().clone() for p in self.params] + self.adam.snapshot()
+
+    def _roll_back(self, members: torch.Tensor) -> None:
+        """Members ``[P]`` bool go back to ``last_good`` with their lr scaled down."""
+        n = len(self.params)
+        for p, old in zip(self.params, self.last_good[:n], strict=True):
+            p.copy_(torch.where(members.view(-1, *[1] * (p.dim() - 1)), old, p))
+        self.adam.restore(self.last_good[n:], members)
+        self.lr.copy_(torch.where(members, self.lr * self.cfg.rollback_lr_factor, self.lr))
+        self.rollbacks += members.cpu().numpy()
 
     @property
     def collapsed_at(self) -> np.ndarray:
@@ -341,6 +374,7 @@ class MetaTrainer:
             scale = (self.cfg.grad_clip / norm.clamp(min=1e-12)).clamp(max=1.0)
             grads = [g * scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
         before = [p.clone() for p in self.params]
+        start = self._state_tensors() if self.last_good is not None else None
         step_mask = self.alive & ok
         prox = None
         if self.cfg.l1_mode == "proximal":
@@ -349,9 +383,19 @@ class MetaTrainer:
         if self.bounds is not None:  # the named stabiliser: project onto the box
             self.params[0].copy_(torch.maximum(torch.minimum(self.params[0], self.bounds[1]),
                                                self.bounds[0]))
+        episode_ok = ok.clone()
         for p, b in zip(self.params, before, strict=True):  # a step that made theta NaN
             ok &= torch.isfinite(p).flatten(1).all(1)
             p.copy_(torch.where(ok.view(-1, *[1] * (p.dim() - 1)), p, b))
+        rolled = torch.zeros_like(ok)
+        if start is not None:
+            good = episode_ok  # this episode's start state gave finite numbers: keep it
+            self.last_good = [torch.where(good.view(-1, *[1] * (o.dim() - 1)), s, o)
+                              for s, o in zip(start, self.last_good, strict=True)]
+            left = torch.as_tensor(self.rollbacks < self.cfg.rollback, device=self.device)
+            rolled = self.alive & ~ok & left
+            self._roll_back(rolled)
+            ok |= rolled
         newly_dead = self.alive & ~ok
         for i in torch.nonzero(newly_dead).flatten().tolist():
             self.diverged_at[i] = self.episode
@@ -362,7 +406,7 @@ class MetaTrainer:
             det = Net(W=W, Bf=[b.detach() for b in net.Bf] if net.Bf else None, D=net.D)
             q = diagnostics.query_metrics(det, ep.x_query, ep.y_query, self.cfg.beta,
                                           self.cfg.feedback)
-        dead = ~self.alive.cpu().numpy()
+        dead = ~self.alive.cpu().numpy() | rolled.cpu().numpy()
         rec = {
             "meta_loss": loss.detach().cpu().numpy(),
             "query_ce": ce.detach().cpu().numpy(),
@@ -379,6 +423,8 @@ class MetaTrainer:
                 v = v.astype(np.float64 if v.dtype == np.float64 else np.float32)
                 v[dead] = np.nan  # a diverged member's later metrics are not results
                 rec[k] = v
+        if self.last_good is not None:
+            rec["rolled_back"] = rolled.cpu().numpy().astype(np.int8)
         rec["seconds"] = np.full(self.P, time.perf_counter() - t0, dtype=np.float32)
         self.collapse.update(self.episode, rec["query_ce"])
         self.episode += 1
@@ -392,6 +438,11 @@ class MetaTrainer:
         state["diverged_at"] = self.diverged_at.copy()
         state.update(self.collapse.state_dict())
         state["episode"] = np.array(self.episode)
+        if self.last_good is not None:
+            state["rollbacks"] = self.rollbacks.copy()
+            state["member_lr"] = self.lr.cpu().numpy().copy()
+            for i, t in enumerate(self.last_good):
+                state[f"last_good{i}"] = t.cpu().numpy().copy()
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -402,3 +453,8 @@ class MetaTrainer:
         self.diverged_at = np.asarray(state["diverged_at"]).copy()
         self.collapse.load_state_dict(state)
         self.episode = int(state["episode"])
+        if self.last_good is not None:
+            self.rollbacks = np.asarray(state["rollbacks"]).copy()
+            self.lr.copy_(torch.as_tensor(state["member_lr"], device=self.device))
+            self.last_good = [torch.as_tensor(state[f"last_good{i}"], device=self.device)
+                              for i in range(len(self.last_good))]

@@ -119,6 +119,11 @@ class MetaSpec:
     theta_jitter: float = spec(0.0, minimum=0.0)
     # Episodes above chance (ln M) after learning that flag a member as collapsed.
     collapse_window: int = spec(25, minimum=1)
+    # Stabiliser (off at 0): after a non-finite episode, roll the member back to its state
+    # before its last step (theta and Adam moments), scale its lr by rollback_lr_factor and
+    # go on; only the (rollback + 1)-th non-finite episode marks it diverged.
+    rollback: int = spec(0, minimum=0)
+    rollback_lr_factor: float = spec(0.5, minimum=0.0)
 
 
 @dataclass
@@ -223,7 +228,11 @@ def check_dataset_network(dataset: DatasetSpec, network: NetworkSpec, where: Whe
 def check_meta(meta: MetaSpec, rule: RuleSpec, grid: dict[str, list[float]],
                where: Where) -> None:
     """Bounds: two finite entries (or null), low <= high, for terms of the rule, holding
-    every initial theta (the recipe's and the grid's)."""
+    every initial theta (the recipe's and the grid's); rollback_lr_factor in (0, 1]."""
+    if not 0.0 < meta.rollback_lr_factor <= 1.0:
+        where.fail("meta.rollback_lr_factor",
+                   f"must be in (0, 1] (the factor on a member's lr after a rollback), "
+                   f"got {meta.rollback_lr_factor}")
     for term, pair in meta.bounds.items():
         key = f"meta.bounds.{term}"
         if term not in rule.terms:

@@ -382,3 +382,74 @@ def test_committed_grammar_recipe_is_what_the_committed_map_gives():
         pytest.skip("the grammar stability stores are not in this checkout")
     assert (REPO / "recipes/2022/grammar-pool.yaml").read_text() == \
         tool.render(tool.map_bounds(results)), "rerun tools/grammar_pool_recipe.py"
+
+
+# ------------------------------------------------------------------ rollback stabiliser
+NAN_AT = (3, 4, 6)  # episodes at which member 1's meta-loss is forced to NaN
+
+
+@pytest.fixture
+def nan_member_1(monkeypatch):
+    """Member 1's episodes in NAN_AT come out non-finite (the engine must not care why)."""
+    from plastcli.engine import MetaTrainer
+
+    orig = MetaTrainer.meta_gradient
+
+    def meta_gradient(self, ep, params):
+        loss, ce, net, grads = orig(self, ep, params)
+        if self.episode in NAN_AT:
+            loss = loss.clone()
+            loss[1] = float("nan")
+        return loss, ce, net, grads
+
+    monkeypatch.setattr(MetaTrainer, "meta_gradient", meta_gradient)
+
+
+def rollback_recipe(n, rollbacks):
+    return load_recipe(REPO / "recipes/bio.yaml",
+                       [*TINY, f"meta.episodes={n}", f"meta.rollback={rollbacks}",
+                        "meta.rollback_lr_factor=0.5"])
+
+
+def test_rollback_restores_the_last_good_state_then_diverges_when_spent(tmp_path, nan_member_1):
+    off = meta_train.run(rollback_recipe(8, 0), tmp_path / "off.h5")
+    on = meta_train.run(rollback_recipe(8, 2), tmp_path / "on.h5")
+    a, b = read_store(tmp_path / "off.h5"), read_store(tmp_path / "on.h5")
+    assert off.diverged_at.tolist() == [-1, 3]  # without it: dead at the first NaN
+    assert on.diverged_at.tolist() == [-1, 6]  # two rollbacks (3, 4), dead at the third NaN
+    np.testing.assert_array_equal(b["members/rollbacks"], [0, 2])
+    np.testing.assert_array_equal(b["episodes/rolled_back"][1], [0, 0, 0, 1, 1, 0, 0, 0])
+    th = b["episodes/theta"][1]  # after episode e
+    # episode 3 failed at theta after 2: back to the start of episode 2 (theta after 1);
+    # episode 4 failed there again: same place; episode 5 steps on from it
+    np.testing.assert_array_equal(th[3], th[1])
+    np.testing.assert_array_equal(th[4], th[1])
+    assert not np.array_equal(th[5], th[4])
+    # the step of episode 5 is the same Adam step at half, then a quarter of the lr:
+    # after two rollbacks its size is below that of the original step of episode 2
+    assert np.abs(th[5] - th[4]).max() < np.abs(th[2] - th[1]).max()
+    assert np.isnan(b["episodes/meta_accuracy"][1, [3, 4]]).all()  # not results
+    assert np.isfinite(b["episodes/meta_accuracy"][1, 5])
+    # members are independent: member 0 is untouched by member 1's rollbacks
+    for k in ("theta", "meta_loss", "meta_accuracy"):
+        np.testing.assert_array_equal(a[f"episodes/{k}"][0], b[f"episodes/{k}"][0], err_msg=k)
+    assert any("rolled back at episode 3" in m for m in on.messages)
+    assert "rolled_back" not in {k.split("/")[-1] for k in a.arrays}  # off: nothing new
+
+
+def test_rollback_run_resumes_to_the_same_numbers(tmp_path, nan_member_1):
+    from test_meta_train_store import StopAfter
+
+    meta_train.run(rollback_recipe(8, 2), tmp_path / "full.h5")
+    with pytest.raises(KeyboardInterrupt):  # killed after the checkpoint at episode 4
+        meta_train.run(rollback_recipe(8, 2), tmp_path / "cut.h5", reporter=StopAfter(5))
+    meta_train.run(rollback_recipe(8, 2), tmp_path / "cut.h5", resume=True)
+    full, cut = read_store(tmp_path / "full.h5"), read_store(tmp_path / "cut.h5")
+    for k in [*episode_arrays(tmp_path / "full.h5"), "members/rollbacks",
+              "members/diverged_at"]:
+        np.testing.assert_array_equal(full[k], cut[k], err_msg=k)
+
+
+def test_rollback_lr_factor_outside_0_1_is_refused():
+    with pytest.raises(PlastError, match="meta.rollback_lr_factor.*\\(0, 1\\]"):
+        load_recipe(REPO / "recipes/bio.yaml", ["meta.rollback_lr_factor=1.5"])

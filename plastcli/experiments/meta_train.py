@@ -139,8 +139,9 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     def flush() -> None:
         with r.store.transaction():  # records and checkpoint replace the store at once
             r.store.append("episodes", buffer)
+            extra = {"rollbacks": trainer.rollbacks} if cfg.rollback else {}
             r.store.write_arrays("members", {**members, "diverged_at": trainer.diverged_at,
-                                             "collapsed_at": trainer.collapsed_at})
+                                             "collapsed_at": trainer.collapsed_at, **extra})
             r.store.checkpoint(trainer.state_dict())
         buffer.clear()
 
@@ -152,6 +153,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     try:
         while trainer.episode < total:
             dead_before = trainer.diverged_at.copy()
+            rollbacks_before = trainer.rollbacks.copy()
             collapsed_before = trainer.collapsed_at.copy()
             rec = trainer.run_episode()
             buffer.append(rec)
@@ -159,6 +161,11 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                 say(f"member {i} (seed {seeds[i]}{grid_label(grid, i)}) diverged at episode "
                     f"{trainer.diverged_at[i]}: theta or meta-loss became NaN; "
                     f"its coefficients are frozen from here on")
+            for i in np.nonzero(trainer.rollbacks > rollbacks_before)[0]:
+                say(f"member {i} (seed {seeds[i]}{grid_label(grid, i)}) rolled back at episode "
+                    f"{trainer.episode - 1} (non-finite; rollback {trainer.rollbacks[i]} of "
+                    f"{cfg.rollback}): its state before its last step, lr now "
+                    f"{float(trainer.lr[i]):.3g}")
             for i in np.nonzero((collapsed_before < 0) & (trainer.collapsed_at >= 0))[0]:
                 say(f"member {i} (seed {seeds[i]}{grid_label(grid, i)}) collapsed at episode "
                     f"{trainer.collapsed_at[i]}: its query loss has stayed above chance "
