@@ -278,6 +278,7 @@ class MetaTrainer:
         self.episode = 0
         # rollback stabiliser: each member's state before the step of its last finite episode
         self.rollbacks = np.zeros(P, dtype=np.int64)
+        self._last_record: dict[str, np.ndarray] | None = None
         self.last_good = self._state_tensors() if cfg.rollback > 0 else None
 
     def _state_tensors(self) -> list[torch.Tensor]:
@@ -361,7 +362,22 @@ class MetaTrainer:
         return loss, ce, net, grads
 
     def run_episode(self) -> dict[str, np.ndarray]:
-        """Sample tasks, unroll, step Adam; return this episode's metrics ``[P, ...]``."""
+        """Sample tasks, unroll, step Adam; return this episode's metrics ``[P, ...]``.
+
+        Once every member has diverged there is nothing left to compute: the episode's
+        record is the last one with NaN metrics and the frozen coefficients."""
+        if self._last_record is not None and not bool(self.alive.any()):
+            rec = {k: (v if k.startswith("theta") else np.zeros_like(v)
+                       if k in ("seconds", "rolled_back") else np.full_like(v, np.nan))
+                   for k, v in self._last_record.items()}
+            self.collapse.update(self.episode, rec["query_ce"])
+            self.episode += 1
+            return rec
+        rec = self._compute_episode()
+        self._last_record = rec
+        return rec
+
+    def _compute_episode(self) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         ep = self.sampler.sample(self.seeds, self.episode, self.device)
         loss, ce, net, grads = self.meta_gradient(ep, self.params)

@@ -332,7 +332,8 @@ def test_safe_bounds_are_the_safe_intervals_and_feed_the_grammar_recipe(tmp_path
     text = _tool("grammar_pool_recipe").render({"g_ones_ones": [lo, hi]})
     meta = yaml.safe_load(text)["meta"]
     pool = yaml.safe_load((REPO / "recipes/2022/fig4-pool.yaml").read_text())["meta"]
-    assert meta["bounds"] == {**pool["bounds"], "g_ones_ones": [lo, hi]}
+    shrink = _tool("grammar_pool_recipe").SHRINK
+    assert meta["bounds"] == {**pool["bounds"], "g_ones_ones": [shrink * lo, shrink * hi]}
     assert (meta["l1"], meta["l1_mode"]) == (pool["l1"], pool["l1_mode"])
     (tmp_path / "grammar.yaml").write_text(text)
     assert len(load_recipe(tmp_path / "grammar.yaml").rule.terms) == 49
@@ -453,3 +454,28 @@ def test_rollback_run_resumes_to_the_same_numbers(tmp_path, nan_member_1):
 def test_rollback_lr_factor_outside_0_1_is_refused():
     with pytest.raises(PlastError, match="meta.rollback_lr_factor.*\\(0, 1\\]"):
         load_recipe(REPO / "recipes/bio.yaml", ["meta.rollback_lr_factor=1.5"])
+
+
+def test_a_run_whose_members_all_diverged_stops_computing(tmp_path, monkeypatch):
+    from plastcli.engine import MetaTrainer
+
+    orig_grad, orig_episode, computed = MetaTrainer.meta_gradient, MetaTrainer._compute_episode, []
+
+    def meta_gradient(self, ep, params):  # from episode 2 on every member's loss is NaN
+        loss, ce, net, grads = orig_grad(self, ep, params)
+        return (loss if self.episode < 2 else torch.full_like(loss, float("nan"))), ce, net, grads
+
+    def compute_episode(self):
+        computed.append(self.episode)
+        return orig_episode(self)
+
+    monkeypatch.setattr(MetaTrainer, "meta_gradient", meta_gradient)
+    monkeypatch.setattr(MetaTrainer, "_compute_episode", compute_episode)
+    res = meta_train.run(rollback_recipe(8, 0), tmp_path / "d.h5")
+    st = read_store(tmp_path / "d.h5")
+    assert computed == [0, 1, 2] and res.diverged_at.tolist() == [2, 2]
+    assert st.complete and st["episodes/meta_accuracy"].shape == (2, 8)
+    assert np.isnan(st["episodes/meta_accuracy"][:, 2:]).all()
+    th = st["episodes/theta"]
+    np.testing.assert_array_equal(th[:, 3:], np.repeat(th[:, 2:3], 5, axis=1))  # frozen
+    assert any("every member has diverged" in m for m in res.messages)
