@@ -341,8 +341,15 @@ def rnn_memory_cmd(
 
 @app.command("show")
 @user_errors
-def show(store: Path = typer.Argument(..., help="A result store (.h5).")) -> None:
-    """Summarise a result store: recipe, status, per-member final metrics and coefficients."""
+def show(store: Path = typer.Argument(..., help="A result store (.h5), or a sweep folder "
+                                       "(plast sweep).")) -> None:
+    """Summarise a result store: recipe, status, per-member final metrics and coefficients.
+    For a sweep folder: one row per point with its final metrics."""
+    if store.is_dir():
+        from plastcli.sweep import summary_table
+
+        out_console.print(summary_table(store))
+        return
     from plastcli.summary import store_summary
 
     for renderable in store_summary(store):
@@ -420,6 +427,35 @@ def reproduce_cmd(
     papers = list(PAPERS) if paper == "all" else [paper]
     code = reproduce(papers, scale, jobs or 0, backend, address, results,
                      recipes or _recipes_dir(), force, err_console)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("sweep")
+@user_errors
+def sweep_cmd(
+    sweep: Path = typer.Argument(..., help="Sweep file: base recipe, grid of --set keys, "
+                                 "seeds (see plastcli/sweep.py)."),
+    jobs: int | None = typer.Option(None, "--jobs", min=1, help="Points run side by side "
+                                    "[default: the cores available]."),
+    backend: str = typer.Option("local", "--backend", help="local (a process per point) "
+                                "or ray (needs pip install -e '.[ray]')."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join "
+                                       "[default: start an embedded local Ray]."),
+    results: Path = typer.Option(Path("results"), "--results",
+                                 help="Stores go to RESULTS/sweeps/NAME/pNNN.h5."),
+    force: bool = typer.Option(False, "--force", help="Rerun every point, even if its "
+                               "store is complete and current."),
+) -> None:
+    """Run your own study: every combination of a sweep file's grid over a base recipe, one
+    store per point, cached, resumed and side by side as in plast reproduce, then a table of
+    point x final metrics (plast show RESULTS/sweeps/NAME prints it again).
+
+    Example: plast sweep recipes/sweeps/bio-lr.yaml --results /tmp/mine
+    """
+    from plastcli.sweep import run
+
+    code = run(sweep, results, jobs or 0, backend, address, force, err_console)
     if code:
         raise typer.Exit(code)
 

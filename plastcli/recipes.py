@@ -447,14 +447,24 @@ def apply_override(raw: dict, assignment: str, where: Where) -> None:
     parts = key.strip().split(".")
     if parts[:2] == ["population", "grid"] and len(parts) > 3:  # grid keys are dotted names
         parts = [*parts[:2], ".".join(parts[2:])]
-    for part in parts[:-1]:
-        child = node.get(part)
+    for i, part in enumerate(parts):
+        if isinstance(node, list):  # a list item by its index: conditions.1.grid.oja
+            if not part.lstrip("-").isdigit():
+                where.fail(key, f"'{'.'.join(parts[:i])}' is a list; index it by a number "
+                           f"from 0 to {len(node) - 1}, not '{part}'")
+            if not 0 <= int(part) < len(node):
+                where.fail(key, f"index {part} is out of range: '{'.'.join(parts[:i])}' has "
+                           f"{len(node)} item(s), 0 to {len(node) - 1}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            where.fail(key, f"'{parts[i - 1]}' is not a mapping or a list")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        child = node[part] if isinstance(node, list) else node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
-            where.fail(key, f"'{part}' is not a mapping")
         node = child
-    node[parts[-1]] = value
 
 
 def read_recipe_yaml(path: Path) -> dict:

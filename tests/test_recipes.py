@@ -137,3 +137,24 @@ def test_declared_terms_and_the_grammar_resolve_and_roundtrip(tmp_path):
     fb = _with_define(DEFINE)
     fb.update(feedback="plastic", feedback_rule={"terms": ["my_term", "decay"]})
     assert recipe_pool(load_recipe(_write(tmp_path, fb))).names[-1] == "my_term"
+
+
+def test_set_reaches_list_items_by_index():
+    path = REPO / "recipes/2024/fig1-depth5.yaml"
+    rec = load_recipe(path, ["conditions.1.grid.oja=[1e-4]", "conditions.0.name=plain BP",
+                             "network.layers.1=64"])
+    assert rec.conditions[1].grid["oja"] == [1e-4]
+    assert rec.conditions[0].name == "plain BP" and rec.network.layers[1] == 64
+    plain = load_recipe(path)
+    assert rec.conditions[1].grid["pseudo_grad"] == plain.conditions[1].grid["pseudo_grad"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("conditions.5.name=x", "index 5 is out of range: 'conditions' has 2 item"),
+    ("conditions.first.name=x", "'conditions' is a list; index it by a number"),
+    ("conditions.-1.name=x", "out of range"),
+    ("conditions.0.name.x=1", "'name' is not a mapping or a list"),
+])
+def test_set_into_a_list_names_the_key_and_the_range(bad, match):
+    with pytest.raises(PlastError, match=match):
+        load_recipe(REPO / "recipes/2024/fig1-depth5.yaml", [bad])
