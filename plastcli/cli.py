@@ -409,6 +409,10 @@ def reproduce_cmd(
                                "store is complete and current."),
     recipes: Path | None = typer.Option(None, "--recipes", help="Recipe folder [default: the "
                                         "recipes/ of this checkout, else ./recipes]."),
+    seed_chunk: int | None = typer.Option(None, "--seed-chunk", min=1, help="Ray: run a "
+                                          "meta-train population of more seeds as one task "
+                                          "per chunk of this many seeds, merged into one "
+                                          "store."),
 ) -> None:
     """Reproduce a paper in one command: every recipe of recipes/PAPER/ (by its paper: key),
     cached and side by side, then its figures and one report (RESULTS/REPORT.md and
@@ -426,7 +430,7 @@ def reproduce_cmd(
         raise PlastError(f"--paper '{paper}' is not allowed; allowed: 2022, 2024, all")
     papers = list(PAPERS) if paper == "all" else [paper]
     code = reproduce(papers, scale, jobs or 0, backend, address, results,
-                     recipes or _recipes_dir(), force, err_console)
+                     recipes or _recipes_dir(), force, err_console, seed_chunk)
     if code:
         raise typer.Exit(code)
 
@@ -446,6 +450,10 @@ def sweep_cmd(
                                  help="Stores go to RESULTS/sweeps/NAME/pNNN.h5."),
     force: bool = typer.Option(False, "--force", help="Rerun every point, even if its "
                                "store is complete and current."),
+    seed_chunk: int | None = typer.Option(None, "--seed-chunk", min=1, help="Ray: run a "
+                                          "meta-train population of more seeds as one task "
+                                          "per chunk of this many seeds, merged into one "
+                                          "store."),
 ) -> None:
     """Run your own study: every combination of a sweep file's grid over a base recipe, one
     store per point, cached, resumed and side by side as in plast reproduce, then a table of
@@ -455,7 +463,7 @@ def sweep_cmd(
     """
     from plastcli.sweep import run
 
-    code = run(sweep, results, jobs or 0, backend, address, force, err_console)
+    code = run(sweep, results, jobs or 0, backend, address, force, err_console, seed_chunk)
     if code:
         raise typer.Exit(code)
 

@@ -161,7 +161,7 @@ def _load_arrays(name, split, root, img_rel, lab_rel, sums) -> Dataset:
 # --------------------------------------------------------------------------- randomness
 
 STREAMS = {"task": 1, "init": 2, "order": 3, "cap": 4, "stream": 5, "val": 6, "grid": 7,
-           "theta_jitter": 8}
+           "theta_jitter": 8, "init_recurrent": 9}
 
 
 def generator_for(seed: int, episode: int, stream: str) -> torch.Generator:

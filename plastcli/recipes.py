@@ -27,7 +27,9 @@ from plastcli.vocabulary import (  # the names of the core layer; no torch there
     GRID_INIT_PREFIX,
     GRID_KEYS,
     INITS,
+    RECURRENT_INITS,
     REGISTRY,
+    SIGMAS,
 )
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -748,6 +750,11 @@ class RnnNetworkSpec:
     hidden: list[int] = spec(factory=lambda: [100], minimum=1)
     init: str = spec("xavier", choices=INITS)
     beta: float = spec(10.0, minimum=1e-6)
+    # W_h alone (P2 Fig 7 factors): its initialisation ('same' = init) and a gain on it
+    init_recurrent: str = spec("same", choices=RECURRENT_INITS)
+    gain: float = spec(1.0, minimum=0.0)
+    # softplus (with beta) or tanh (a reference; beta unused)
+    sigma: str = spec("softplus", choices=SIGMAS)
 
 
 @dataclass

@@ -268,16 +268,35 @@ def _table(jobs: list[Job], title: str):
     return t
 
 
-def reproduce(papers: list[str], scale: str, n_jobs: int, backend: str, address: str | None,
-              results: Path, recipes_dir: Path, force: bool, console) -> int:
-    """Plan, run what is stale, draw the figures, write the report. Returns the exit code:
-    0, or 1 when a run failed (a claim that does not reproduce is a result, not a failure)."""
-    from rich.live import Live
-
+def check_backend(backend: str, address: str | None, seed_chunk: int | None) -> None:
+    """The backend options of reproduce and sweep, refused in one line when they clash."""
     if backend not in ("local", "ray"):
         raise PlastError(f"--backend '{backend}' is not allowed; allowed: local, ray")
     if address and backend != "ray":
         raise PlastError("--address needs --backend ray")
+    if seed_chunk and backend != "ray":
+        raise PlastError("--seed-chunk needs --backend ray (the local backend already splits "
+                         "a population across its cores)")
+
+
+def run_backend(jobs: list[Job], n_jobs: int, threads: int, backend: str, address: str | None,
+                seed_chunk: int | None, force: bool, on_change: Callable[[], None]) -> None:
+    if backend == "local":
+        run_local(jobs, n_jobs, threads, on_change)
+    else:
+        from plastcli.reproduce_ray import run_ray
+
+        run_ray(jobs, threads, address, on_change, seed_chunk, force)
+
+
+def reproduce(papers: list[str], scale: str, n_jobs: int, backend: str, address: str | None,
+              results: Path, recipes_dir: Path, force: bool, console,
+              seed_chunk: int | None = None) -> int:
+    """Plan, run what is stale, draw the figures, write the report. Returns the exit code:
+    0, or 1 when a run failed (a claim that does not reproduce is a result, not a failure)."""
+    from rich.live import Live
+
+    check_backend(backend, address, seed_chunk)
     jobs = plan(recipes_dir, results, papers, scale)
     if not jobs:
         raise PlastError(f"no recipe under {recipes_dir} for paper(s) {', '.join(papers)}")
@@ -295,12 +314,7 @@ def reproduce(papers: list[str], scale: str, n_jobs: int, backend: str, address:
         def refresh() -> None:
             live.update(_table(jobs, title))
 
-        if backend == "local":
-            run_local(jobs, n_jobs, threads, refresh)
-        else:
-            from plastcli.reproduce_ray import run_ray
-
-            run_ray(jobs, threads, address, refresh)
+        run_backend(jobs, n_jobs, threads, backend, address, seed_chunk, force, refresh)
         refresh()
     if not console.is_terminal:
         console.print(_table(jobs, title))

@@ -3,7 +3,8 @@
     z_{t+1} = W_h sigma(z_t) + W_x x_{t+1},   z_0 = 0,   t = 0..T-1
     logits  = W_o sigma(z_T)                 (softmax + cross-entropy)
 
-``sigma`` is softplus with sharpness beta. Every weight carries the population axis P:
+``sigma`` is softplus with sharpness beta (``network.sigma: softplus``) or tanh (a
+reference; beta unused): :class:`Activation`. Every weight carries the population axis P:
 ``W_x [P, n, n_in]``, ``W_h [P, n, n]``, ``W_o [P, n_out, n]``; a batch of sequences is
 ``[P, B, ...]`` (B = 1 online). The input of a sequence is one image shown at steps
 1..present and zeros at steps present+1..T.
@@ -31,8 +32,30 @@ import torch
 import torch.nn.functional as F
 
 from plastcli.data import generator_for
+from plastcli.vocabulary import RECURRENT_INITS, SIGMAS  # noqa: F401 (re-exported)
 
 OJA_PRE = ("z", "sigma")
+
+
+@dataclass(frozen=True)
+class Activation:
+    """sigma and its derivative: softplus with sharpness ``beta``, or tanh."""
+
+    kind: str = "softplus"
+    beta: float = 10.0
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return F.softplus(z, beta=self.beta) if self.kind == "softplus" else torch.tanh(z)
+
+    def grad(self, z: torch.Tensor) -> torch.Tensor:
+        if self.kind == "softplus":
+            return torch.sigmoid(self.beta * z)
+        return 1 - torch.tanh(z) ** 2
+
+
+def activation(a: float | Activation) -> Activation:
+    """A number is softplus' beta (the form every caller used before tanh existed)."""
+    return a if isinstance(a, Activation) else Activation("softplus", float(a))
 
 
 @dataclass
@@ -69,24 +92,46 @@ def _draw(shape: tuple[int, int], init: str, g: torch.Generator) -> torch.Tensor
     raise ValueError(f"unknown init {init!r}")
 
 
+def draw_recurrent(n: int, kind: str, g: torch.Generator) -> torch.Tensor:
+    """``[n, n]`` W_h before its gain: xavier U(-a, a) with a = sqrt(6 / 2n) (variance 1/n),
+    normal N(0, 1/n), orthogonal (Q of a Gaussian's QR, signs fixed so that it is Haar
+    distributed), or the identity (a non-biological reference: no draw)."""
+    if kind == "xavier":
+        return (torch.rand((n, n), generator=g) * 2 - 1) * math.sqrt(3.0 / n)
+    if kind == "normal":
+        return torch.randn((n, n), generator=g) / math.sqrt(n)
+    if kind == "orthogonal":
+        q, r = torch.linalg.qr(torch.randn((n, n), generator=g, dtype=torch.float64))
+        return (q * torch.sign(torch.diagonal(r))).float()
+    if kind == "identity":
+        return torch.eye(n)
+    raise ValueError(f"unknown recurrent init {kind!r}")
+
+
 def init_rnn(n_in: int, hidden: int, n_out: int, seeds: list[int], init: str,
-             device) -> RnnNet:
+             device, recurrent: str = "same", gain: float = 1.0) -> RnnNet:
     """One generator per member seed (``generator_for(seed, hidden, 'init')``), so a member's
-    weights do not depend on the other members; drawn in the order W_x, W_h, W_o."""
+    weights do not depend on the other members; drawn in the order W_x, W_h, W_o. With
+    ``recurrent`` other than 'same', W_h is replaced by :func:`draw_recurrent` from its own
+    stream (``'init_recurrent'``), so W_x and W_o are those of the 'same' run; W_h is then
+    multiplied by ``gain``."""
     Wx, Wh, Wo = [], [], []
     for s in seeds:
         g = generator_for(s, hidden, "init")
         Wx.append(_draw((hidden, n_in), init, g))
-        Wh.append(_draw((hidden, hidden), init, g))
+        wh = _draw((hidden, hidden), init, g)
         Wo.append(_draw((n_out, hidden), init, g))
+        if recurrent != "same":
+            wh = draw_recurrent(hidden, recurrent, generator_for(s, hidden, "init_recurrent"))
+        Wh.append(wh * gain if gain != 1.0 else wh)
     return RnnNet(*(torch.stack(m).to(device) for m in (Wx, Wh, Wo)))
 
 
-def sigma(z: torch.Tensor, beta: float) -> torch.Tensor:
-    return F.softplus(z, beta=beta)
+def sigma(z: torch.Tensor, beta: float | Activation) -> torch.Tensor:
+    return activation(beta)(z)
 
 
-def run_sequence(net: RnnNet, x: torch.Tensor, T: int, present: int, beta: float
+def run_sequence(net: RnnNet, x: torch.Tensor, T: int, present: int, beta: float | Activation
                  ) -> torch.Tensor:
     """Hidden pre-activations ``zs [T+1, P, B, n]`` (``zs[0] = 0``) for images x ``[P, B, n_in]``
     shown at steps 1..present, zeros after. Differentiable if the weights are."""
@@ -102,7 +147,7 @@ def run_sequence(net: RnnNet, x: torch.Tensor, T: int, present: int, beta: float
     return torch.stack(zs)
 
 
-def logits(net: RnnNet, zT: torch.Tensor, beta: float) -> torch.Tensor:
+def logits(net: RnnNet, zT: torch.Tensor, beta: float | Activation) -> torch.Tensor:
     """Readout ``[P, B, n_out]`` = W_o sigma(z_T)."""
     return torch.bmm(sigma(zT, beta), net.Wo.transpose(1, 2))
 
@@ -116,13 +161,13 @@ def loss_fn(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def bptt_grads(net: RnnNet, x: torch.Tensor, labels: torch.Tensor, T: int, present: int,
-               beta: float) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+               beta: float | Activation) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Gradients of :func:`loss_fn` w.r.t. (W_x, W_h, W_o), each ``[P, ...]``, written out
     (SPEC §6), and the hidden states ``zs [T+1, P, B, n]``.
     x ``[P, B, n_in]``, labels ``[P, B]``."""
     zs = run_sequence(net, x, T, present, beta)
     s = sigma(zs, beta)  # [T+1, P, B, n]
-    dsig = torch.sigmoid(beta * zs)
+    dsig = activation(beta).grad(zs)
     out = torch.bmm(s[T], net.Wo.transpose(1, 2))
     e_out = torch.softmax(out, -1) - F.one_hot(labels, out.shape[-1]).to(out.dtype)  # [P, B, C]
     gWo = torch.bmm(e_out.transpose(1, 2), s[T])
@@ -141,7 +186,8 @@ def bptt_grads(net: RnnNet, x: torch.Tensor, labels: torch.Tensor, T: int, prese
 
 
 @torch.no_grad()
-def oja_term(Wh: torch.Tensor, zs: torch.Tensor, beta: float, pre: str = "z") -> torch.Tensor:
+def oja_term(Wh: torch.Tensor, zs: torch.Tensor, beta: float | Activation,
+             pre: str = "z") -> torch.Tensor:
     """``sum_{t<T} (u_t pre_t^T - u_t u_t^T W_h)`` summed over the batch, ``[P, n, n]``;
     u_t = W_h sigma(z_t), pre_t = z_t (``pre='z'``) or sigma(z_t) (``pre='sigma'``).
     zs ``[T+1, P, B, n]``."""
@@ -155,7 +201,7 @@ def oja_term(Wh: torch.Tensor, zs: torch.Tensor, beta: float, pre: str = "z") ->
 
 @torch.no_grad()
 def update(net: RnnNet, x: torch.Tensor, labels: torch.Tensor, theta_bptt: torch.Tensor,
-           theta_oja: torch.Tensor, T: int, present: int, beta: float,
+           theta_oja: torch.Tensor, T: int, present: int, beta: float | Activation,
            oja_pre: str = "z") -> RnnNet:
     """One online update of every member: ``-theta_1 grad`` on all weights plus
     ``theta_2 * oja_term`` on W_h. theta_* ``[P]``; x ``[P, 1, n_in]``; labels ``[P, 1]``."""
@@ -168,8 +214,8 @@ def update(net: RnnNet, x: torch.Tensor, labels: torch.Tensor, theta_bptt: torch
 
 
 @torch.no_grad()
-def evaluate(net: RnnNet, x: torch.Tensor, y: torch.Tensor, T: int, present: int, beta: float,
-             chunk: int = 250) -> dict[str, torch.Tensor]:
+def evaluate(net: RnnNet, x: torch.Tensor, y: torch.Tensor, T: int, present: int,
+             beta: float | Activation, chunk: int = 250) -> dict[str, torch.Tensor]:
     """Every member on the same validation sequences (images x ``[V, n_in]``, labels ``[V]``):
     accuracy ``[P]``, mean loss ``[P]`` and mean hidden-state norm ``||sigma(z_t)||``
     for t = 0..T, ``[P, T+1]``."""

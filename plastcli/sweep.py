@@ -129,16 +129,13 @@ def write_manifest(sweep: dict, jobs: list[Job]) -> Path:
 
 
 def run(path: Path, results: Path, n_jobs: int, backend: str, address: str | None,
-        force: bool, console) -> int:
+        force: bool, console, seed_chunk: int | None = None) -> int:
     """Run every stale point, then print the summary. Exit code 1 when a point failed."""
     from rich.live import Live
 
-    from plastcli.reproduce import _table, default_jobs, run_local
+    from plastcli.reproduce import _table, check_backend, default_jobs, run_backend
 
-    if backend not in ("local", "ray"):
-        raise PlastError(f"--backend '{backend}' is not allowed; allowed: local, ray")
-    if address and backend != "ray":
-        raise PlastError("--address needs --backend ray")
+    check_backend(backend, address, seed_chunk)
     sweep = read_sweep(path)
     jobs = plan(sweep, results)
     for j in jobs:
@@ -155,12 +152,7 @@ def run(path: Path, results: Path, n_jobs: int, backend: str, address: str | Non
         def refresh() -> None:
             live.update(_table(jobs, title))
 
-        if backend == "local":
-            run_local(jobs, n_jobs, threads, refresh)
-        else:
-            from plastcli.reproduce_ray import run_ray
-
-            run_ray(jobs, threads, address, refresh)
+        run_backend(jobs, n_jobs, threads, backend, address, seed_chunk, force, refresh)
         refresh()
     if not console.is_terminal:
         console.print(_table(jobs, title))

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 FEEDBACK_MODES = ("sym", "fixed", "direct", "plastic")
 INITS = ("xavier", "naive")
+# the recurrent net's (plastcli/rnn.py): sigma, and W_h's own initialisation
+SIGMAS = ("softplus", "tanh")
+RECURRENT_INITS = ("same", "xavier", "normal", "orthogonal", "identity")  # same = init
 
 # name -> (input size, number of classes, split -> (images file, labels file)); the
 # files are paths relative to the data dir (plastcli/SHA256SUMS lists their sums).

@@ -115,6 +115,7 @@ def test_a_failing_recipe_leaves_the_others_complete_and_exits_1(tmp_path, monke
     (["--paper", "2022", "--scale", "huge"], "--scale 'huge' is not allowed"),
     (["--paper", "2022", "--backend", "slurm"], "--backend 'slurm' is not allowed"),
     (["--paper", "2022", "--address", "1.2.3.4:6379"], "--address needs --backend ray"),
+    (["--paper", "2022", "--seed-chunk", "2"], "--seed-chunk needs --backend ray"),
 ])
 def test_bad_options_are_one_line_and_exit_2(args, match, tmp_path):
     r = CliRunner().invoke(app, ["reproduce", *args, "--results", str(tmp_path / "r")])
@@ -143,3 +144,45 @@ def test_a_ray_run_writes_the_same_stores_as_the_local_backend(tmp_path, monkeyp
     assert stores["local"].keys() == stores["ray"].keys()
     for k in stores["local"]:
         np.testing.assert_array_equal(stores["local"][k], stores["ray"][k], err_msg=k)
+
+
+def test_seed_chunks_are_planned_only_for_big_meta_train_populations(tmp_path):
+    from plastcli.reproduce_ray import split_by_seed
+
+    root = _recipes(tmp_path, **{"2022/a.yaml": BIO})
+    job = reproduce.plan(root, tmp_path / "r", ["2022"], "full")[0]
+    reproduce.decide(job, False)
+    parts = split_by_seed(job, 2)  # bio.yaml: 3 seeds -> 2 + 1
+    assert [p.sets[-2:] for p in parts] == [["population.seed=0", "population.seeds=2"],
+                                            ["population.seed=2", "population.seeds=1"]]
+    assert parts[0].store == tmp_path / "r/2022/a.parts/part-000.h5"
+    assert split_by_seed(job, 3) is None and split_by_seed(job, None) is None
+    job.action = "resume"  # a killed whole run is resumed as it is
+    assert split_by_seed(job, 2) is None
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("PLAST_TEST_RAY"),
+                    reason="starts a local Ray (slow); set PLAST_TEST_RAY=1 with '.[ray]'")
+def test_ray_seed_chunks_merge_into_the_store_of_one_run(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import numpy as np
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = _recipes(tmp_path, **{"2022/fig3-pseudo.yaml": BIO})
+    stores = {}
+    for backend, extra in (("local", []), ("ray", ["--seed-chunk", "1"])):
+        results = tmp_path / backend
+        r = CliRunner().invoke(app, ["reproduce", "--paper", "2022", "--scale", "smoke",
+                                     "--results", str(results), "--recipes", str(root),
+                                     "--backend", backend, "--jobs", "1", *extra])
+        assert r.exit_code == 0, r.output
+        with h5py.File(results / "2022/fig3-pseudo.h5") as f:
+            assert f.attrs["status"] == "complete"
+            stores[backend] = {k: f[f"episodes/{k}"][...] for k in f["episodes"]
+                               if k != "seconds"}
+            if backend == "ray":
+                assert f.attrs["seed_chunks"] == "[[0], [1]]"
+    assert not (tmp_path / "ray/2022/fig3-pseudo.parts").exists()  # merged, then removed
+    for k in stores["local"]:
+        np.testing.assert_allclose(stores["ray"][k], stores["local"][k], rtol=1e-4, atol=1e-6,
+                                   err_msg=k)

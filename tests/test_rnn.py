@@ -80,7 +80,10 @@ def test_oja_term_matches_a_per_time_step_numpy_loop(pre):
         np.testing.assert_array_equal(new.Wx[p].numpy(), Wx)  # Oja acts on W_h only
 
 
-def test_batched_members_equal_members_run_alone():
+@pytest.mark.parametrize("recurrent, gain, sigma", [
+    ("same", 1.0, "softplus"), ("orthogonal", 1.5, "softplus"), ("normal", 2.0, "tanh"),
+    ("identity", 1.0, "tanh")])
+def test_batched_members_equal_members_run_alone(recurrent, gain, sigma):
     from plastcli.experiments.rnn_memory import Members, train
 
     class _Spec:  # the recipe fields train() reads
@@ -88,12 +91,12 @@ def test_batched_members_equal_members_run_alone():
             T, present = 6, 2
 
         class network:
-            beta, init = 10.0, "xavier"
-
-        class online:
-            eval_every = 5
+            beta, init, init_recurrent = 10.0, "xavier", recurrent
 
         oja_pre = "z"
+
+    _Spec.network.gain, _Spec.network.sigma = gain, sigma
+    _Spec.online = type("online", (), {"eval_every": 5})
 
     from plastcli.data import Dataset
     from plastcli.experiments.baseline import OnlineData
@@ -107,18 +110,24 @@ def test_batched_members_equal_members_run_alone():
                       np.array([0.0, 0.01, 0.01], np.float32), [5, 6, 7])
     from plastcli.progress import Reporter
 
-    net, recs = train(members, HIDDEN, _Spec, data, 12, 0, "cpu", True, Reporter())
+    net, recs, diag = train(members, HIDDEN, _Spec, data, 12, 0, "cpu", True, Reporter())
     for i in range(3):
         alone = Members(members.condition[i:i + 1], members.point[i:i + 1],
                         members.theta_bptt[i:i + 1], members.theta_oja[i:i + 1],
                         members.seeds[i:i + 1])
-        net1, recs1 = train(alone, HIDDEN, _Spec, data, 12, 0, "cpu", True, Reporter())
+        net1, recs1, diag1 = train(alone, HIDDEN, _Spec, data, 12, 0, "cpu", True, Reporter())
+        for k in ("wh_singular_before", "wh_singular_after"):
+            np.testing.assert_allclose(diag[k][i:i + 1], diag1[k], rtol=1e-5, err_msg=k)
         for a, b in zip(net.weights(), net1.weights(), strict=True):
             torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-6)
         for ra, rb in zip(recs, recs1, strict=True):
             np.testing.assert_allclose(ra["hidden_norm"][i:i + 1], rb["hidden_norm"], rtol=1e-5)
     assert recs[-1]["hidden_norm"].shape == (3, 7)  # T + 1 time points
     assert not torch.allclose(net.Wh[1], net.Wh[2])  # members really differ
+    Wh = [rnn.init_rnn(N_IN, HIDDEN, 10, [s], "xavier", "cpu", recurrent, gain).Wh[0]
+          for s in members.seeds]
+    np.testing.assert_allclose(diag["wh_singular_before"],  # before = the initial W_h's
+                               torch.linalg.svdvals(torch.stack(Wh)).numpy(), rtol=1e-5)
 
 
 TINY = {
@@ -190,3 +199,61 @@ def test_plain_loss_matches_module_forward():
     torch.testing.assert_close(_plain_loss(net.Wx[0], net.Wh[0], net.Wo[0], x[0, 0],
                                            labels[0, 0]), ref)
     assert F.softplus(torch.tensor(0.0), beta=BETA) > 0  # sigma(z_0) != 0: u_0 matters
+
+
+# ------------------------------------------------------------------ Fig 7 factors
+def _wh(kind, gain, n=64, seeds=range(20)):
+    return torch.stack([rnn.init_rnn(5, n, 3, [s], "xavier", "cpu", kind, gain).Wh[0]
+                        for s in seeds]).double()
+
+
+def test_recurrent_initialisers_have_their_statistics():
+    n = 64
+    for kind in ("xavier", "normal"):  # entries of variance gain^2 / n, mean 0
+        w = _wh(kind, 1.5, n)
+        assert abs(w.mean().item()) < 0.01
+        assert w.var().item() == pytest.approx(1.5 ** 2 / n, rel=0.05), kind
+    q = _wh("orthogonal", 2.0, n)  # gain * an orthogonal matrix: all singular values = gain
+    torch.testing.assert_close(torch.linalg.svdvals(q), torch.full((20, n), 2.0,
+                                                                  dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)
+    eye = torch.eye(n, dtype=torch.float64)
+    torch.testing.assert_close(q[0] @ q[0].T / 4, eye, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(q[0], q[1])  # a draw per seed
+    torch.testing.assert_close(_wh("identity", 1.5, n, [0])[0], 1.5 * eye)
+
+
+def test_same_recurrent_init_and_gain_1_keep_the_old_draws_and_w_x_w_o_stay():
+    old = rnn.init_rnn(N_IN, HIDDEN, N_OUT, [3, 4], "xavier", "cpu")
+    same = rnn.init_rnn(N_IN, HIDDEN, N_OUT, [3, 4], "xavier", "cpu", "same", 1.0)
+    for a, b in zip(old.weights(), same.weights(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ortho = rnn.init_rnn(N_IN, HIDDEN, N_OUT, [3, 4], "xavier", "cpu", "orthogonal", 3.0)
+    torch.testing.assert_close(ortho.Wx, old.Wx, rtol=0, atol=0)  # only W_h changes
+    torch.testing.assert_close(ortho.Wo, old.Wo, rtol=0, atol=0)
+    gained = rnn.init_rnn(N_IN, HIDDEN, N_OUT, [3, 4], "xavier", "cpu", "same", 2.0)
+    torch.testing.assert_close(gained.Wh, 2 * old.Wh, rtol=0, atol=0)
+
+
+def _plain_loss_act(Wx, Wh, Wo, x, label, f):
+    z = torch.zeros(Wh.shape[0], dtype=Wh.dtype)
+    for t in range(1, T + 1):
+        z = Wh @ f(z) + Wx @ (x if t <= PRESENT else torch.zeros_like(x))
+    return -torch.log_softmax(Wo @ f(z), 0)[label]
+
+
+@pytest.mark.parametrize("act, f", [
+    (rnn.Activation("tanh"), torch.tanh),
+    (rnn.Activation("softplus", 3.0), lambda z: torch.log1p(torch.exp(3.0 * z)) / 3.0)])
+def test_bptt_with_each_sigma_is_minus_theta_times_autograd(act, f):
+    P = 2
+    net, (x, labels) = _net(P), _inputs(P, seed=2)
+    theta = torch.tensor([0.05, 0.2], dtype=torch.float64)
+    new = rnn.update(net, x, labels, theta, torch.zeros(P, dtype=torch.float64), T, PRESENT,
+                     act)
+    for p in range(P):
+        W = [w[p].clone().requires_grad_(True) for w in net.weights()]
+        grads = torch.autograd.grad(_plain_loss_act(*W, x[p, 0], labels[p, 0], f), W)
+        for w_new, w, g in zip(new.weights(), net.weights(), grads, strict=True):
+            assert g.abs().max() > 1e-6
+            torch.testing.assert_close(w_new[p], w[p] - theta[p] * g, rtol=1e-9, atol=1e-12)

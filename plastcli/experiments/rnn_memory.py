@@ -86,16 +86,18 @@ def _chunk(P: int, hidden: int) -> int:
 
 def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineData,
           samples: int, stream: int, device, evaluate: bool, reporter: Reporter
-          ) -> tuple[rnn.RnnNet, list[dict[str, np.ndarray]]]:
-    """Train every member online for ``samples`` sequences; return the final population and
-    (when ``evaluate``) one validation record per evaluation point."""
-    T, present, beta = recipe.task.T, recipe.task.present, recipe.network.beta
+          ) -> tuple[rnn.RnnNet, list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Train every member online for ``samples`` sequences; return the final population,
+    (when ``evaluate``) one validation record per evaluation point, and the singular values
+    of W_h before and after ``[P, n]``."""
+    T, present, beta = recipe.task.T, recipe.task.present, network_activation(recipe)
     images = data.train.images.to(device)
     labels = data.train.labels.to(device)
     xv = data.test.images[data.val].to(device)
     yv = data.test.labels[data.val].to(device)
     net = rnn.init_rnn(images.shape[1], hidden, N_CLASSES, members.seeds, recipe.network.init,
-                       device)
+                       device, recipe.network.init_recurrent, recipe.network.gain)
+    diagnostics = {"wh_singular_before": torch.linalg.svdvals(net.Wh).cpu().numpy()}
     order = stream_order(members.seeds, data.pool, samples, stream).to(device)
     th1 = torch.as_tensor(members.theta_bptt, device=device)
     th2 = torch.as_tensor(members.theta_oja, device=device)
@@ -120,7 +122,16 @@ def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineDa
             reporter.update(t + 1, acc=float(np.nanmean(records[-1]["val_accuracy"])))
         elif (t + 1) % 50 == 0 or t + 1 == samples:
             reporter.update(t + 1)
-    return net, records
+    # a diverged member's W_h has no singular values: NaN rows, not an error
+    Wh = torch.nan_to_num(net.Wh, nan=0.0, posinf=0.0, neginf=0.0)
+    after = torch.linalg.svdvals(Wh).cpu().numpy()
+    after[~torch.isfinite(net.Wh).flatten(1).all(1).cpu().numpy()] = np.nan
+    diagnostics["wh_singular_after"] = after
+    return net, records, diagnostics
+
+
+def network_activation(recipe: RnnMemoryRecipe) -> rnn.Activation:
+    return rnn.Activation(recipe.network.sigma, recipe.network.beta)
 
 
 def grid_stage(recipe: RnnMemoryRecipe, hidden: int, data: OnlineData, device,
@@ -133,10 +144,11 @@ def grid_stage(recipe: RnnMemoryRecipe, hidden: int, data: OnlineData, device,
     samples = recipe.selection.samples or recipe.online.samples
     reporter.start(samples, 0, f"grid search {recipe.name} hidden {hidden} "
                    f"({len(members.seeds)} members)")
-    net, _ = train(members, hidden, recipe, data, samples, 1, device, False, reporter)
+    net, _, _ = train(members, hidden, recipe, data, samples, 1, device, False, reporter)
     xs = data.train.images[data.heldout].to(device)
     ys = data.train.labels[data.heldout].to(device)
-    acc = rnn.evaluate(net, xs, ys, recipe.task.T, recipe.task.present, recipe.network.beta,
+    acc = rnn.evaluate(net, xs, ys, recipe.task.T, recipe.task.present,
+                       network_activation(recipe),
                        _chunk(net.P, hidden))["val_accuracy"].cpu().numpy()
     acc = np.where(np.isfinite(acc), acc, 0.0)
     S = len(seeds)
@@ -169,7 +181,17 @@ class RnnResult:
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    """Along members; per-unit arrays ``[P, n]`` of different hidden sizes n are padded with
+    NaN to the largest (e.g. W_h's singular values)."""
+    out = {}
+    for k in parts[0]:
+        arrays = [p[k] for p in parts]
+        if arrays[0].ndim == 2 and len({a.shape[1] for a in arrays}) > 1:
+            n = max(a.shape[1] for a in arrays)
+            arrays = [np.pad(a.astype(np.float32), ((0, 0), (0, n - a.shape[1])),
+                             constant_values=np.nan) for a in arrays]
+        out[k] = np.concatenate(arrays)
+    return out
 
 
 def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: bool = False,
@@ -213,8 +235,8 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
             members = layout(points, [[b] for b in best], seeds)
             reporter.start(samples, 0, f"rnn-memory {recipe.name} hidden {hidden} "
                            f"({len(members.seeds)} runs)")
-            _, records = train(members, hidden, recipe, data, samples, 0, r.device, True,
-                               reporter)
+            _, records, diag = train(members, hidden, recipe, data, samples, 0, r.device, True,
+                                     reporter)
             cur = {k: np.stack([rec[k] for rec in records], 1) for k in records[0]}
             curves.append(cur)
             final = cur["val_accuracy"][:, -1]
@@ -222,7 +244,7 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
                 "hidden": np.full(len(members.seeds), hidden), "condition": members.condition,
                 "grid_point": members.point, "theta_bptt": members.theta_bptt,
                 "theta_oja": members.theta_oja, "seed": np.array(members.seeds),
-                "final_val_accuracy": final,
+                "final_val_accuracy": final, **diag,
             })
             for c, cond in enumerate(recipe.conditions):
                 m, lo, hi = statistics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
