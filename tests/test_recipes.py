@@ -74,6 +74,8 @@ def test_every_shipped_recipe_validates():
     files = sorted(glob.glob(str(REPO / "recipes/**/*.yaml"), recursive=True))
     assert len(files) >= 7
     for f in files:
+        if "/recipes/sweeps/" in f:  # sweep files (plast sweep), checked in test_sweep.py
+            continue
         load_recipe(f)
 
 
