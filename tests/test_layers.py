@@ -76,7 +76,8 @@ def test_figures_and_show_run_without_torch(tmp_path):
 LAYERS: dict[str, tuple[str, ...]] = {
     "cli": ("plastcli.cli", "plastcli.__main__"),
     # plast reproduce: plans and watches child `plast` processes, then figures and report
-    "orchestration": ("plastcli.reproduce", "plastcli.reproduce_ray", "plastcli.report"),
+    "orchestration": ("plastcli.reproduce", "plastcli.reproduce_ray", "plastcli.report",
+                      "plastcli.sweep"),
     "experiments": ("plastcli.experiments",),  # and every module under it
     "figures": ("plastcli.figures",),
     "engine": ("plastcli.engine", "plastcli.adjoint", "plastcli.input_layer", "plastcli.online",
@@ -84,7 +85,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("plastcli.network", "plastcli.rules", "plastcli.rnn"),
     "data": ("plastcli.data",),
     "recipes": ("plastcli.recipes",),
-    "results": ("plastcli.store", "plastcli.tables", "plastcli.summary"),
+    "results": ("plastcli.store", "plastcli.tables", "plastcli.summary", "plastcli.merge"),
     "statistics": ("plastcli.statistics", "plastcli.collapse"),
     "vocabulary": ("plastcli.terms", "plastcli.vocabulary"),
     "base": ("plastcli", "plastcli.errors", "plastcli.paths", "plastcli.progress",
