@@ -50,9 +50,11 @@ DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda (overrides ru
 OutOpt = typer.Option(None, "--out", help="Result store path [default: results/PAPER/NAME.h5].")
 SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set meta.lr=3e-3 "
                       "(repeatable).")
-ResumeOpt = typer.Option(False, "--resume", help="Continue a killed or extended run from its last "
-                         "checkpoint; gives the same numbers as an uninterrupted run.")
-OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing store.")
+# metavar="": a flag takes no value (typer would print <bool> after it)
+ResumeOpt = typer.Option(False, "--resume", metavar="", help="Continue a killed or extended "
+                         "run from its last checkpoint; gives the same numbers as an "
+                         "uninterrupted run.")
+OverwriteOpt = typer.Option(False, "--overwrite", metavar="", help="Replace an existing store.")
 DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the IDX files "
                           "[default: $PLAST_DATA, else ~/.cache/plast/data].")
 
@@ -405,7 +407,7 @@ def reproduce_cmd(
     results: Path = typer.Option(Path("results"), "--results",
                                  help="Results directory: one store per recipe, "
                                  "RESULTS/PAPER/RECIPE.h5."),
-    force: bool = typer.Option(False, "--force", help="Rerun every recipe, even if its "
+    force: bool = typer.Option(False, "--force", metavar="", help="Rerun every recipe, even if its "
                                "store is complete and current."),
     recipes: Path | None = typer.Option(None, "--recipes", help="Recipe folder [default: the "
                                         "recipes/ of this checkout, else ./recipes]."),
@@ -448,7 +450,7 @@ def sweep_cmd(
                                        "[default: start an embedded local Ray]."),
     results: Path = typer.Option(Path("results"), "--results",
                                  help="Stores go to RESULTS/sweeps/NAME/pNNN.h5."),
-    force: bool = typer.Option(False, "--force", help="Rerun every point, even if its "
+    force: bool = typer.Option(False, "--force", metavar="", help="Rerun every point, even if its "
                                "store is complete and current."),
     seed_chunk: int | None = typer.Option(None, "--seed-chunk", min=1, help="Ray: run a "
                                           "meta-train population of more seeds as one task "
@@ -541,8 +543,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(version: bool = typer.Option(False, "--version", metavar="", callback=_version,
+                                       is_eager=True, help="Print the version and exit.")
+          ) -> None:
     pass
 
 
