@@ -392,29 +392,36 @@ def figures(
         raise PlastError(f"no figure could be drawn from {results / paper}: no complete store")
 
 
+# Options shared by plast reproduce and plast sweep (a run: one recipe, or one sweep point).
+JobsOpt = typer.Option(None, "--jobs", min=1, help="Runs side by side [default: the cores "
+                       "available].")
+BackendOpt = typer.Option("local", "--backend", help="local (a process per run) or ray "
+                          "(needs pip install -e '.[ray]').")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster to join [default: start an "
+                          "embedded local Ray].")
+ForceOpt = typer.Option(False, "--force", metavar="", help="Rerun every run, even one whose "
+                        "store is complete and current.")
+SeedChunkOpt = typer.Option(None, "--seed-chunk", min=1, help="Ray: run a meta-train "
+                            "population of more seeds as one task per chunk of this many "
+                            "seeds, merged into one store.")
+
+
 @app.command("reproduce")
 @user_errors
 def reproduce_cmd(
     paper: str = typer.Option(..., "--paper", help="2022, 2024 or all."),
     scale: str = typer.Option("full", "--scale", help="smoke (every recipe shrunk, ~minutes, "
                               "numbers are not results) or full (the recipes as written)."),
-    jobs: int | None = typer.Option(None, "--jobs", min=1, help="Recipes run side by side "
-                                    "[default: the cores available]."),
-    backend: str = typer.Option("local", "--backend", help="local (a process per recipe) "
-                                "or ray (needs pip install -e '.[ray]')."),
-    address: str | None = typer.Option(None, "--address", help="Ray cluster to join "
-                                       "[default: start an embedded local Ray]."),
+    jobs: int | None = JobsOpt,
+    backend: str = BackendOpt,
+    address: str | None = AddressOpt,
     results: Path = typer.Option(Path("results"), "--results",
                                  help="Results directory: one store per recipe, "
                                  "RESULTS/PAPER/RECIPE.h5."),
-    force: bool = typer.Option(False, "--force", metavar="", help="Rerun every recipe, even if its "
-                               "store is complete and current."),
+    force: bool = ForceOpt,
     recipes: Path | None = typer.Option(None, "--recipes", help="Recipe folder [default: the "
                                         "recipes/ of this checkout, else ./recipes]."),
-    seed_chunk: int | None = typer.Option(None, "--seed-chunk", min=1, help="Ray: run a "
-                                          "meta-train population of more seeds as one task "
-                                          "per chunk of this many seeds, merged into one "
-                                          "store."),
+    seed_chunk: int | None = SeedChunkOpt,
 ) -> None:
     """Reproduce a paper in one command: every recipe of recipes/PAPER/ (by its paper: key),
     cached and side by side, then its figures and one report (RESULTS/REPORT.md and
@@ -442,20 +449,13 @@ def reproduce_cmd(
 def sweep_cmd(
     sweep: Path = typer.Argument(..., help="Sweep file: base recipe, grid of --set keys, "
                                  "seeds (see plastcli/sweep.py)."),
-    jobs: int | None = typer.Option(None, "--jobs", min=1, help="Points run side by side "
-                                    "[default: the cores available]."),
-    backend: str = typer.Option("local", "--backend", help="local (a process per point) "
-                                "or ray (needs pip install -e '.[ray]')."),
-    address: str | None = typer.Option(None, "--address", help="Ray cluster to join "
-                                       "[default: start an embedded local Ray]."),
+    jobs: int | None = JobsOpt,
+    backend: str = BackendOpt,
+    address: str | None = AddressOpt,
     results: Path = typer.Option(Path("results"), "--results",
                                  help="Stores go to RESULTS/sweeps/NAME/pNNN.h5."),
-    force: bool = typer.Option(False, "--force", metavar="", help="Rerun every point, even if its "
-                               "store is complete and current."),
-    seed_chunk: int | None = typer.Option(None, "--seed-chunk", min=1, help="Ray: run a "
-                                          "meta-train population of more seeds as one task "
-                                          "per chunk of this many seeds, merged into one "
-                                          "store."),
+    force: bool = ForceOpt,
+    seed_chunk: int | None = SeedChunkOpt,
 ) -> None:
     """Run your own study: every combination of a sweep file's grid over a base recipe, one
     store per point, cached, resumed and side by side as in plast reproduce, then a table of

@@ -294,21 +294,34 @@ def reproduce(papers: list[str], scale: str, n_jobs: int, backend: str, address:
               seed_chunk: int | None = None) -> int:
     """Plan, run what is stale, draw the figures, write the report. Returns the exit code:
     0, or 1 when a run failed (a claim that does not reproduce is a result, not a failure)."""
-    from rich.live import Live
-
     check_backend(backend, address, seed_chunk)
     jobs = plan(recipes_dir, results, papers, scale)
     if not jobs:
         raise PlastError(f"no recipe under {recipes_dir} for paper(s) {', '.join(papers)}")
     for j in jobs:
         decide(j, force)
+    t0 = time.time()
+    run_live(jobs, f"plast reproduce --paper {'+'.join(papers)} --scale {scale}: "
+             f"{len(jobs)} recipes", n_jobs, backend, address, seed_chunk, force, console)
+    figure_dirs = draw_figures(results, papers, scale)
+    from plastcli import report
+
+    md, html = report.write(results, papers, jobs, scale, figure_dirs, time.time() - t0)
+    console.print(f"wrote {md}\nwrote {html}", highlight=False)
+    return report_failures(jobs, console)
+
+
+def run_live(jobs: list[Job], what: str, n_jobs: int, backend: str, address: str | None,
+             seed_chunk: int | None, force: bool, console) -> None:
+    """Run the jobs that need it on the backend, ``n_jobs`` at a time (default: the cores),
+    with one live table; ``what`` starts its title."""
+    from rich.live import Live
+
     cores = default_jobs()
     n_jobs = max(1, min(n_jobs or cores, len(jobs)))
     threads = max(1, cores // n_jobs)
-    title = (f"plast reproduce --paper {'+'.join(papers)} --scale {scale}: {len(jobs)} recipes, "
-             f"{sum(j.action == 'cached' for j in jobs)} cached; {n_jobs} at a time, "
+    title = (f"{what}, {sum(j.action == 'cached' for j in jobs)} cached; {n_jobs} at a time, "
              f"{threads} thread(s) each, backend {backend}")
-    t0 = time.time()
     with Live(_table(jobs, title), console=console, refresh_per_second=2,
               transient=not console.is_terminal) as live:
         def refresh() -> None:
@@ -318,11 +331,10 @@ def reproduce(papers: list[str], scale: str, n_jobs: int, backend: str, address:
         refresh()
     if not console.is_terminal:
         console.print(_table(jobs, title))
-    figure_dirs = draw_figures(results, papers, scale)
-    from plastcli import report
 
-    md, html = report.write(results, papers, jobs, scale, figure_dirs, time.time() - t0)
-    console.print(f"wrote {md}\nwrote {html}", highlight=False)
+
+def report_failures(jobs: list[Job], console) -> int:
+    """One red line per failed job; the exit code (1 when one failed)."""
     failed = [j for j in jobs if j.state == "failed"]
     for j in failed:
         console.print(f"[red]failed:[/] {j.paper}/{j.rel}: {j.message} (log: {j.log})",

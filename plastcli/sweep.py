@@ -131,9 +131,7 @@ def write_manifest(sweep: dict, jobs: list[Job]) -> Path:
 def run(path: Path, results: Path, n_jobs: int, backend: str, address: str | None,
         force: bool, console, seed_chunk: int | None = None) -> int:
     """Run every stale point, then print the summary. Exit code 1 when a point failed."""
-    from rich.live import Live
-
-    from plastcli.reproduce import _table, check_backend, default_jobs, run_backend
+    from plastcli.reproduce import check_backend, report_failures, run_live
 
     check_backend(backend, address, seed_chunk)
     sweep = read_sweep(path)
@@ -141,27 +139,10 @@ def run(path: Path, results: Path, n_jobs: int, backend: str, address: str | Non
     for j in jobs:
         decide(j, force)
     write_manifest(sweep, jobs)
-    cores = default_jobs()
-    n_jobs = max(1, min(n_jobs or cores, len(jobs)))
-    threads = max(1, cores // n_jobs)
-    title = (f"plast sweep {sweep['name']}: {len(jobs)} points, "
-             f"{sum(j.action == 'cached' for j in jobs)} cached; {n_jobs} at a time, "
-             f"{threads} thread(s) each, backend {backend}")
-    with Live(_table(jobs, title), console=console, refresh_per_second=2,
-              transient=not console.is_terminal) as live:
-        def refresh() -> None:
-            live.update(_table(jobs, title))
-
-        run_backend(jobs, n_jobs, threads, backend, address, seed_chunk, force, refresh)
-        refresh()
-    if not console.is_terminal:
-        console.print(_table(jobs, title))
+    run_live(jobs, f"plast sweep {sweep['name']}: {len(jobs)} points", n_jobs, backend,
+             address, seed_chunk, force, console)
     console.print(summary_table(jobs[0].store.parent))
-    failed = [j for j in jobs if j.state == "failed"]
-    for j in failed:
-        console.print(f"[red]failed:[/] point {j.rel}: {j.message} (log: {j.log})",
-                      highlight=False, soft_wrap=True)
-    return 1 if failed else 0
+    return report_failures(jobs, console)
 
 
 # ------------------------------------------------------------------ the summary
