@@ -460,18 +460,7 @@ def report(s):
         return "\n".join(lines) + "\n"
     def pool_detail():
         """Ranking, terms L1 set exactly to 0 in every seed, terms held at a bound."""
-        import yaml
-
-        st = stores[pool_key]
-        names = st.json_attr("term_names", [])
-        last = st["episodes/theta"][:, -1, :]  # [P, R]
-        bounds = yaml.safe_load(st.attrs["recipe_yaml"])["meta"].get("bounds") or {}
-        zero = [n for r, n in enumerate(names) if (last[:, r] == 0).all()]
-        def at_bound(v, pair):
-            return any(b is not None and np.isclose(v, b, rtol=1e-3, atol=0) for b in pair)
-
-        held = [n for r, n in enumerate(names) if n in bounds
-                and all(at_bound(v, bounds[n]) for v in last[:, r])]
+        zero, held = zero_and_held_terms(stores[pool_key])
         return (f"ranking: {', '.join(pool_top()[:5])}; exactly 0 in every seed: "
                 f"{', '.join(zero) or 'none'}; held at a bound of meta.bounds in every seed: "
                 f"{', '.join(held) or 'none'}")
@@ -480,6 +469,25 @@ def report(s):
           pool_detail)
     grammar_claim(lines, stores)
     return "\n".join(lines) + "\n"
+
+
+def zero_and_held_terms(st) -> tuple[list[str], list[str]]:
+    """Terms whose final θ is exactly 0 in every seed (L1), and terms held at a bound of
+    ``meta.bounds`` in every seed (the box, not the CE, decides their size)."""
+    import yaml
+
+    names = st.json_attr("term_names", [])
+    last = st["episodes/theta"][:, -1, :]  # [P, R]
+    bounds = yaml.safe_load(st.attrs["recipe_yaml"])["meta"].get("bounds") or {}
+
+    def at_bound(v, pair):
+        return any(b is not None and b != 0 and np.isclose(v, b, rtol=1e-3, atol=0)
+                   for b in pair)
+
+    zero = [n for r, n in enumerate(names) if (last[:, r] == 0).all()]
+    held = [n for r, n in enumerate(names) if n in bounds
+            and all(at_bound(v, bounds[n]) for v in last[:, r])]
+    return zero, held
 
 
 def grammar_claim(lines: list[str], stores: dict) -> None:
@@ -501,10 +509,14 @@ def grammar_claim(lines: list[str], stores: dict) -> None:
                      f"(top 3 by abs θ) | every seed diverged ({diverged_text(st)}) | "
                      "no result |")
         return
+    zero, held = zero_and_held_terms(st)
+    held_top = [n for n in top if n in held][:3]
     lines.append(f"| beyond the paper: the L1 search over all {len(names)} grammar terms "
                  f"(top 3 by abs θ) | top 5: {', '.join(top[:5])}; median meta-accuracy "
                  f"{g:.3f} vs F_bio {b:.3f} at episode {E} ({int((div >= 0).sum())} diverged, "
-                 f"{int((col >= 0).sum())} collapsed of {len(div)}) | {verdict} |")
+                 f"{int((col >= 0).sum())} collapsed of {len(div)}); exactly 0 in every "
+                 f"seed: {len(zero)} terms; held at a bound in every seed: {len(held)} terms"
+                 f"{' (largest: ' + ', '.join(held_top) + ')' if held_top else ''} | {verdict} |")
 
 
 # ----------------------------------------------------------------------------------------
