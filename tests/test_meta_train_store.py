@@ -94,7 +94,9 @@ def test_diverging_member_is_detected_frozen_and_reported(tmp_path):
     rec = tiny_recipe(3, ["rule.init.err_hebb=-1.0e4"])  # also checks 1.0e4-style floats
     res = meta_train.run(rec, tmp_path / "nan.h5")
     np.testing.assert_array_equal(res.diverged_at, [1, 1])
-    assert len(res.messages) == 2 and "diverged at episode 1" in res.messages[0]
+    assert len(res.messages) == 3 and "diverged at episode 1" in res.messages[0]
+    assert res.messages[2] == ("every member has diverged: episode 2 is recorded as NaN "
+                               "without computing")
     st = read_store(tmp_path / "nan.h5")
     np.testing.assert_array_equal(st["members/diverged_at"], [1, 1])
     loss = st["episodes/meta_loss"]

@@ -168,8 +168,9 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                     f"{float(trainer.lr[i]):.3g}")
             if (dead_before < 0).any() and (trainer.diverged_at >= 0).all() \
                     and trainer.episode < total:
-                say(f"every member has diverged: episodes {trainer.episode}-{total - 1} are "
-                    f"recorded as NaN without computing")
+                rest = (f"episode {trainer.episode} is" if trainer.episode == total - 1
+                        else f"episodes {trainer.episode}-{total - 1} are")
+                say(f"every member has diverged: {rest} recorded as NaN without computing")
             for i in np.nonzero((collapsed_before < 0) & (trainer.collapsed_at >= 0))[0]:
                 say(f"member {i} (seed {seeds[i]}{grid_label(grid, i)}) collapsed at episode "
                     f"{trainer.collapsed_at[i]}: its query loss has stayed above chance "

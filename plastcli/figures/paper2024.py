@@ -242,6 +242,7 @@ from plastcli.statistics import bootstrap_ci  # noqa: E402
 
 FIG7, FIG7_SWEEP = "fig7-rnn-memory", "fig7-rnn-hidden-sweep"
 FIG7_DELAYS = ("fig7-rnn-delay10", "fig7-rnn-delay20")  # the task with T = 10, 20 (not in P2)
+FIG7_STUDY = ("fig7-rnn-tanh-orthogonal",)  # issue 11's study blocks (W_h init, gain, sigma)
 
 
 def _rnn_color(name: str, i: int) -> str:
@@ -319,19 +320,47 @@ def _fig7_grid(ax, st) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
-@register("2024", FIG7, stores=(FIG7,), optional=(FIG7_SWEEP, *FIG7_DELAYS))
+@register("2024", FIG7, stores=(FIG7,), optional=(FIG7_SWEEP, *FIG7_DELAYS, *FIG7_STUDY))
 def fig7(s):
     out = {FIG7: fig7_panels(s[FIG7])}
     tables = {FIG7: s[FIG7]}
-    for name in FIG7_DELAYS:
+    for name in (*FIG7_DELAYS, *FIG7_STUDY):
         if name in s:
             out[name] = fig7_panels(s[name])
             tables[name] = s[name]
+    for name, st in tables.items():
+        if "members/wh_singular_after" in st:
+            out[f"{name}-spectra"] = fig7_spectra(st)
     if FIG7_SWEEP in s:
         out[FIG7_SWEEP] = fig7_hidden(s[FIG7_SWEEP])
         tables[FIG7_SWEEP] = s[FIG7_SWEEP]
     out[f"{FIG7}.md"] = fig7_summary(tables)
     return out
+
+
+def fig7_spectra(st):
+    """W_h's singular values, largest first, before and after training: mean over seeds with
+    a 98% CI per condition (a diverged seed, NaN after, is left out of 'after')."""
+    fig, ax = subplots(1, size=(5.6, 3.8))
+    h0 = st.json_attr("hidden_sizes")[0]
+    for h, c, name, m in _rnn_groups(st):
+        if h != h0:
+            continue
+        before = st["members/wh_singular_before"][m][:, :h]
+        after = st["members/wh_singular_after"][m][:, :h]
+        k = np.arange(1, h + 1)
+        if c == 0:  # the same seeds, hence the same initial W_h, for every condition
+            ax[0].plot(k, np.nanmean(before, 0), color="grey", ls=":", lw=1.4,
+                       label="before training (all conditions)")
+        ok = np.isfinite(after).all(1)
+        ci_band(ax[0], k, after[ok], f"{name} ({_rnn_coefs(st, m)}), after; "
+                f"{int(ok.sum())} of {len(ok)} seeds finite", _rnn_color(name, c))
+    ax[0].set(xlabel="index (largest first)", ylabel="singular value of W_h", yscale="log",
+              title=f"W_h spectrum, hidden {h0}")
+    ax[0].legend(fontsize=8)
+    fig.suptitle(f"P2 Fig 7 — W_h before and after training ({_rnn_dataset(st)}): "
+                 f"{_rnn_title(st)}")
+    return fig
 
 
 def fig7_panels(st):
