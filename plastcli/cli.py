@@ -38,6 +38,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Verify or download the datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+recipe_app = typer.Typer(help="What a recipe may hold: its keys, a JSON Schema, a resolved "
+                         "recipe.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -468,6 +471,59 @@ def sweep_cmd(
     code = run(sweep, results, jobs or 0, backend, address, force, err_console, seed_chunk)
     if code:
         raise typer.Exit(code)
+
+
+@recipe_app.command("show")
+@user_errors
+def recipe_show(recipe: Path = RecipeArg, sets: list[str] | None = SetOpt) -> None:
+    """Print the resolved recipe (every default filled in, --set applied), as a run stores
+    it."""
+    from plastcli.recipes import load_recipe, recipe_to_yaml
+
+    out_console.print(recipe_to_yaml(load_recipe(recipe, sets or [])), end="", markup=False,
+                      highlight=False, soft_wrap=True)
+
+
+@recipe_app.command("keys")
+@user_errors
+def recipe_keys_cmd(experiment: str = typer.Argument(..., help="meta-train, ablate-layers, "
+                                                     "baseline, init-study or rnn-memory.")
+                    ) -> None:
+    """Every key of an experiment's recipe with its type, default and allowed values (a
+    list of mappings shows its items' keys as key.N.sub, the form --set takes)."""
+    from plastcli.recipe_keys import keys
+    from plastcli.recipes import SCHEMAS
+
+    if experiment not in SCHEMAS:
+        raise PlastError(f"experiment '{experiment}' is not allowed; allowed: "
+                         f"{', '.join(SCHEMAS)}")
+    t = Table(title=f"plast {experiment} recipe keys", title_justify="left")
+    for col in ("key", "type", "default", "allowed"):
+        t.add_column(col)
+    for row in keys(experiment):
+        t.add_row(*(escape(c) for c in row))
+    out_console.print(t)
+
+
+@recipe_app.command("schema")
+@user_errors
+def recipe_schema(out: Path | None = typer.Option(None, "--out", help="Write it to this file "
+                                                  "[default: print it].")) -> None:
+    """A JSON Schema of every recipe (one branch per experiment), for editors: e.g. the YAML
+    extension's yaml.schemas setting. Cross-field checks stay in plast itself."""
+    import json
+
+    from plastcli.recipe_keys import json_schema
+
+    text = json.dumps(json_schema(), indent=1) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return
+    from plastcli.paths import ensure_out_dir
+
+    ensure_out_dir(out.parent)
+    out.write_text(text, encoding="utf-8")
+    err_console.print(f"wrote {out}", highlight=False)
 
 
 @data_app.command("check")

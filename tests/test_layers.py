@@ -84,7 +84,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                "plastcli.workers", "plastcli.diagnostics"),
     "core": ("plastcli.network", "plastcli.rules", "plastcli.rnn"),
     "data": ("plastcli.data",),
-    "recipes": ("plastcli.recipes",),
+    "recipes": ("plastcli.recipes", "plastcli.recipe_keys"),
     "results": ("plastcli.store", "plastcli.tables", "plastcli.summary", "plastcli.merge"),
     "statistics": ("plastcli.statistics", "plastcli.collapse"),
     "vocabulary": ("plastcli.terms", "plastcli.vocabulary"),
