@@ -4,6 +4,11 @@ A cluster scheduler stops a job with SIGTERM; closing a terminal sends SIGHUP. I
 :func:`terminate_as_interrupt` either raises :class:`Terminated` in the main thread, so
 the run unwinds exactly as on Ctrl-C: the store is marked ``failed: terminated; ...``,
 the lock is released, and the process exits with 128 + the signal number (143, 129).
+
+Python drops an exception raised inside a weakref callback or ``__del__`` ("Exception
+ignored in ..."), and a signal handler runs wherever the main thread is, garbage collection
+included. So the handler also records the signal, and the long loops call :func:`check`
+once per step: a signal whose exception was swallowed still stops the run there.
 """
 
 from __future__ import annotations
@@ -29,10 +34,21 @@ class Terminated(BaseException):
         return 128 + self.signum
 
 
+_pending: int | None = None  # the signal received inside terminate_as_interrupt, if any
+
+
 def _raise(signum, _frame) -> None:
+    global _pending
     for s in HANDLED:  # a second signal must not interrupt the cleanup of the first
         signal.signal(s, signal.SIG_IGN)
+    _pending = signum
     raise Terminated(signum)
+
+
+def check() -> None:
+    """Raise :class:`Terminated` if a handled signal arrived and its exception was lost."""
+    if _pending is not None:
+        raise Terminated(_pending)
 
 
 @contextmanager
@@ -42,9 +58,11 @@ def terminate_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _pending
     previous = {s: signal.signal(s, _raise) for s in HANDLED}
     try:
         yield
     finally:
+        _pending = None
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -197,3 +197,32 @@ def test_show_reads_a_store_that_another_program_holds_open_for_writing(tmp_path
     assert "not a readable HDF5 store" not in r.output
     assert r.exit_code == 0, r.output
     assert "complete" in r.output and "pseudo_grad" in r.output
+
+
+def test_a_sigterm_swallowed_in_a_weakref_callback_still_stops_the_run(tmp_path):
+    """The CI failure this guards against: the handler's Terminated raised inside a
+    WeakValueDictionary callback is printed as "Exception ignored" and lost; the run must
+    stop at its next step anyway, marked failed and resumable."""
+    import gc
+    import weakref
+
+    from plastcli import signals
+    from plastcli.progress import Reporter
+
+    class Obj:
+        pass
+
+    class SignalInCallback(Reporter):
+        def update(self, done, **metrics):
+            if done == 2:
+                o = Obj()
+                weakref.finalize(o, signals._raise, signal.SIGTERM, None)
+                del o  # the finalizer raises Terminated; Python ignores it
+                gc.collect()
+
+    out = tmp_path / "w.h5"
+    with signals.terminate_as_interrupt(), pytest.raises(signals.Terminated):
+        meta_train.run(tiny_recipe(6), out, reporter=SignalInCallback())
+    assert read_store(out).status.startswith("failed: terminated")
+    assert rows(out) <= 3  # stopped at the next episode, not after all six
+    signals.check()  # outside the block nothing is pending any more

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plastcli import diagnostics, statistics
+from plastcli import diagnostics, signals, statistics
 from plastcli.data import Dataset, generator_for, load_dataset
 from plastcli.experiments.common import (
     CI_LEVEL,
@@ -250,6 +250,7 @@ def train_members(members: Members, conds: list[Condition], recipe: BaselineReci
         base = done
 
         def on_eval(net_now: Net, seen: int, ev=ev, base=base) -> None:
+            signals.check()  # a SIGTERM whose exception a weakref callback swallowed
             if evaluate:
                 ev(net_now, seen)
             reporter.update(base + seen, **({"acc": float(ev.records[-1]["val_accuracy"].mean())}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plastcli import workers
+from plastcli import signals, workers
 from plastcli.data import TaskSampler
 from plastcli.engine import MetaConfig, MetaTrainer
 from plastcli.experiments.common import (
@@ -152,6 +152,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     reporter.start(total, trainer.episode, f"meta-train {recipe.name}")
     try:
         while trainer.episode < total:
+            signals.check()  # a SIGTERM whose exception a weakref callback swallowed
             dead_before = trainer.diverged_at.copy()
             rollbacks_before = trainer.rollbacks.copy()
             collapsed_before = trainer.collapsed_at.copy()

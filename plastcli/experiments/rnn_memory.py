@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plastcli import rnn, statistics
+from plastcli import rnn, signals, statistics
 from plastcli.errors import PlastError
 from plastcli.experiments.baseline import OnlineData, split_data
 from plastcli.experiments.common import (
@@ -114,6 +114,7 @@ def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineDa
     if evaluate:
         record(0)
     for t in range(samples):
+        signals.check()  # a SIGTERM whose exception a weakref callback swallowed
         idx = order[:, t]
         net = rnn.update(net, images[idx].unsqueeze(1), labels[idx].unsqueeze(1), th1, th2, T,
                          present, beta, recipe.oja_pre)
