@@ -257,3 +257,28 @@ def test_bptt_with_each_sigma_is_minus_theta_times_autograd(act, f):
         for w_new, w, g in zip(new.weights(), net.weights(), grads, strict=True):
             assert g.abs().max() > 1e-6
             torch.testing.assert_close(w_new[p], w[p] - theta[p] * g, rtol=1e-9, atol=1e-12)
+
+
+def test_fig7_claim_is_decided_by_the_paired_ci_and_bptt_above_chance():
+    import json
+
+    from plastcli.figures.paper2024 import fig7_claim_rows
+    from plastcli.store import StoreData
+
+    rng = np.random.default_rng(0)
+    bp = 0.3 + 0.05 * rng.random(10)
+
+    def store(oja):
+        return StoreData("x.h5", {"T": 50, "condition_names": json.dumps(["BPTT", "BPTT+Oja"]),
+                                  "hidden_sizes": json.dumps([100])}, {
+            "members/final_val_accuracy": np.r_[bp, oja], "members/seed": np.r_[range(10),
+                                                                                   range(10)],
+            "members/hidden": np.full(20, 100), "members/condition": np.repeat([0, 1], 10)})
+
+    (row,) = fig7_claim_rows("s", store(bp + 0.2))
+    assert "PASS (BPTT+Oja exceeds BPTT)" in row and "+0.200 [+0.200, +0.200]" in row
+    assert "| yes (" in row  # BPTT's CI lies above chance
+    (row,) = fig7_claim_rows("s", store(bp + 0.01 * rng.standard_normal(10)))
+    assert "NOT REPRODUCED (BPTT+Oja matches BPTT)" in row
+    (row,) = fig7_claim_rows("s", store(bp - 0.2))
+    assert "falls short of" in row

@@ -57,6 +57,17 @@ def fig8_summary(plastic, bp) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_verdict(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, str]:
+    """Mean of a - b ``[seeds]`` (the same seed in both: same tasks, weights, stream) with
+    its 98% bootstrap CI, and "exceeds" (CI above 0), "falls short of" (below) or
+    "matches" (contains 0)."""
+    from plastcli.statistics import bootstrap_ci
+
+    mean, lo, hi = (float(v) for v in bootstrap_ci(np.asarray(a) - np.asarray(b),
+                                                    level=0.98))
+    return mean, lo, hi, "exceeds" if lo > 0 else "falls short of" if hi < 0 else "matches"
+
+
 def fig8_verdict(plastic, bp) -> str:
     """P2's claim "plastic feedback with Oja can exceed meta-trained BP", decided by the
     98% bootstrap CI of the paired difference of final meta-accuracy (same seed = same
@@ -66,12 +77,9 @@ def fig8_verdict(plastic, bp) -> str:
     common = [s for s in seeds_p if s in seeds_b]
     if not common:
         return "Paired difference: the two stores share no seed; not decided."
-    d = (final_window(plastic["episodes/meta_accuracy"])[[seeds_p.index(s) for s in common]]
-         - final_window(bp["episodes/meta_accuracy"])[[seeds_b.index(s) for s in common]])
-    from plastcli.statistics import bootstrap_ci
-
-    mean, lo, hi = bootstrap_ci(d, level=0.98)
-    verdict = "exceeds" if lo > 0 else "falls short of" if hi < 0 else "matches"
+    mean, lo, hi, verdict = paired_verdict(
+        final_window(plastic["episodes/meta_accuracy"])[[seeds_p.index(s) for s in common]],
+        final_window(bp["episodes/meta_accuracy"])[[seeds_b.index(s) for s in common]])
     return (f"Paired difference in final meta-accuracy, plastic feedback − F_BP, over "
             f"{len(common)} shared seeds: {mean:+.3f} [98% CI {lo:+.3f}, {hi:+.3f}] → the "
             f"plastic-feedback rule **{verdict}** meta-trained BP"
@@ -267,7 +275,14 @@ def _rnn_dataset(st) -> str:
 
 
 def _rnn_title(st) -> str:
-    return (f"T = {st.attrs['T']}, image for {st.attrs['present']} steps, "
+    import yaml
+
+    net = yaml.safe_load(st.attrs["recipe_yaml"]).get("network", {})
+    sigma = "tanh" if net.get("sigma") == "tanh" else f"softplus β={net.get('beta', 10):g}"
+    wh = net.get("init_recurrent", "same")
+    wh = f"W_h {net.get('init', 'xavier') if wh == 'same' else wh}" + \
+        (f" × {net['gain']:g}" if net.get("gain", 1.0) != 1.0 else "")
+    return (f"T = {st.attrs['T']}, image for {st.attrs['present']} steps, σ = {sigma}, {wh}, "
             f"{int(st['members/seed'].size / len(_rnn_groups(st)))} seeds, mean ± 98% CI")
 
 
@@ -289,7 +304,40 @@ def fig7_summary(stores: dict) -> str:
                          f"{st['members/theta_oja'][m][0]:.3g} | {seen} | {m.sum()} | "
                          f"{mean[0]:.4f} | [{lo[0]:.4f}, {hi[0]:.4f}] | "
                          f"{np.nanmean(loss):.3f} |")
+    lines += ["", "Claim \"BPTT+Oja beats BPTT on the memory task\" (SPEC §7), per store and "
+              "hidden size: the paired difference of final accuracy (same seed = same "
+              "initial weights and stream) with its 98% bootstrap CI; chance is 0.1.", "",
+              "| store | T | hidden | BPTT above chance (CI low > 0.1) | BPTT+Oja − BPTT "
+              "[98% CI] | result |", "|---|---|---|---|---|---|"]
+    for name, st in stores.items():
+        lines += fig7_claim_rows(name, st)
     return "\n".join(lines) + "\n"
+
+
+def fig7_claim_rows(name: str, st) -> list[str]:
+    """One claim row per hidden size of a store with a BPTT and a BPTT+Oja condition."""
+    names = st.json_attr("condition_names")
+    if not {"BPTT", "BPTT+Oja"} <= set(names):
+        return []
+    rows = []
+    acc, seed, hid = (st["members/final_val_accuracy"], st["members/seed"],
+                      st["members/hidden"])
+    cond = st["members/condition"]
+    for h in st.json_attr("hidden_sizes"):
+        def by_seed(c, h=h):
+            m = (hid == h) & (cond == names.index(c))
+            return dict(zip(seed[m].tolist(), acc[m].tolist(), strict=True))
+
+        bp, oja = by_seed("BPTT"), by_seed("BPTT+Oja")
+        common = sorted(set(bp) & set(oja))
+        mean, lo, hi, verdict = paired_verdict([oja[k] for k in common], [bp[k] for k in common])
+        _, bp_lo, _ = bootstrap_ci(np.array([bp[k] for k in common])[:, None])
+        result = ("PASS" if verdict == "exceeds" else "NOT REPRODUCED") + \
+            f" (BPTT+Oja {verdict} BPTT)"
+        rows.append(f"| {name} | {st.attrs['T']} | {h} | "
+                    f"{'yes' if bp_lo[0] > 0.1 else 'no'} ({bp_lo[0]:.4f}) | "
+                    f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | {result} |")
+    return rows
 
 
 def _fig7_grid(ax, st) -> None:
