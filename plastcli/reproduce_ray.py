@@ -111,7 +111,11 @@ def run_ray(jobs: list[Job], threads: int, address: str | None,
                      include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         except ConnectionError as exc:
-            raise PlastError(f"--address {address}: no Ray cluster there ({exc})") from None
+            raise PlastError(f"--address {address}: no Ray cluster there, or it refused this "
+                             f"driver ({exc}); a cluster started with token authentication "
+                             f"needs its token here too (see Ray's token-auth docs; a "
+                             f"loopback test cluster can run with RAY_AUTH_MODE=disabled)"
+                             ) from None
     task = ray.remote(_run_child)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     todo = [j for j in jobs if j.action != "cached"]

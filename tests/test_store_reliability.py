@@ -199,6 +199,8 @@ def test_show_reads_a_store_that_another_program_holds_open_for_writing(tmp_path
     assert "complete" in r.output and "pseudo_grad" in r.output
 
 
+# the swallowed exception is the point: pytest reports it as "unraisable"
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_sigterm_swallowed_in_a_weakref_callback_still_stops_the_run(tmp_path):
     """The CI failure this guards against: the handler's Terminated raised inside a
     WeakValueDictionary callback is printed as "Exception ignored" and lost; the run must
