@@ -250,7 +250,9 @@ from plastcli.statistics import bootstrap_ci  # noqa: E402
 
 FIG7, FIG7_SWEEP = "fig7-rnn-memory", "fig7-rnn-hidden-sweep"
 FIG7_DELAYS = ("fig7-rnn-delay10", "fig7-rnn-delay20")  # the task with T = 10, 20 (not in P2)
-FIG7_STUDY = ("fig7-rnn-tanh-orthogonal",)  # issue 11's study blocks (W_h init, gain, sigma)
+# issue 11's study blocks: the base (tanh, W_h orthogonal) and one factor changed each
+FIG7_STUDY = ("fig7-rnn-tanh-orthogonal", "fig7-rnn-tanh-xavier",
+              "fig7-rnn-softplus-orthogonal")
 
 
 def _rnn_color(name: str, i: int) -> str:
