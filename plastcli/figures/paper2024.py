@@ -308,12 +308,18 @@ def fig7_summary(stores: dict) -> str:
                          f"{np.nanmean(loss):.3f} |")
     lines += ["", "Claim \"BPTT+Oja beats BPTT on the memory task\" (SPEC §7), per store and "
               "hidden size: the paired difference of final accuracy (same seed = same "
-              "initial weights and stream) with its 98% bootstrap CI; chance is 0.1.", "",
-              "| store | T | hidden | BPTT above chance (CI low > 0.1) | BPTT+Oja − BPTT "
+              "initial weights and stream) with its 98% bootstrap CI; chance is 0.1 (\"above\": "
+              f"CI low > {ABOVE_CHANCE}).", "",
+              "| store | T | hidden | BPTT above chance (CI low) | BPTT+Oja − BPTT "
               "[98% CI] | result |", "|---|---|---|---|---|---|"]
     for name, st in stores.items():
         lines += fig7_claim_rows(name, st)
     return "\n".join(lines) + "\n"
+
+
+# "above chance": 98% CI low above 0.11, not 0.1: a constant guess scores its class's
+# share of the 1,000-image validation subset, which is 0.1 only on average
+ABOVE_CHANCE = 0.11
 
 
 def fig7_claim_rows(name: str, st) -> list[str]:
@@ -337,7 +343,7 @@ def fig7_claim_rows(name: str, st) -> list[str]:
         result = ("PASS" if verdict == "exceeds" else "NOT REPRODUCED") + \
             f" (BPTT+Oja {verdict} BPTT)"
         rows.append(f"| {name} | {st.attrs['T']} | {h} | "
-                    f"{'yes' if bp_lo[0] > 0.1 else 'no'} ({bp_lo[0]:.4f}) | "
+                    f"{'yes' if bp_lo[0] > ABOVE_CHANCE else 'no'} ({bp_lo[0]:.4f}) | "
                     f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | {result} |")
     return rows
 
