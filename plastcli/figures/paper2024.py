@@ -252,7 +252,8 @@ FIG7, FIG7_SWEEP = "fig7-rnn-memory", "fig7-rnn-hidden-sweep"
 FIG7_DELAYS = ("fig7-rnn-delay10", "fig7-rnn-delay20")  # the task with T = 10, 20 (not in P2)
 # issue 11's study blocks: the base (tanh, W_h orthogonal) and one factor changed each
 FIG7_STUDY = ("fig7-rnn-tanh-orthogonal", "fig7-rnn-tanh-xavier",
-              "fig7-rnn-softplus-orthogonal")
+              "fig7-rnn-softplus-orthogonal", "fig7-rnn-tanh-xavier-h25",
+              "fig7-rnn-tanh-xavier-oja-sigma")
 
 
 def _rnn_color(name: str, i: int) -> str:
