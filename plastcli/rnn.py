@@ -136,12 +136,13 @@ def run_sequence(net: RnnNet, x: torch.Tensor, T: int, present: int, beta: float
     """Hidden pre-activations ``zs [T+1, P, B, n]`` (``zs[0] = 0``) for images x ``[P, B, n_in]``
     shown at steps 1..present, zeros after. Differentiable if the weights are."""
     P, B, _ = x.shape
+    act = activation(beta)  # once, not per step
     drive = torch.bmm(x, net.Wx.transpose(1, 2))  # [P, B, n] = W_x x
     WhT = net.Wh.transpose(1, 2)
     z = torch.zeros(P, B, net.hidden, dtype=x.dtype, device=x.device)
     zs = [z]
     for t in range(T):
-        u = torch.bmm(sigma(z, beta), WhT)  # u_t = W_h sigma(z_t)
+        u = torch.bmm(act(z), WhT)  # u_t = W_h sigma(z_t)
         z = u + drive if t < present else u  # z_{t+1}; input x_{t+1} is the image for t+1<=present
         zs.append(z)
     return torch.stack(zs)
