@@ -167,8 +167,9 @@ def meta_train(
     Recipe keys for stable meta-learning (README, "Using plast"): population.grid
     (meta.l1, meta.lr, rule.init.TERM per member), meta.bounds, meta.l1_mode
     (subgradient or proximal), meta.rollback and meta.rollback_lr_factor, meta.theta_jitter,
-    meta.collapse_window; and rule.define for your own terms (plast recipe keys meta-train
-    lists them all). Example: plast meta-train recipes/2022/fig4-pool-sweep.yaml
+    meta.collapse_window, meta.decline_window and meta.decline_drop; and rule.define for
+    your own terms (plast recipe keys meta-train lists them all). Example: plast meta-train
+    recipes/2022/fig4-pool-sweep.yaml
     """
     rec, res = _run("meta-train", "meta_train", recipe, set_, device, out, resume, overwrite,
                     data_dir, {"population.seeds": seeds, "meta.episodes": episodes})

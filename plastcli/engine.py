@@ -159,6 +159,8 @@ class MetaConfig:
     theta_jitter: float = 0.0  # relative N(0,1) perturbation of the initial theta
     chance: float = float("inf")  # query CE of a uniform guess, ln M (collapse detection)
     collapse_window: int = 25
+    decline_window: int = 50
+    decline_drop: float | None = 0.2
     rollback: int = 0  # non-finite episodes a member is rolled back after (0 = off)
     rollback_lr_factor: float = 0.5
     pool: Pool = BUILTIN_POOL  # the terms the masks' R indices name (plastcli.terms)
@@ -193,7 +195,9 @@ class MetaConfig:
             gradient=recipe.meta.gradient, pool=pool, l1_mode=recipe.meta.l1_mode,
             bounds={k: list(v) for k, v in recipe.meta.bounds.items()},
             theta_jitter=recipe.meta.theta_jitter, chance=chance_loss(recipe.task.classes),
-            collapse_window=recipe.meta.collapse_window, rollback=recipe.meta.rollback,
+            collapse_window=recipe.meta.collapse_window,
+            decline_window=recipe.meta.decline_window, decline_drop=recipe.meta.decline_drop,
+            rollback=recipe.meta.rollback,
             rollback_lr_factor=recipe.meta.rollback_lr_factor,
         )
 
@@ -274,7 +278,8 @@ class MetaTrainer:
         self.adam = Adam([tuple(p.shape) for p in self.params], self.lr, device=device)
         self.alive = torch.ones(P, dtype=torch.bool, device=device)
         self.diverged_at = np.full(P, -1, dtype=np.int64)
-        self.collapse = CollapseDetector(P, cfg.chance, cfg.collapse_window)
+        self.collapse = CollapseDetector(P, cfg.chance, cfg.collapse_window,
+                                         cfg.decline_window, cfg.decline_drop)
         self.episode = 0
         # rollback stabiliser: each member's state before the step of its last finite episode
         self.rollbacks = np.zeros(P, dtype=np.int64)
@@ -370,7 +375,7 @@ class MetaTrainer:
             rec = {k: (v if k.startswith("theta") else np.zeros_like(v)
                        if k in ("seconds", "rolled_back") else np.full_like(v, np.nan))
                    for k, v in self._last_record.items()}
-            self.collapse.update(self.episode, rec["query_ce"])
+            self.collapse.update(self.episode, rec["query_ce"], rec["meta_accuracy"])
             self.episode += 1
             return rec
         rec = self._compute_episode()
@@ -442,7 +447,7 @@ class MetaTrainer:
         if self.last_good is not None:
             rec["rolled_back"] = rolled.cpu().numpy().astype(np.int8)
         rec["seconds"] = np.full(self.P, time.perf_counter() - t0, dtype=np.float32)
-        self.collapse.update(self.episode, rec["query_ce"])
+        self.collapse.update(self.episode, rec["query_ce"], rec["meta_accuracy"])
         self.episode += 1
         return rec
 

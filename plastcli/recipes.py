@@ -121,6 +121,10 @@ class MetaSpec:
     theta_jitter: float = spec(0.0, minimum=0.0)
     # Episodes above chance (ln M) after learning that flag a member as collapsed.
     collapse_window: int = spec(25, minimum=1)
+    # ...or whose mean meta-accuracy over decline_window episodes falls more than
+    # decline_drop below the best such mean it had reached (null: no decline rule).
+    decline_window: int = spec(50, minimum=1)
+    decline_drop: float | None = spec(0.2, minimum=0.0)
     # Stabiliser (off at 0): after a non-finite episode, roll the member back to its state
     # before its last step (theta and Adam moments), scale its lr by rollback_lr_factor and
     # go on; only the (rollback + 1)-th non-finite episode marks it diverged.

@@ -70,6 +70,9 @@ def test_baseline_cli_writes_a_complete_store(tmp_path):
     np.testing.assert_allclose(st["stats/val_accuracy_lo"][1], lo)
     assert "TRAIN split" in st.attrs["selection_split"]
     assert "TEST split" in st.attrs["validation_split"]
+    # like every store, it says what decides its rounding
+    assert st.attrs["cpu_model"] and "PyTorch built with" in st.attrs["torch_build"]
+    assert st.attrs["torch_threads"] >= 1
 
 
 def test_selection_split_is_disjoint_from_the_stream(tmp_path):

@@ -91,7 +91,8 @@ def test_store_made_before_a_new_recipe_key_still_resumes(tmp_path):
 
 
 def test_diverging_member_is_detected_frozen_and_reported(tmp_path):
-    rec = tiny_recipe(3, ["rule.init.err_hebb=-1.0e4"])  # also checks 1.0e4-style floats
+    rec = tiny_recipe(3, ["rule.init.err_hebb=-1.0e4", "rule.init.oja=0", "meta.bounds={}"])
+    # (also checks 1.0e4-style floats)
     res = meta_train.run(rec, tmp_path / "nan.h5")
     np.testing.assert_array_equal(res.diverged_at, [1, 1])
     assert len(res.messages) == 3 and "diverged at episode 1" in res.messages[0]

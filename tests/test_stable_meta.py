@@ -56,14 +56,55 @@ def test_never_learned_is_not_a_collapse_and_recovery_keeps_the_first():
     assert collapsed_at(hover[None], LN5, 25)[0] == -1
 
 
+def literal_decline(acc: list[float], drop: float, dwin: int, learned_at: int) -> int:
+    """The decline rule in words: first e after learning whose window mean of acc[e-dwin+1..e]
+    (all finite) is more than `drop` below the best full-window mean that ended before e."""
+    means = [np.mean(acc[e - dwin + 1:e + 1]) if e >= dwin - 1
+             and all(np.isfinite(acc[e - dwin + 1:e + 1])) else None for e in range(len(acc))]
+    for e in range(len(acc)):
+        earlier = [m for m in means[:e] if m is not None]
+        if e > learned_at and means[e] is not None and earlier \
+                and means[e] < max(earlier) - drop:
+            return e
+    return -1
+
+
+def test_decline_rule_matches_the_literal_rule_on_random_traces():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        E, window, dwin = int(rng.integers(5, 60)), int(rng.integers(1, 4)), int(rng.integers(1, 8))
+        ce = np.full(E, LN5 - 0.5)  # always below chance: learned after `window` episodes
+        level = np.repeat(rng.random(E // 5 + 1), 5)[:E]  # plateaus, so a drop can happen
+        acc = np.clip(level + 0.05 * rng.standard_normal(E), 0, 1)
+        acc[rng.random(E) < 0.03] = np.nan
+        drop = float(rng.choice([0.1, 0.2, 0.3]))
+        got = collapsed_at(ce[None], LN5, window, acc[None], dwin, drop)[0]
+        assert got == literal_decline(list(acc), drop, dwin, window - 1), (acc, dwin, drop)
+
+
+def test_decline_catches_a_slide_below_chance_loss_and_spares_noise():
+    rng = np.random.default_rng(2)
+    ce = np.full((1, 500), 1.2)  # below ln 5 throughout, as the Intel seed's 1.4
+    healthy = 0.7 + 0.06 * rng.standard_normal((1, 500))  # per-episode noise of 50 images
+    assert collapsed_at(ce, LN5, 25, healthy)[0] == -1
+    slide = healthy.copy()
+    slide[0, 350:] -= np.linspace(0, 0.3, 150)  # 0.69 -> ~0.45 over the last 150 episodes
+    det = __import__("plastcli.collapse", fromlist=["replay"]).replay(ce, LN5, 25, slide)
+    assert 400 < det.collapsed_at[0] < 500 and det.reason[0] == 2
+    assert collapsed_at(ce, LN5, 25, slide, decline_drop=None)[0] == -1  # the rule turned off
+    assert collapsed_at(ce, LN5, 25)[0] == -1  # without accuracies: only the loss rule
+
+
 def test_detector_state_round_trips():
-    a, b = CollapseDetector(2, LN5, 2), CollapseDetector(2, LN5, 2)
-    trace = [[1.0, 1.0], [1.0, 1.0], [3.0, 1.0], [3.0, 3.0]]
+    a, b = CollapseDetector(3, LN5, 2, 2, 0.2), CollapseDetector(3, LN5, 2, 2, 0.2)
+    trace = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [3.0, 1.0, 1.0], [3.0, 3.0, 1.0]]
+    acc = [0.7, 0.7, 0.7, 0.6]  # member 2 is 0.1 down after 4 episodes: not yet declined
     for e, row in enumerate(trace):
-        a.update(e, np.array(row))
+        a.update(e, np.array(row), np.full(3, acc[e]))
     b.load_state_dict(a.state_dict())
-    row = np.array([3.0, 3.0])
-    assert a.update(4, row).tolist() == b.update(4, row).tolist() == [1]
+    row, accs = np.array([3.0, 3.0, 1.0]), np.array([0.7, 0.7, 0.3])  # window mean 0.45
+    assert a.update(4, row, accs).tolist() == b.update(4, row, accs).tolist() == [1, 2]
+    assert a.reason.tolist() == b.reason.tolist() == [1, 1, 2]
 
 
 def test_chance_is_ln_m():
@@ -107,7 +148,7 @@ def test_per_member_lr_equals_separate_optimisers():
 
 
 # ------------------------------------------------------------------ population grid
-GRID = ["population.grid.meta.l1=[0.0, 0.5]", "population.grid.rule.init.oja=[0.0, 1e-3]"]
+GRID = ["population.grid.meta.l1=[0.0, 0.5]", "population.grid.rule.init.oja=[1e-3, 3e-3]"]
 
 
 def test_gridded_run_equals_each_grid_point_run_alone(tmp_path):
@@ -116,9 +157,9 @@ def test_gridded_run_equals_each_grid_point_run_alone(tmp_path):
     st = read_store(tmp_path / "grid.h5")
     assert st["episodes/theta"].shape[0] == 8 and res.seeds == [0, 1] * 4
     np.testing.assert_array_equal(st["members/l1"], [0, 0, 0, 0, 0.5, 0.5, 0.5, 0.5])
-    np.testing.assert_array_equal(st["members/init_oja"], [0, 0, 1e-3, 1e-3] * 2)
+    np.testing.assert_array_equal(st["members/init_oja"], [1e-3, 1e-3, 3e-3, 3e-3] * 2)
     grid = episode_arrays(tmp_path / "grid.h5")
-    for g, (l1, oja) in enumerate([(0.0, 0.0), (0.0, 1e-3), (0.5, 0.0), (0.5, 1e-3)]):
+    for g, (l1, oja) in enumerate([(0.0, 1e-3), (0.0, 3e-3), (0.5, 1e-3), (0.5, 3e-3)]):
         alone = load_recipe(REPO / "recipes/bio.yaml",
                             [*TINY, "meta.episodes=3", f"meta.l1={l1}", f"rule.init.oja={oja}"])
         meta_train.run(alone, tmp_path / f"p{g}.h5")
@@ -153,12 +194,13 @@ def test_ablate_layers_refuses_a_grid():
 def test_bounds_hold_and_proximal_l1_zeroes_terms(tmp_path):
     rec = load_recipe(REPO / "recipes/bio.yaml",
                       [*TINY, "meta.episodes=4", "meta.bounds.oja=[0, 2e-3]",
-                       "meta.bounds.err_hebb=[null, 0]"])
+                       "meta.bounds.err_hebb=[null, 0]", "rule.init.oja=0"])
     meta_train.run(rec, tmp_path / "b.h5")
     th = read_store(tmp_path / "b.h5")["episodes/theta"]
     assert (th[..., 2] >= 0).all() and (th[..., 2] <= 2e-3).all() and (th[..., 1] <= 0).all()
     rec = load_recipe(REPO / "recipes/bio.yaml",
-                      [*TINY, "meta.episodes=4", "meta.l1=1e6", "meta.l1_mode=proximal"])
+                      [*TINY, "meta.episodes=4", "meta.l1=1e6", "meta.l1_mode=proximal",
+                       "meta.bounds={}"])  # bio.yaml's floor would hold theta_oja at 1e-3
     meta_train.run(rec, tmp_path / "p.h5")
     st = read_store(tmp_path / "p.h5")
     assert (st["episodes/theta"] == 0).all()  # every coefficient thresholded to exactly 0
@@ -169,14 +211,15 @@ def test_theta_jitter_is_relative_seeded_and_keeps_zeros(tmp_path):
     outs = []
     for name in ("a", "b"):
         rec = load_recipe(REPO / "recipes/bio.yaml", [*TINY, "meta.episodes=1", "meta.lr=0",
-                                                      "meta.theta_jitter=1e-3"])
+                                                      "meta.theta_jitter=1e-3", "meta.bounds={}"])
         meta_train.run(rec, tmp_path / f"{name}.h5")
         outs.append(read_store(tmp_path / f"{name}.h5")["episodes/theta"][:, 0])
     np.testing.assert_array_equal(outs[0], outs[1])  # a seed fixes the draw
     pseudo = outs[0][:, 0]
     rel = np.abs(pseudo / 1e-3 - 1)
     assert (rel > 0).all() and (rel < 5e-3).all() and pseudo[0] != pseudo[1]
-    assert (outs[0][:, 1:] == 0).all()
+    assert (outs[0][:, 1] == 0).all()  # err_hebb starts at 0; oja (1e-3) is jittered
+    assert (outs[0][:, 2] != np.float32(1e-3)).all()
 
 
 def test_theta_jitter_below_float32_resolution_still_moves_one_step():

@@ -96,4 +96,4 @@ def test_the_example_sweep_loads_every_point():
     s = sweep.read_sweep(REPO / "recipes/sweeps/bio-lr.yaml")
     jobs = sweep.plan(s, REPO / "results")
     assert len(jobs) == 6 and jobs[-1].store.name == "p005.h5"
-    assert "meta.lr=0.003" in jobs[-1].sets and "rule.init.oja=0.001" in jobs[-1].sets
+    assert "meta.lr=0.003" in jobs[-1].sets and "rule.init.oja=0.003" in jobs[-1].sets

@@ -113,6 +113,8 @@ def _create(recipe: Any, out: Path, datasets: list[Dataset], device, overwrite: 
         "sign_convention": SIGN_CONVENTION,
         "data_sha256": {k: v for d in datasets for k, v in d.sha256.items()},
         "datasets": [f"{d.name}:{d.split}" for d in datasets],
+        # every store says what decides its rounding (meta-train also updates it on resume)
+        "torch_threads": torch.get_num_threads(), **machine_attrs(),
     }
     attrs.update(extra_attrs or {})
     return Run(Store.create(out, attrs, overwrite=overwrite), device, None, False)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from plastcli import signals, workers
+from plastcli.collapse import LOSS
 from plastcli.data import TaskSampler
 from plastcli.engine import MetaConfig, MetaTrainer
 from plastcli.experiments.common import (
@@ -120,12 +121,14 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     if r.state is not None:
         trainer.load_state_dict(r.state)
         r.store.truncate("episodes", trainer.episode)
-        if "collapsed_at" not in r.state:  # a checkpoint from before collapse detection
+        if "decline_recent" not in r.state:  # a checkpoint from before today's collapse rule
+            from plastcli.collapse import replay
             from plastcli.store import read_store
 
-            ce = read_store(out)["episodes/query_ce"]
-            for e in range(ce.shape[1]):
-                trainer.collapse.update(e, ce[:, e])
+            got = read_store(out)
+            trainer.collapse = replay(got["episodes/query_ce"], cfg.chance, cfg.collapse_window,
+                                      got["episodes/meta_accuracy"], cfg.decline_window,
+                                      cfg.decline_drop)
     elif r.resumed:  # killed before the first checkpoint: start over in the same file
         r.store.truncate("episodes", 0)
     members = {"seed": np.array(seeds),
@@ -173,10 +176,14 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                         else f"episodes {trainer.episode}-{total - 1} are")
                 say(f"every member has diverged: {rest} recorded as NaN without computing")
             for i in np.nonzero((collapsed_before < 0) & (trainer.collapsed_at >= 0))[0]:
+                why = (f"its query loss has stayed above chance (ln {recipe.task.classes} = "
+                       f"{cfg.chance:.2f}) for {cfg.collapse_window} episodes after it had learned"
+                       if trainer.collapse.reason[i] == LOSS else
+                       f"its mean meta-accuracy over {cfg.decline_window} episodes fell more "
+                       f"than {cfg.decline_drop} below its best "
+                       f"({trainer.collapse.best_mean[i]:.3f})")
                 say(f"member {i} (seed {seeds[i]}{grid_label(grid, i)}) collapsed at episode "
-                    f"{trainer.collapsed_at[i]}: its query loss has stayed above chance "
-                    f"(ln {recipe.task.classes} = {cfg.chance:.2f}) for "
-                    f"{cfg.collapse_window} episodes after it had learned")
+                    f"{trainer.collapsed_at[i]}: {why}")
             if trainer.episode % every == 0 or trainer.episode == total:
                 flush()
             reporter.update(trainer.episode, loss=finite_mean(rec["meta_loss"]),

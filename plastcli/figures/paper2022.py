@@ -42,9 +42,13 @@ def member_events(st) -> tuple[np.ndarray, np.ndarray]:
     P = st["episodes/meta_accuracy"].shape[0]
     div = np.asarray(st.arrays.get("members/diverged_at", np.full(P, -1)))
     meta = yaml.safe_load(st.attrs["recipe_yaml"])
-    window = meta["meta"].get("collapse_window", collapse.WINDOW)
+    m = meta["meta"]
     col = collapse.collapsed_at(st["episodes/query_ce"],
-                                collapse.chance_loss(meta["task"]["classes"]), window)
+                                collapse.chance_loss(meta["task"]["classes"]),
+                                m.get("collapse_window", collapse.WINDOW),
+                                st["episodes/meta_accuracy"],
+                                m.get("decline_window", collapse.DECLINE_WINDOW),
+                                m.get("decline_drop", collapse.DECLINE_DROP))
     return div, np.asarray(col)
 
 
@@ -382,10 +386,11 @@ def report(s):
              "seed that diverged: the 50 episodes before it did). Meta-accuracy: the median "
              "over seeds with a 98% percentile bootstrap CI (500 resamples of the seeds), and "
              "mean ± sd. Collapsed: a seed whose query loss stayed above chance (ln 5) for 25 "
-             "episodes after it had learned; diverged: θ or the loss became NaN. Angles: "
-             "mean of α_0..α_{L-1}; E_W: mean over hidden layers (both means over seeds). θ: "
-             "last episode, mean over seeds (a diverged seed's θ is frozen at its last finite "
-             "value).", "",
+             "episodes after it had learned, or whose 50-episode mean meta-accuracy fell more "
+             "than 0.2 below its best (plastcli/collapse.py); diverged: θ or the loss became "
+             "NaN. Angles: mean of α_0..α_{L-1}; E_W: mean over hidden layers (both means "
+             "over seeds). θ: last episode, mean over seeds (a diverged seed's θ is frozen at "
+             "its last finite value).", "",
              "| rule | seeds | episodes | meta-accuracy median [98% CI] | mean ± sd | "
              "mean angle (°) | E_W | collapsed | diverged | final θ |",
              "|---|---|---|---|---|---|---|---|---|---|"]
