@@ -115,6 +115,7 @@ def test_a_diverged_member_has_one_final_value_in_the_cli_show_and_report(tmp_pa
         "network.layers=[784, 16, 47]", "task.classes=3", "task.train_per_class=4",
         "task.query_per_class=2", "population.seeds=1", "run.checkpoint_every=100",
         "run.device=cpu", "meta.episodes=53",
+        "rule.init.oja=0", "meta.bounds={}",  # the setting this divergence was found in
         "population.grid={rule.init.err_hebb: [0.0, -1.0e4]}"])
     out = tmp_path / "div.h5"
     res = meta_train.run(rec, out)

@@ -13,14 +13,21 @@ from plastcli.statistics import TAIL, bootstrap_ci, final_window, moving_average
 TARGET_SEEDS = 10  # issue 10: no collapsed or diverged seed in ten
 RULE_STORES = {"BP": "fig3-bp", "pseudo": "fig3-pseudo", "eHebb": "fig6-ehebb",
                "Oja": "fig8-oja", "bio": "fig5-bio", "pool": "fig4-pool"}
-# Comparison runs on the same seeds: the paper's setting without the stabiliser, and the
-# stabilised recipe with its initial θ jittered (a stand-in for another CPU's rounding).
+# Comparison runs on the same seeds: the paper's setting without the stabiliser, weaker
+# stabilisers, the stabilised recipe with its initial θ jittered (a stand-in for another
+# CPU's rounding), and the same recipes rerun on a second CPU (results/2022/cross-machine/).
+CROSS = "cross-machine"
+SECOND_CPU = "second CPU"
 VARIANTS = {"fig5-bio-paper": ("bio", "paper, no bound"),
             "fig5-bio-jitter": ("bio", "θ₀ jitter 1e-9"),
+            "fig5-bio-lower-bound": ("bio", "θ_oja ≥ 0 only"),
+            f"{CROSS}/fig5-bio-lower-bound": ("bio", f"θ_oja ≥ 0 only, {SECOND_CPU}"),
             "fig8-oja-paper": ("Oja", "paper, no bound"),
             "fig8-oja-jitter": ("Oja", "θ₀ jitter 1e-9"),
             "fig8-oja-lower-bound": ("Oja", "θ_oja ≥ 0 only"),
-            "fig8-oja-pseudo-bounded": ("Oja", "θ_oja ≥ 0, θ_pseudo ≤ 0.02")}
+            "fig8-oja-pseudo-bounded": ("Oja", "θ_oja ≥ 0, θ_pseudo ≤ 0.02"),
+            **{f"{CROSS}/{RULE_STORES[r]}": (r, SECOND_CPU) for r in ("BP", "pseudo", "eHebb",
+                                                                     "Oja", "bio")}}
 VARIANT_STORES = {f"{rule} ({what})": name for name, (rule, what) in VARIANTS.items()}
 
 
@@ -442,6 +449,22 @@ def report(s):
               lambda r=rule, v=variant: acc[v] > acc["pseudo"]
               and abs(acc[v] - acc[r]) < 0.03 and healthy(v) == "0 diverged, 0 collapsed",
               lambda r=rule, v=variant: f"{acc[v]:.3f} vs {acc[r]:.3f} ({healthy(v)})")
+    def cpu(label):
+        a = stores[label].attrs
+        return f"{a.get('cpu_model', '?')} {a.get('cpu_capability', '')}".strip()
+
+    for rule in ("BP", "pseudo", "eHebb", "Oja", "bio"):
+        other = f"{rule} ({SECOND_CPU})"
+        if other not in stores:
+            continue
+        above = rule != "pseudo"
+        claim(f"cross-machine: F_{rule} rerun on a second CPU keeps its claims ("
+              f"{'> F_pseudo, ' if above else ''}meta-accuracy within 0.03, no failed seed)",
+              [rule, other, "pseudo"],
+              lambda r=rule, v=other, up=above: (acc[v] > acc["pseudo"] or not up)
+              and abs(acc[v] - acc[r]) < 0.03 and healthy(v) == "0 diverged, 0 collapsed",
+              lambda r=rule, v=other: f"{acc[v]:.3f} on {cpu(v)} vs {acc[r]:.3f} on "
+                                      f"{cpu(r)} ({healthy(v)})")
     for rule in ("BP", "pseudo", "eHebb", "Oja", "bio"):
         n = stores[rule]["episodes/meta_accuracy"].shape[0] if rule in stores else 0
         if 0 < n < TARGET_SEEDS:
