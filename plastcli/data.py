@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plastcli.data_cache import cached_arrays
 from plastcli.errors import PlastError
 from plastcli.vocabulary import REGISTRY  # name -> split -> (images, labels); no torch there
 
@@ -130,8 +131,12 @@ class Dataset:
     sha256: dict[str, str]
 
 
-def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load (and checksum) one split of a registered dataset."""
+def load_dataset(name: str, split: str, data_dir: str | Path | None = None,
+                 per_class_cap: int | None = None, cap_seed: int = 0) -> Dataset:
+    """Load (and checksum) one split of a registered dataset; with ``per_class_cap``, only
+    the images :func:`class_indices` keeps for it, in their original order (so a
+    :class:`TaskSampler` with the same cap draws the same images as from the whole set).
+    Decoded arrays are cached (plastcli/data_cache.py)."""
     if name not in REGISTRY:
         raise PlastError(f"unknown dataset '{name}'; allowed: {', '.join(REGISTRY)}")
     if split not in REGISTRY[name]:
@@ -140,21 +145,32 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> D
     root = resolve_data_dir(data_dir)
     img_rel, lab_rel = REGISTRY[name][split]
     sums = {rel: verify_file(root, rel) for rel in (img_rel, lab_rel)}
-    return _load_arrays(name, split, str(root), img_rel, lab_rel, tuple(sums.items()))
+    return _load_arrays(name, split, str(root), img_rel, lab_rel, tuple(sums.items()),
+                        per_class_cap, cap_seed)
 
 
 @lru_cache(maxsize=4)
-def _load_arrays(name, split, root, img_rel, lab_rel, sums) -> Dataset:
-    images = read_idx(Path(root) / img_rel)
-    labels = read_idx(Path(root) / lab_rel)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise PlastError(f"{Path(root) / img_rel}: images {images.shape} do not match "
-                         f"labels {labels.shape}")
-    if name in TRANSPOSED:
-        images = images.transpose(0, 2, 1)  # NIST EMNIST is stored transposed
-    x = torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), -1).astype(np.float32))
+def _load_arrays(name, split, root, img_rel, lab_rel, sums, cap, cap_seed) -> Dataset:
+    def decode() -> dict[str, np.ndarray]:
+        images = read_idx(Path(root) / img_rel)
+        labels = read_idx(Path(root) / lab_rel)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise PlastError(f"{Path(root) / img_rel}: images {images.shape} do not match "
+                             f"labels {labels.shape}")
+        if name in TRANSPOSED:
+            images = images.transpose(0, 2, 1)  # NIST EMNIST is stored transposed
+        images = np.ascontiguousarray(images).reshape(len(images), -1)
+        if cap is not None:
+            y = torch.from_numpy(labels.astype(np.int64))
+            keep = torch.cat(class_indices(y, int(y.max()) + 1, cap, cap_seed)).sort().values
+            images, labels = images[keep.numpy()], labels[keep.numpy()]
+        return {"images": images, "labels": labels}
+
+    source = "".join(digest[:16] for _, digest in sums)
+    arrays = cached_arrays(f"{name}-{split}-cap{cap}-{cap_seed}-{source}", decode)
+    x = torch.from_numpy(arrays["images"].astype(np.float32))
     x /= 255.0
-    y = torch.from_numpy(labels.astype(np.int64))
+    y = torch.from_numpy(arrays["labels"].astype(np.int64))
     return Dataset(name, split, x, y, int(y.max()) + 1, dict(sums))
 
 

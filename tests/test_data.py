@@ -106,3 +106,40 @@ def test_per_class_cap_is_a_fixed_seeded_subset():
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert any(not torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert all(len(x) == 10 for x in a)
+
+
+def test_decoded_cache_hits_rebuilds_a_corrupt_entry_and_tolerates_read_only(tmp_path,
+                                                                            monkeypatch):
+    from plastcli import data_cache
+
+    monkeypatch.setenv(data_cache.CACHE_ENV, str(tmp_path / "c"))
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"images": np.arange(12, dtype=np.uint8).reshape(3, 4)}
+
+    a = data_cache.cached_arrays("k", build)
+    b = data_cache.cached_arrays("k", build)
+    assert len(calls) == 1 and np.array_equal(a["images"], b["images"])
+    entry = tmp_path / "c" / "k.npz"
+    raw = bytearray(entry.read_bytes())
+    raw[-200] ^= 0xFF  # flip bits inside the stored arrays
+    entry.write_bytes(bytes(raw))
+    assert np.array_equal(data_cache.cached_arrays("k", build)["images"], a["images"])
+    assert len(calls) == 2  # the altered entry was rebuilt, not used
+    monkeypatch.setenv(data_cache.CACHE_ENV, "/proc/no-such-dir")  # cannot be written
+    assert np.array_equal(data_cache.cached_arrays("k", build)["images"], a["images"])
+
+
+def test_a_capped_load_gives_the_sampler_the_same_images(real_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PLAST_CACHE", str(tmp_path))
+    full = data.load_dataset("emnist-bymerge", "test", real_data_dir)
+    capped = data.load_dataset("emnist-bymerge", "test", real_data_dir, 400, 0)
+    assert len(capped.labels) == 47 * 400 and capped.sha256 == full.sha256
+    a = data.TaskSampler(full, 5, 50, 10, 400, 0)
+    b = data.TaskSampler(capped, 5, 50, 10, 400, 0)
+    for seed in (0, 3):
+        (ta, qa), (tb, qb) = a.member_indices(seed, 7), b.member_indices(seed, 7)
+        assert torch.equal(full.images[ta], capped.images[tb])
+        assert torch.equal(full.labels[qa], capped.labels[qb])

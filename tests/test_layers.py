@@ -83,7 +83,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "engine": ("plastcli.engine", "plastcli.adjoint", "plastcli.input_layer", "plastcli.online",
                "plastcli.workers", "plastcli.diagnostics"),
     "core": ("plastcli.network", "plastcli.rules", "plastcli.rnn"),
-    "data": ("plastcli.data",),
+    "data": ("plastcli.data", "plastcli.data_cache"),
     "recipes": ("plastcli.recipes", "plastcli.recipe_keys"),
     "results": ("plastcli.store", "plastcli.tables", "plastcli.summary", "plastcli.merge"),
     "statistics": ("plastcli.statistics", "plastcli.collapse"),

@@ -185,7 +185,8 @@ def finish(store: Store, status: str = COMPLETE, **attrs: Any) -> None:
 
 
 def load_recipe_dataset(dataset_spec, data_dir) -> Dataset:
-    return load_dataset(dataset_spec.name, dataset_spec.split, data_dir)
+    return load_dataset(dataset_spec.name, dataset_spec.split, data_dir,
+                        dataset_spec.per_class_cap, dataset_spec.cap_seed)
 
 
 CI_LEVEL, CI_RESAMPLES = 0.98, 500  # P2: 98% bootstrap CI over runs, 500 resamples
