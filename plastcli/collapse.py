@@ -30,8 +30,7 @@ WINDOW = 25  # episodes above chance that count as a collapse
 # 10-seed store the largest such drop of a healthy seed is 0.16 (noise: 50 query images an
 # episode); the Intel seed's was about 0.23.
 DECLINE_WINDOW, DECLINE_DROP = 50, 0.2
-NONE, LOSS, DECLINE = 0, 1, 2  # values of ``reason``
-REASONS = {LOSS: "query loss above chance", DECLINE: "meta-accuracy declined"}
+LOSS, DECLINE = 1, 2  # values of ``reason`` (0: not collapsed)
 
 
 def chance_loss(classes: int) -> float:

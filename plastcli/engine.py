@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from plastcli import adjoint, diagnostics
-from plastcli.collapse import CollapseDetector, chance_loss
+from plastcli.collapse import DECLINE_DROP, DECLINE_WINDOW, CollapseDetector, chance_loss
+from plastcli.collapse import WINDOW as COLLAPSE_WINDOW
 from plastcli.data import Episode, TaskSampler, generator_for
 from plastcli.network import Net, errors, forward, init_net, output_error
 from plastcli.rules import LayerCoefficients, apply_rule, layer_mask, selection_matrix
@@ -158,9 +159,9 @@ class MetaConfig:
     bounds: dict[str, list[float | None]] = field(default_factory=dict)  # term -> [lo, hi]
     theta_jitter: float = 0.0  # relative N(0,1) perturbation of the initial theta
     chance: float = float("inf")  # query CE of a uniform guess, ln M (collapse detection)
-    collapse_window: int = 25
-    decline_window: int = 50
-    decline_drop: float | None = 0.2
+    collapse_window: int = COLLAPSE_WINDOW
+    decline_window: int = DECLINE_WINDOW
+    decline_drop: float | None = DECLINE_DROP
     rollback: int = 0  # non-finite episodes a member is rolled back after (0 = off)
     rollback_lr_factor: float = 0.5
     pool: Pool = BUILTIN_POOL  # the terms the masks' R indices name (plastcli.terms)

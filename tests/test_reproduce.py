@@ -50,6 +50,8 @@ def test_cache_key_ignores_prose_and_old_defaults_but_not_numbers():
     key = reproduce.cache_key(base, "0.1.0")
     described = base.replace("description: F_bio", "description: another text for F_bio")
     assert described != base and reproduce.cache_key(described, "0.1.0") == key
+    renamed = base.replace("name: bio", "name: bio-renamed")  # a renamed recipe keeps its store
+    assert renamed != base and reproduce.cache_key(renamed, "0.1.0") == key
     old = base.replace("  collapse_window: 25\n", "")  # a store from before the key existed
     assert old != base and reproduce.cache_key(old, "0.1.0") == key
     assert reproduce.cache_key(base.replace("lr: 0.001", "lr: 0.002"), "0.1.0") != key

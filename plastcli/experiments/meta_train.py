@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from plastcli import signals, workers
-from plastcli.collapse import LOSS
+from plastcli.collapse import LOSS, replay
 from plastcli.data import TaskSampler
 from plastcli.engine import MetaConfig, MetaTrainer
 from plastcli.experiments.common import (
@@ -122,7 +122,6 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
         trainer.load_state_dict(r.state)
         r.store.truncate("episodes", trainer.episode)
         if "decline_recent" not in r.state:  # a checkpoint from before today's collapse rule
-            from plastcli.collapse import replay
             from plastcli.store import read_store
 
             got = read_store(out)
