@@ -41,6 +41,9 @@ app.add_typer(data_app, name="data")
 recipe_app = typer.Typer(help="What a recipe may hold: its keys, a JSON Schema, a resolved "
                          "recipe.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+store_app = typer.Typer(help="Look after result stores: label older ones for xarray.",
+                        no_args_is_help=True)
+app.add_typer(store_app, name="store")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -526,6 +529,21 @@ def recipe_schema(out: Path | None = typer.Option(None, "--out", help="Write it 
     ensure_out_dir(out.parent)
     out.write_text(text, encoding="utf-8")
     err_console.print(f"wrote {out}", highlight=False)
+
+
+@store_app.command("upgrade")
+@user_errors
+def store_upgrade(stores: list[Path] = typer.Argument(..., help="Complete result stores "
+                                                      "(.h5) to upgrade in place.",
+                                                      show_default=False)) -> None:
+    """Give older stores today's labels in place: HDF5 dimension scales (member, episode,
+    term, layer, ...) with their coordinates, and native list attributes, so that e.g.
+    xarray.open_dataset(STORE, engine="h5netcdf", group="episodes").sel(term="oja")
+    works. The data stay bit for bit; stores written now are labelled when they complete."""
+    from plastcli.store import upgrade
+
+    for path in stores:
+        out_console.print(upgrade(path), highlight=False, soft_wrap=True)
 
 
 @data_app.command("check")

@@ -12,13 +12,13 @@ agree.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from plastcli import labels
 from plastcli.errors import PlastError
 from plastcli.store import COMPLETE, _fsync
 
@@ -40,7 +40,7 @@ def merge_seed_chunks(parts: list[Path], out: Path, recipe_yaml: str) -> None:
                 raise PlastError(f"{p}: seed chunk is not complete ({f.attrs.get('status')})")
             if str(f.attrs.get("plast_experiment")) != "meta-train":
                 raise PlastError(f"{p}: only meta-train stores are merged by seed")
-            if json.loads(f.attrs.get("grid_keys", "[]")):
+            if labels.attr_list(f.attrs.get("grid_keys", "[]")):
                 raise PlastError(f"{p}: a population.grid run is not split by seed")
             extra = set(f) - set(MEMBER_GROUPS)
             if extra:
@@ -49,10 +49,10 @@ def merge_seed_chunks(parts: list[Path], out: Path, recipe_yaml: str) -> None:
         with h5py.File(tmp, "w", libver=("v108", "latest")) as dst:
             for k, v in files[0].attrs.items():
                 dst.attrs[k] = v
-            seeds = [s for f in files for s in json.loads(f.attrs["seeds"])]
-            dst.attrs["seeds"] = json.dumps(seeds)
+            chunks = [[int(s) for s in labels.attr_list(f.attrs["seeds"])] for f in files]
+            dst.attrs["seeds"] = labels.to_attr([s for c in chunks for s in c])
             dst.attrs["recipe_yaml"] = recipe_yaml
-            dst.attrs["seed_chunks"] = json.dumps([json.loads(f.attrs["seeds"]) for f in files])
+            dst.attrs["seed_chunks"] = labels.to_attr(chunks)  # nested: JSON
             for k in SUMMED:
                 if k in files[0].attrs:
                     dst.attrs[k] = int(sum(int(f.attrs[k]) for f in files))
@@ -62,8 +62,10 @@ def merge_seed_chunks(parts: list[Path], out: Path, recipe_yaml: str) -> None:
                 g = dst.create_group(group)
                 for k, v in files[0][group].attrs.items():
                     g.attrs[k] = v
-                for name in files[0][group]:
-                    _merge_dataset(g, name, [f[group][name] for f in files], parts, group)
+                for name, ds in files[0][group].items():
+                    if not labels.is_scale(ds):  # the merged store is labelled anew
+                        _merge_dataset(g, name, [f[group][name] for f in files], parts, group)
+            labels.label(dst)
         _fsync(tmp)
         os.replace(tmp, out)
     finally:

@@ -17,7 +17,6 @@ version, whose ``status`` still says ``running``. One writer per store is enforc
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
@@ -30,6 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from plastcli import labels
 from plastcli.errors import PlastError
 
 RUNNING, COMPLETE = "running", "complete"
@@ -61,10 +61,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _to_attr(value: Any) -> Any:
-    if isinstance(value, dict | list | tuple) and not isinstance(value, np.ndarray):
-        return json.dumps(value)
-    return value
+_to_attr = labels.to_attr  # flat lists natively, nested values as JSON
 
 
 class Store:
@@ -147,6 +144,7 @@ class Store:
             return
         with self.transaction() as f:
             g = f.require_group(group)
+            labels.drop_scales(g)  # the group grows: its labels are written again at the end
             for key in rows[0]:
                 block = np.stack([np.asarray(r[key]) for r in rows], axis=1)  # [P, n, ...]
                 if key not in g:
@@ -164,6 +162,7 @@ class Store:
         """Cut every dataset of ``group`` to its first n entries along axis 1."""
         with self.transaction() as f:
             if group in f:
+                labels.drop_scales(f[group])
                 for ds in f[group].values():
                     if ds.shape[1] > n:
                         ds.resize(n, axis=1)
@@ -238,8 +237,9 @@ class StoreData:
         return self.status == COMPLETE
 
     def json_attr(self, key: str, default: Any = None) -> Any:
+        """A list or mapping attribute, stored natively or (older stores) as JSON."""
         v = self.attrs.get(key)
-        return default if v is None else json.loads(v)
+        return default if v is None else labels.attr_list(v)
 
     def __getitem__(self, key: str) -> np.ndarray:
         try:
@@ -276,13 +276,35 @@ def read_store(path: str | Path) -> StoreData:
 
 
 def _read_all(f: h5py.File) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Root attributes and every dataset outside /checkpoint."""
-    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    """Root attributes (native list attributes as lists) and every dataset outside
+    /checkpoint but the dimension scales (plastcli/labels.py)."""
+    attrs = {k: (v.decode() if isinstance(v, bytes) else
+                 labels.attr_list(v) if isinstance(v, np.ndarray) else v)
+             for k, v in f.attrs.items()}
     arrays: dict[str, np.ndarray] = {}
 
     def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and not name.startswith("checkpoint"):
+        if isinstance(obj, h5py.Dataset) and not name.startswith("checkpoint") \
+                and not labels.is_scale(obj):
             arrays[name] = obj[()]
 
     f.visititems(visit)
     return attrs, arrays
+
+
+def upgrade(path: str | Path) -> str:
+    """Label an older complete store in place (dimension scales, native list attributes;
+    plastcli/labels.py), under its lock and as one atomic replacement. The data stay
+    bit for bit. Returns one line saying what changed."""
+    from plastcli.lock import store_lock
+
+    st = read_store(path)  # a readable store file, or a PlastError naming the problem
+    if not st.complete:
+        raise PlastError(f"{path}: status is '{st.status}'; only a complete store is "
+                         f"upgraded (a running one gets its labels when it completes)")
+    with store_lock(path), Store(path).transaction() as f:
+        native = labels.native_attrs(f)
+        labels.label(f)
+        groups = [g for g in f if g != "checkpoint" and isinstance(f[g], h5py.Group)]
+    return f"{path}: labelled {', '.join(groups) or 'no group'}; {native} list attribute(s) " \
+           f"made native"

@@ -11,7 +11,7 @@ import sys
 from conftest import REPO
 
 # Every module that reads results; none of them may pull in torch, even when drawing.
-RESULTS_MODULES = ("plastcli.store", "plastcli.statistics", "plastcli.tables",
+RESULTS_MODULES = ("plastcli.store", "plastcli.labels", "plastcli.statistics", "plastcli.tables",
                    "plastcli.summary", "plastcli.collapse", "plastcli.figures",
                    "plastcli.figures.style", "plastcli.figures.online",
                    "plastcli.figures.paper2022", "plastcli.figures.paper2024",
@@ -85,7 +85,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("plastcli.network", "plastcli.rules", "plastcli.rnn"),
     "data": ("plastcli.data", "plastcli.data_cache"),
     "recipes": ("plastcli.recipes", "plastcli.recipe_keys"),
-    "results": ("plastcli.store", "plastcli.tables", "plastcli.summary", "plastcli.merge"),
+    "results": ("plastcli.store", "plastcli.labels", "plastcli.tables", "plastcli.summary",
+                "plastcli.merge"),
     "statistics": ("plastcli.statistics", "plastcli.collapse"),
     "vocabulary": ("plastcli.terms", "plastcli.vocabulary"),
     "base": ("plastcli", "plastcli.errors", "plastcli.paths", "plastcli.progress",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import yaml
 
-from plastcli import SIGN_CONVENTION, lock
+from plastcli import SIGN_CONVENTION, labels, lock
 from plastcli.data import Dataset, load_dataset
 from plastcli.engine import resolve_device
 from plastcli.errors import PlastError
@@ -177,9 +177,11 @@ def abandon_open_runs(exc: BaseException) -> None:
 def finish(store: Store, status: str = COMPLETE, **attrs: Any) -> None:
     """Write the final attributes and status in one replacement; release the lock."""
     try:
-        with store.transaction():
+        with store.transaction() as f:
             store.set_attrs(**attrs)
             store.set_status(status)
+            if status == COMPLETE:  # a finished store names its axes (plastcli/labels.py)
+                labels.label(f)
     finally:
         _close(store)
 
