@@ -27,9 +27,10 @@ def measure(recipe: str, P: int, episodes: int, device: str, sets: tuple = ()) -
     import torch
 
     from plastcli.data import TaskSampler, load_dataset
-    from plastcli.engine import MetaConfig, MetaTrainer, resolve_device
+    from plastcli.engine.inner import resolve_device
+    from plastcli.engine.meta import MetaConfig, MetaTrainer
+    from plastcli.engine.workers import peak_rss_all_mib, processes_for
     from plastcli.recipes import load_recipe
-    from plastcli.workers import peak_rss_all_mib, processes_for
 
     r = load_recipe(recipe, [f"population.seeds={P}", *sets])
     dev = resolve_device(device)

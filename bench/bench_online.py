@@ -20,10 +20,10 @@ LAYERS = [784, 170, 150, 130, 115, 100, 85, 70, 60, 50, 10]
 
 def rate(P: int, steps: int, device: torch.device) -> float:
     """Online steps per second of a P-member BP+Oja population (after a warm-up)."""
+    from plastcli.core.network import init_net
+    from plastcli.core.rules import IDX, LayerCoefficients, R, layer_mask
     from plastcli.data import load_dataset
-    from plastcli.network import init_net
-    from plastcli.online import run_online, stream_order
-    from plastcli.rules import IDX, LayerCoefficients, R, layer_mask
+    from plastcli.engine.online import run_online, stream_order
 
     d = load_dataset("mnist", "train")
     L = len(LAYERS) - 1
@@ -48,10 +48,10 @@ def rate(P: int, steps: int, device: torch.device) -> float:
 
 def eval_seconds(P: int, device: torch.device, val_size: int = 1000) -> float:
     """Seconds for one periodic evaluation (all curves' metrics) on val_size images."""
+    from plastcli.core.network import init_net
+    from plastcli.core.rules import IDX, LayerCoefficients, R, layer_mask
     from plastcli.data import load_dataset
     from plastcli.experiments.baseline import Evaluator
-    from plastcli.network import init_net
-    from plastcli.rules import IDX, LayerCoefficients, R, layer_mask
 
     d = load_dataset("mnist", "test")
     L = len(LAYERS) - 1

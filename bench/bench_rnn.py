@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from plastcli import rnn
-from plastcli.engine import resolve_device
+from plastcli.core import rnn
+from plastcli.engine.inner import resolve_device
 
 
 def main() -> None:

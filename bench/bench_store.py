@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from plastcli.store import Store
+from plastcli.results.store import Store
 
 CHUNK = 25  # run.checkpoint_every in the shipped recipes
 

@@ -227,8 +227,8 @@ def ablate_layers(
     """
     rec, res = _run("ablate-layers", "ablate_layers", recipe, set_, device, out, resume,
                     overwrite, data_dir, {"population.seeds": seeds, "meta.episodes": episodes})
-    from plastcli.store import read_store
-    from plastcli.tables import table1_text
+    from plastcli.results.store import read_store
+    from plastcli.results.tables import table1_text
 
     header, body = table1_text(read_store(res.out))
     table = Table(title=f"ablate-layers {rec.name} (P1 Table 1): angles averaged over episodes "
@@ -255,7 +255,7 @@ def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_, 
     table.add_column("coefficients" + (" (grid-searched)" if res.grid_searched else ""))
     table.add_column("final val. accuracy (mean)", justify="right")
     table.add_column("98% CI", justify="right")
-    from plastcli.rules import IDX
+    from plastcli.core.rules import IDX
 
     for i, name in enumerate(res.conditions):
         coefs = ", ".join(f"{t}={res.theta[i, IDX[t]]:.3g}" for t in res.terms[i])
@@ -360,7 +360,7 @@ def show(store: Path = typer.Argument(..., help="A result store (.h5), or a swee
 
         out_console.print(summary_table(store))
         return
-    from plastcli.summary import store_summary
+    from plastcli.results.summary import store_summary
 
     for renderable in store_summary(store):
         out_console.print(renderable)
@@ -496,8 +496,8 @@ def recipe_keys_cmd(experiment: str = typer.Argument(..., help="meta-train, abla
                     ) -> None:
     """Every key of an experiment's recipe with its type, default and allowed values (a
     list of mappings shows its items' keys as key.N.sub, the form --set takes)."""
-    from plastcli.recipe_keys import keys
     from plastcli.recipes import SCHEMAS
+    from plastcli.recipes.keys import keys
 
     if experiment not in SCHEMAS:
         raise PlastError(f"experiment '{experiment}' is not allowed; allowed: "
@@ -518,7 +518,7 @@ def recipe_schema(out: Path | None = typer.Option(None, "--out", help="Write it 
     extension's yaml.schemas setting. Cross-field checks stay in plast itself."""
     import json
 
-    from plastcli.recipe_keys import json_schema
+    from plastcli.recipes.keys import json_schema
 
     text = json.dumps(json_schema(), indent=1) + "\n"
     if out is None:
@@ -540,7 +540,7 @@ def store_upgrade(stores: list[Path] = typer.Argument(..., help="Complete result
     term, layer, ...) with their coordinates, and native list attributes, so that e.g.
     xarray.open_dataset(STORE, engine="h5netcdf", group="episodes").sel(term="oja")
     works. The data stay bit for bit; stores written now are labelled when they complete."""
-    from plastcli.store import upgrade
+    from plastcli.results.store import upgrade
 
     for path in stores:
         out_console.print(upgrade(path), highlight=False, soft_wrap=True)

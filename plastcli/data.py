@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plastcli.core.vocabulary import REGISTRY  # name -> split -> (images, labels); no torch there
 from plastcli.data_cache import cached_arrays
 from plastcli.errors import PlastError
-from plastcli.vocabulary import REGISTRY  # name -> split -> (images, labels); no torch there
 
 ENV_VAR = "PLAST_DATA"
 

@@ -75,8 +75,8 @@ def split_by_seed(job: Job, size: int | None, force: bool = False) -> list[Job] 
 def _merge(job: Job, parts: list[Job]) -> None:
     """All chunks ended: merge them into the job's store (or fail the job with the first
     failed chunk's message) and remove the chunk stores."""
-    from plastcli.merge import merge_seed_chunks
     from plastcli.recipes import load_recipe, recipe_to_yaml
+    from plastcli.results.merge import merge_seed_chunks
 
     job.done, job.total = min(p.done for p in parts), max(p.total for p in parts)
     job.seconds = time.time() - (job.started or time.time())

@@ -8,12 +8,15 @@ the lock is released, and the process exits with 128 + the signal number (143, 1
 Python drops an exception raised inside a weakref callback or ``__del__`` ("Exception
 ignored in ..."), and a signal handler runs wherever the main thread is, garbage collection
 included. So the handler also records the signal, and the long loops call :func:`check`
-once per step: a signal whose exception was swallowed still stops the run there.
+once per step: a signal whose exception was swallowed still stops the run there; and
+while the block runs, ``sys.unraisablehook`` keeps quiet about a swallowed
+:class:`Terminated` (Python would print it as a traceback) and reports anything else.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +48,13 @@ def _raise(signum, _frame) -> None:
     raise Terminated(signum)
 
 
+def _quiet_unraisable(previous):
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):  # check() raises it again
+            previous(unraisable)
+    return hook
+
+
 def check() -> None:
     """Raise :class:`Terminated` if a handled signal arrived and its exception was lost."""
     if _pending is not None:
@@ -60,9 +70,11 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
     global _pending
     previous = {s: signal.signal(s, _raise) for s in HANDLED}
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable(sys.unraisablehook)
     try:
         yield
     finally:
         _pending = None
+        sys.unraisablehook = hook
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -148,10 +148,10 @@ def run(path: Path, results: Path, n_jobs: int, backend: str, address: str | Non
 # ------------------------------------------------------------------ the summary
 def point_finals(store_path: Path) -> dict[str, float]:
     """A point's final metrics, each the median over its members: episodes/ metrics by
-    :func:`plastcli.statistics.final_window`, curves/ accuracies by their last value;
+    :func:`plastcli.results.statistics.final_window`, curves/ accuracies by their last value;
     plus how many members diverged or collapsed. Empty for a missing store."""
-    from plastcli.statistics import final_window
-    from plastcli.store import read_store
+    from plastcli.results.statistics import final_window
+    from plastcli.results.store import read_store
 
     if not store_path.is_file():
         return {}

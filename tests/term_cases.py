@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from plastcli import terms
+from plastcli.core import terms
 
 # rule.define of a recipe (ASCII and the documented spellings); 'hebb' fits the chunked
 # input layer, the other two carry a state-dependent scalar

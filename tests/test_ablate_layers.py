@@ -10,14 +10,15 @@ import torch.nn.functional as F
 from conftest import REPO
 from typer.testing import CliRunner
 
-from plastcli import cli, tables
+from plastcli import cli
 from plastcli.cli import app
-from plastcli.engine import inner_step
+from plastcli.core.network import Net, init_net
+from plastcli.core.rules import IDX, LayerCoefficients, R
+from plastcli.engine.inner import inner_step
 from plastcli.experiments import ablate_layers
-from plastcli.network import Net, init_net
 from plastcli.recipes import load_recipe
-from plastcli.rules import IDX, LayerCoefficients, R
-from plastcli.store import read_store
+from plastcli.results import tables
+from plastcli.results.store import read_store
 
 RECIPE = REPO / "recipes/2022/table1-ablate-layers.yaml"
 LAYERS = [12, 9, 7, 5]

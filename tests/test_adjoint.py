@@ -7,12 +7,11 @@ import torch
 from term_cases import DECLARED, IDS, RECIPE_POOL, RECIPE_TERMS
 from test_engine import _adjoint_args, _assert_same_meta_outputs, _config, _tiny_sampler
 
-from plastcli import adjoint, input_layer
-from plastcli.engine import MetaTrainer
-from plastcli.network import init_net
-from plastcli.recipes import TERM_NAMES
-from plastcli.rules import LayerCoefficients, layer_mask
-from plastcli.terms import BUILTIN_POOL
+from plastcli.core.network import init_net
+from plastcli.core.rules import LayerCoefficients, layer_mask
+from plastcli.core.terms import BUILTIN_POOL, TERM_NAMES
+from plastcli.engine import adjoint, input_layer, parallel
+from plastcli.engine.meta import MetaTrainer
 
 SMALL = {"quad_1", "quad_2", "quad_3", "sum_post_grad"}  # large values blow the net up
 
@@ -42,7 +41,7 @@ def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1, pool
         net.W = [w.double() for w in net.W]
         net.Bf = [b.double() for b in net.Bf] if net.Bf else None
         active = LayerCoefficients.build(full.detach(), tr.mask, pool).active
-        ce, _, cg = adjoint.meta_loss_and_coef_grad(net, ep.x_train, ep.y_train, ep.x_query,
+        ce, _, cg = parallel.meta_loss_and_coef_grad(net, ep.x_train, ep.y_train, ep.x_query,
                                                     ep.y_query, coef.detach(), active, 10.0,
                                                     feedback, chunk=chunk, pool=pool)
         got = torch.autograd.grad(coef, theta, cg)[0]
@@ -206,12 +205,12 @@ def test_unsupported_configurations_fall_back_to_autograd():
 def test_groups_of_members_give_the_same_numbers_as_one_batch():
     """Members are independent: running them in groups (as on the CPU) changes nothing."""
     args = _adjoint_args([3, 4, 5])
-    out = {g: adjoint.meta_loss_and_coef_grad(*args, group=g) for g in (1, 2, 3)}
+    out = {g: parallel.meta_loss_and_coef_grad(*args, group=g) for g in (1, 2, 3)}
     for g in (1, 2):
         _assert_same_meta_outputs(out[g], out[3])
 
 
 def test_group_size_keeps_groups_even_and_whole_population_on_gpu():
     net = init_net([784, 170, 130, 100, 70, 47], list(range(16)), 0, "xavier", "fixed")
-    assert adjoint.group_size(net, "cpu") == 8  # 2.1 MB of W, B, G per member
-    assert adjoint.group_size(net, "meta") == 16  # any non-CPU device: one batch
+    assert parallel.group_size(net, "cpu") == 8  # 2.1 MB of W, B, G per member
+    assert parallel.group_size(net, "meta") == 16  # any non-CPU device: one batch

@@ -8,11 +8,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from plastcli import statistics
 from plastcli.cli import app
 from plastcli.experiments.baseline import split_data
 from plastcli.recipes import load_recipe
-from plastcli.store import read_store
+from plastcli.results import statistics
+from plastcli.results.store import read_store
 
 TINY = {
     "experiment": "baseline", "name": "tiny", "dataset": {"name": "mnist"},

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from plastcli.core.network import Net, forward, init_net
+from plastcli.core.rules import IDX, LayerCoefficients, layer_mask, selection_matrix
+from plastcli.core.terms import BUILTIN_POOL
 from plastcli.data import Dataset, TaskSampler
-from plastcli.engine import Adam, MetaConfig, MetaTrainer, inner_step
-from plastcli.network import Net, forward, init_net
-from plastcli.rules import IDX, LayerCoefficients, layer_mask, selection_matrix
-from plastcli.terms import BUILTIN_POOL
+from plastcli.engine.inner import Adam, inner_step
+from plastcli.engine.meta import MetaConfig, MetaTrainer
 
 LAYERS = [12, 9, 7, 5]
 
@@ -65,7 +66,7 @@ def _config(terms, feedback="fixed", P=1, fb_terms=None, dtype=torch.float32, l1
 
 
 def _adjoint_args(seeds, terms=("pseudo_grad", "err_hebb", "oja")) -> tuple:
-    """Positional arguments of adjoint.meta_loss_and_coef_grad for a tiny fixed-feedback
+    """Positional arguments of parallel.meta_loss_and_coef_grad for a tiny fixed-feedback
     population with the trainer's initial coefficients, on episode 0."""
     sampler = _tiny_sampler()
     cfg = _config(list(terms), P=len(seeds))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from plastcli.store import read_store
+from plastcli.results.store import read_store
 
 spec = importlib.util.spec_from_file_location("make_golden", REPO / "tools/make_golden.py")
 make_golden = importlib.util.module_from_spec(spec)

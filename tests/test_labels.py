@@ -15,7 +15,7 @@ from conftest import REPO
 from typer.testing import CliRunner
 
 from plastcli.cli import app
-from plastcli.store import read_store
+from plastcli.results.store import read_store
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("h5netcdf")

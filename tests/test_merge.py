@@ -10,9 +10,9 @@ from test_meta_train_store import TINY, episode_arrays
 from plastcli import reproduce
 from plastcli.errors import PlastError
 from plastcli.experiments import meta_train
-from plastcli.merge import merge_seed_chunks
 from plastcli.recipes import load_recipe, recipe_to_yaml
-from plastcli.store import read_store
+from plastcli.results.merge import merge_seed_chunks
+from plastcli.results.store import read_store
 
 BASE = [s for s in TINY if not s.startswith("population.seeds")]
 

@@ -9,11 +9,11 @@ from conftest import REPO
 from typer.testing import CliRunner
 
 from plastcli.cli import app
-from plastcli.engine import MetaConfig
+from plastcli.engine.meta import MetaConfig
 from plastcli.experiments import meta_train
 from plastcli.progress import Reporter
 from plastcli.recipes import load_recipe
-from plastcli.store import read_store
+from plastcli.results.store import read_store
 
 TINY = ["network.layers=[784, 16, 47]", "task.classes=3", "task.train_per_class=4",
         "task.query_per_class=2", "population.seeds=2", "run.checkpoint_every=2",

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from plastcli import diagnostics, statistics
-from plastcli.network import Net, errors, forward, init_net, output_error
-from plastcli.online import concat_nets, eval_points, run_online, stream_order
-from plastcli.rules import IDX, PSEUDO, LayerCoefficients, R, layer_mask
+from plastcli.core.network import Net, errors, forward, init_net, output_error
+from plastcli.core.rules import IDX, PSEUDO, LayerCoefficients, R, layer_mask
+from plastcli.engine import diagnostics
+from plastcli.engine.online import concat_nets, eval_points, run_online, stream_order
+from plastcli.results import statistics
 
 BETA = 10.0
 LAYERS = [12, 9, 7, 5]

@@ -9,14 +9,15 @@ import pytest
 import torch
 from conftest import REPO
 
+from plastcli.core.network import Net, forward, init_net
+from plastcli.core.rules import IDX, LayerCoefficients, R, layer_mask, selection_matrix
 from plastcli.data import Dataset, TaskSampler
-from plastcli.diagnostics import alignment_angles
-from plastcli.engine import MetaConfig, MetaTrainer, run_inner_loop
+from plastcli.engine.diagnostics import alignment_angles
+from plastcli.engine.inner import run_inner_loop
+from plastcli.engine.meta import MetaConfig, MetaTrainer
 from plastcli.experiments import meta_train
-from plastcli.network import Net, forward, init_net
 from plastcli.recipes import load_recipe
-from plastcli.rules import IDX, LayerCoefficients, R, layer_mask, selection_matrix
-from plastcli.store import read_store
+from plastcli.results.store import read_store
 
 LAYERS = [12, 9, 7, 5]
 BETA = 10.0

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from plastcli.cli import app
 from plastcli.errors import PlastError
-from plastcli.recipe_keys import json_schema, keys
 from plastcli.recipes import SCHEMAS, load_recipe, recipe_to_yaml
+from plastcli.recipes.keys import json_schema, keys
 
 RECIPES = [f for f in sorted(glob.glob(str(REPO / "recipes/**/*.yaml"), recursive=True))
            if "/recipes/sweeps/" not in f]

@@ -124,7 +124,7 @@ def test_bad_term_names_and_duplicates(tmp_path, define, terms, needle):
 
 
 def test_declared_terms_and_the_grammar_resolve_and_roundtrip(tmp_path):
-    from plastcli.terms import grammar_names, recipe_pool
+    from plastcli.core.terms import grammar_names, recipe_pool
 
     r = load_recipe(_write(tmp_path, _with_define(DEFINE)))
     pool = recipe_pool(r)

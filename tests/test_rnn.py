@@ -11,9 +11,9 @@ import torch.nn.functional as F
 import yaml
 from typer.testing import CliRunner
 
-from plastcli import rnn
 from plastcli.cli import app
-from plastcli.store import read_store
+from plastcli.core import rnn
+from plastcli.results.store import read_store
 
 N_IN, HIDDEN, N_OUT, T, PRESENT, BETA = 13, 7, 4, 9, 3, 10.0
 
@@ -32,7 +32,7 @@ def _inputs(P=2, seed=0):
 
 
 def _plain_loss(Wx, Wh, Wo, x, label):
-    """One member, written from SPEC §6 with no code shared with plastcli.rnn."""
+    """One member, written from SPEC §6 with no code shared with plastcli.core.rnn."""
     z = torch.zeros(Wh.shape[0], dtype=Wh.dtype)
     for t in range(1, T + 1):
         inp = x if t <= PRESENT else torch.zeros_like(x)
@@ -263,7 +263,7 @@ def test_fig7_claim_is_decided_by_the_paired_ci_and_bptt_above_chance():
     import json
 
     from plastcli.figures.paper2024 import fig7_claim_rows
-    from plastcli.store import StoreData
+    from plastcli.results.store import StoreData
 
     rng = np.random.default_rng(0)
     bp = 0.3 + 0.05 * rng.random(10)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from term_cases import DECLARED, IDS, RECIPE_POOL
 
-from plastcli import terms
-from plastcli.recipes import TERM_NAMES
-from plastcli.rules import IDX, LayerCoefficients, apply_rule, layer_mask
+from plastcli.core import terms
+from plastcli.core.rules import IDX, LayerCoefficients, apply_rule, layer_mask
+from plastcli.core.terms import TERM_NAMES
 
 
 def literal_term(name, W, e_post, e_pre, y_post, y_pre):

@@ -10,12 +10,12 @@ import torch
 from conftest import REPO
 from test_meta_train_store import TINY, episode_arrays
 
-from plastcli.collapse import CollapseDetector, chance_loss, collapsed_at
-from plastcli.engine import Adam
+from plastcli.engine.inner import Adam
 from plastcli.errors import PlastError
 from plastcli.experiments import meta_train
 from plastcli.recipes import load_recipe
-from plastcli.store import read_store
+from plastcli.results.collapse import CollapseDetector, chance_loss, collapsed_at
+from plastcli.results.store import read_store
 
 LN5 = math.log(5)
 
@@ -89,7 +89,7 @@ def test_decline_catches_a_slide_below_chance_loss_and_spares_noise():
     assert collapsed_at(ce, LN5, 25, healthy)[0] == -1
     slide = healthy.copy()
     slide[0, 350:] -= np.linspace(0, 0.3, 150)  # 0.69 -> ~0.45 over the last 150 episodes
-    det = __import__("plastcli.collapse", fromlist=["replay"]).replay(ce, LN5, 25, slide)
+    det = __import__("plastcli.results.collapse", fromlist=["replay"]).replay(ce, LN5, 25, slide)
     assert 400 < det.collapsed_at[0] < 500 and det.reason[0] == 2
     assert collapsed_at(ce, LN5, 25, slide, decline_drop=None)[0] == -1  # the rule turned off
     assert collapsed_at(ce, LN5, 25)[0] == -1  # without accuracies: only the loss rule
@@ -225,7 +225,7 @@ def test_theta_jitter_is_relative_seeded_and_keeps_zeros(tmp_path):
 def test_theta_jitter_below_float32_resolution_still_moves_one_step():
     import torch as _t
 
-    from plastcli.engine import _jitter_theta
+    from plastcli.engine.meta import _jitter_theta
 
     theta = _t.tensor([[1e-3, 0.0, 1.3e-2]] * 4)
     _jitter_theta(theta, [0, 1, 2, 3], 1e-9)  # 1e-9 relative is below one float32 step
@@ -435,7 +435,7 @@ NAN_AT = (3, 4, 6)  # episodes at which member 1's meta-loss is forced to NaN
 @pytest.fixture
 def nan_member_1(monkeypatch):
     """Member 1's episodes in NAN_AT come out non-finite (the engine must not care why)."""
-    from plastcli.engine import MetaTrainer
+    from plastcli.engine.meta import MetaTrainer
 
     orig = MetaTrainer.meta_gradient
 
@@ -500,7 +500,7 @@ def test_rollback_lr_factor_outside_0_1_is_refused():
 
 
 def test_a_run_whose_members_all_diverged_stops_computing(tmp_path, monkeypatch):
-    from plastcli.engine import MetaTrainer
+    from plastcli.engine.meta import MetaTrainer
 
     orig_grad, orig_episode, computed = MetaTrainer.meta_gradient, MetaTrainer._compute_episode, []
 

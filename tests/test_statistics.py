@@ -1,4 +1,4 @@
-"""plastcli.statistics: the one "final value" rule, checked against literal loops, and the
+"""plastcli.results.statistics: the one "final value" rule, checked against literal loops, and the
 same final number for a diverged member in every place that prints one."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from plastcli.statistics import TAIL, final_window, finite_mean, window_mean
+from plastcli.results.statistics import TAIL, final_window, finite_mean, window_mean
 
 
 def _counts(row) -> bool:
@@ -108,8 +108,8 @@ def test_a_diverged_member_has_one_final_value_in_the_cli_show_and_report(tmp_pa
     from plastcli.experiments import meta_train
     from plastcli.figures.paper2022 import final_per_seed
     from plastcli.recipes import load_recipe
-    from plastcli.store import read_store
-    from plastcli.summary import final_values, store_summary
+    from plastcli.results.store import read_store
+    from plastcli.results.summary import final_values, store_summary
 
     rec = load_recipe(REPO / "recipes/bio.yaml", [
         "network.layers=[784, 16, 47]", "task.classes=3", "task.train_per_class=4",

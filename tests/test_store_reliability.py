@@ -21,7 +21,7 @@ from plastcli.errors import PlastError
 from plastcli.experiments import meta_train
 from plastcli.lock import lock_path
 from plastcli.recipes import load_recipe
-from plastcli.store import read_store
+from plastcli.results.store import read_store
 
 TINY = ["network.layers=[784, 16, 47]", "task.classes=3", "task.train_per_class=4",
         "task.query_per_class=2", "population.seeds=2", "run.checkpoint_every=2",
@@ -228,3 +228,24 @@ def test_a_sigterm_swallowed_in_a_weakref_callback_still_stops_the_run(tmp_path)
     assert read_store(out).status.startswith("failed: terminated")
     assert rows(out) <= 3  # stopped at the next episode, not after all six
     signals.check()  # outside the block nothing is pending any more
+
+
+def test_a_swallowed_terminated_is_not_printed_but_other_unraisables_are():
+    """Python prints an exception lost in a weakref callback as "Exception ignored ...
+    Traceback"; inside terminate_as_interrupt a lost Terminated stays quiet (the run stops at
+    its next check), anything else still reaches the previous hook, and the hook is restored."""
+    import types
+
+    from plastcli import signals
+
+    seen = []
+    before = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        with signals.terminate_as_interrupt():
+            for exc in (signals.Terminated(signal.SIGTERM), ValueError("other")):
+                sys.unraisablehook(types.SimpleNamespace(exc_value=exc))
+        assert [type(u.exc_value) for u in seen] == [ValueError]
+        assert sys.unraisablehook == seen.append
+    finally:
+        sys.unraisablehook = before

@@ -14,7 +14,7 @@ from plastcli.cli import app
 from plastcli.errors import PlastError
 from plastcli.experiments import meta_train
 from plastcli.recipes import load_recipe
-from plastcli.store import read_store
+from plastcli.results.store import read_store
 
 FIXED = [s for s in TINY if not s.startswith("population.seeds")] + ["meta.episodes=2"]
 

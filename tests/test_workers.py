@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_engine import _adjoint_args, _assert_same_meta_outputs
 
-from plastcli import adjoint, workers
-from plastcli.network import Net
+from plastcli.core.network import Net
+from plastcli.engine import parallel, workers
 
 
 def test_split_is_contiguous_and_nearly_equal():
@@ -51,9 +51,9 @@ def test_a_failing_worker_raises_here_and_the_next_call_starts_afresh():
 
 def test_population_split_across_processes_gives_the_same_numbers():
     args = _adjoint_args([3, 4, 5, 6, 7])
-    one = adjoint.meta_loss_and_coef_grad(*args, processes=1)
-    two = adjoint.meta_loss_and_coef_grad(*args, processes=2)
-    again = adjoint.meta_loss_and_coef_grad(*args, processes=2)
+    one = parallel.meta_loss_and_coef_grad(*args, processes=1)
+    two = parallel.meta_loss_and_coef_grad(*args, processes=2)
+    again = parallel.meta_loss_and_coef_grad(*args, processes=2)
     _assert_same_meta_outputs(two, one)
     assert torch.equal(again[2], two[2])  # the same split gives the same numbers
     assert two[2].abs().max() > 0

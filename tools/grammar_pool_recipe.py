@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from plastcli.figures.stability import GRAMMAR_STORES, safe_bounds
-from plastcli.store import read_store
+from plastcli.results.store import read_store
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "recipes" / "2022" / "grammar-pool.yaml"

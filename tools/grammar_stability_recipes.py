@@ -11,7 +11,7 @@ safe intervals become the coefficient bounds of recipes/2022/grammar-pool.yaml.
 
 from pathlib import Path
 
-from plastcli.terms import BUILTIN, grammar_names
+from plastcli.core.terms import BUILTIN, grammar_names
 
 OUT = Path(__file__).resolve().parents[1] / "recipes" / "2022" / "stability"
 VALUES = [-1e-1, -1e-2, -1e-3, -1e-4, -1e-5, -1e-6, 0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]

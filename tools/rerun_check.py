@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from plastcli.experiments.common import machine_attrs  # noqa: E402
-from plastcli.store import read_store  # noqa: E402
+from plastcli.results.store import read_store  # noqa: E402
 
 
 def rerun(store: Path, episodes: int, work: Path) -> tuple[str, bool]:

@@ -4,7 +4,7 @@ Every assignment x seed is one member of a single meta-training population; the
 assignment only changes the member's per-layer term mask ``[L, R]`` (SPEC §3.2).
 Members are laid out assignment-major: member ``a * S + s`` runs assignment ``a``
 with seed ``population.seed + s``, so every assignment sees the same tasks and
-initial weights. The table itself is :mod:`plastcli.tables` (pure numpy on a read
+initial weights. The table itself is :mod:`plastcli.results.tables` (pure numpy on a read
 store): this command, the CLI and ``plast figures`` all call it.
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from plastcli.core.terms import recipe_pool
 from plastcli.lock import store_lock
 from plastcli.paths import check_store_out
 from plastcli.progress import Reporter
 from plastcli.recipes import AblateLayersRecipe, layer_names
-from plastcli.store import read_store
-from plastcli.tables import table1_rows, write_table_files
-from plastcli.terms import recipe_pool
+from plastcli.results.store import read_store
+from plastcli.results.tables import table1_rows, write_table_files
 
 # --------------------------------------------------------------------------- members
 

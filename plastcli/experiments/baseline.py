@@ -4,7 +4,7 @@ coefficients, many runs batched along the population axis (P1 Fig 1; P2 Figs 1-6
 Members. A member is (condition, grid point, seed). Conditions are the recipe's rules
 (BP, FA, DFA, BP+Oja, ...; init-study repeats each per initialiser). Members sharing a
 feedback mode and initialiser form one *group* trained as one population by
-:func:`plastcli.online.run_online`; members of a condition are contiguous.
+:func:`plastcli.engine.online.run_online`; members of a condition are contiguous.
 
 Data (all from ``dataset.name``):
 - stream: the TRAIN split minus a held-out part; member p sees its own seeded permutation;
@@ -36,8 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plastcli import diagnostics, signals, statistics
+from plastcli import signals
+from plastcli.core.network import Net, forward, init_net
+from plastcli.core.rules import IDX, PSEUDO, LayerCoefficients, layer_mask
+from plastcli.core.terms import TERM_NAMES
 from plastcli.data import Dataset, generator_for, load_dataset
+from plastcli.engine import diagnostics
+from plastcli.engine.online import eval_points, run_online, stream_order
 from plastcli.experiments.common import (
     CI_LEVEL,
     CI_RESAMPLES,
@@ -46,11 +51,9 @@ from plastcli.experiments.common import (
     open_run,
     split_attrs,
 )
-from plastcli.network import Net, forward, init_net
-from plastcli.online import eval_points, run_online, stream_order
 from plastcli.progress import Reporter
-from plastcli.recipes import TERM_NAMES, BaselineRecipe, InitStudyRecipe
-from plastcli.rules import IDX, PSEUDO, LayerCoefficients, layer_mask
+from plastcli.recipes import BaselineRecipe, InitStudyRecipe
+from plastcli.results import statistics
 
 CHUNK = 500  # validation images per forward pass when only accuracy is needed
 

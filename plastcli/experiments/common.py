@@ -12,14 +12,15 @@ import numpy as np
 import torch
 import yaml
 
-from plastcli import SIGN_CONVENTION, labels, lock
+from plastcli import SIGN_CONVENTION, lock
 from plastcli.data import Dataset, load_dataset
-from plastcli.engine import resolve_device
+from plastcli.engine.inner import resolve_device
 from plastcli.errors import PlastError
 from plastcli.paths import check_store_out, default_out  # noqa: F401  (default_out: API)
 from plastcli.recipes import recipe_from_yaml, recipe_to_yaml
+from plastcli.results import labels
+from plastcli.results.store import COMPLETE, Store, read_store
 from plastcli.signals import Terminated
-from plastcli.store import COMPLETE, Store, read_store
 
 # Stores of the runs this process has opened and not yet finished or marked failed.
 _OPEN: dict[Path, Store] = {}

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plastcli import signals, workers
-from plastcli.collapse import LOSS, replay
+from plastcli import signals
+from plastcli.core.terms import recipe_pool
+from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.data import TaskSampler
-from plastcli.engine import MetaConfig, MetaTrainer
+from plastcli.engine import workers
+from plastcli.engine.meta import MetaConfig, MetaTrainer
 from plastcli.experiments.common import (
     finish,
     load_recipe_dataset,
@@ -23,9 +25,8 @@ from plastcli.experiments.common import (
 )
 from plastcli.progress import Reporter
 from plastcli.recipes import MetaTrainRecipe
-from plastcli.statistics import final_window, finite_mean
-from plastcli.terms import recipe_pool
-from plastcli.vocabulary import grid_dataset_name
+from plastcli.results.collapse import LOSS, replay
+from plastcli.results.statistics import final_window, finite_mean
 
 
 @dataclass
@@ -68,7 +69,7 @@ def grid_label(grid: dict[str, np.ndarray], i: int) -> str:
 
 
 def term_declarations(recipe: MetaTrainRecipe) -> dict[str, list[dict]]:
-    """The declarations (a, b, s, sign; plastcli.terms) of the rule's terms, stored next
+    """The declarations (a, b, s, sign; plastcli.core.terms) of the rule's terms, stored next
     to their names."""
     pool = recipe_pool(recipe)
     fb = recipe.feedback_rule.terms if recipe.feedback_rule else []
@@ -122,7 +123,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
         trainer.load_state_dict(r.state)
         r.store.truncate("episodes", trainer.episode)
         if "decline_recent" not in r.state:  # a checkpoint from before today's collapse rule
-            from plastcli.store import read_store
+            from plastcli.results.store import read_store
 
             got = read_store(out)
             trainer.collapse = replay(got["episodes/query_ce"], cfg.chance, cfg.collapse_window,
@@ -190,7 +191,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     except BaseException as exc:  # the store must never look complete or still running
         mark_failed(r.store, exc, "continue with --resume")
         raise
-    from plastcli.store import read_store
+    from plastcli.results.store import read_store
 
     data_out = read_store(out)
     final = {k: final_window(data_out[f"episodes/{k}"]) for k in ("meta_accuracy", "meta_loss")}

@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plastcli import rnn, signals, statistics
+from plastcli import signals
+from plastcli.core import rnn
+from plastcli.engine.online import eval_points, stream_order
 from plastcli.errors import PlastError
 from plastcli.experiments.baseline import OnlineData, split_data
 from plastcli.experiments.common import (
@@ -45,9 +47,9 @@ from plastcli.experiments.common import (
     open_run,
     split_attrs,
 )
-from plastcli.online import eval_points, stream_order
 from plastcli.progress import Reporter
 from plastcli.recipes import RnnMemoryRecipe
+from plastcli.results import statistics
 
 N_CLASSES = 10
 EVAL_FLOATS = 2_000_000  # hidden states per evaluation chunk: P * chunk * hidden

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plastcli.errors import PlastError
-from plastcli.store import StoreData, read_store
+from plastcli.results.store import StoreData, read_store
 
 
 @dataclass

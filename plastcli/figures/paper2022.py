@@ -5,10 +5,10 @@
 
 import numpy as np  # noqa: E402
 
-from plastcli import collapse  # noqa: E402
 from plastcli.figures import register  # noqa: E402
 from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots  # noqa: E402
-from plastcli.statistics import TAIL, bootstrap_ci, final_window, moving_average  # noqa: E402
+from plastcli.results import collapse  # noqa: E402
+from plastcli.results.statistics import TAIL, bootstrap_ci, final_window, moving_average  # noqa: E402
 
 TARGET_SEEDS = 10  # issue 10: no collapsed or diverged seed in ten
 RULE_STORES = {"BP": "fig3-bp", "pseudo": "fig3-pseudo", "eHebb": "fig6-ehebb",
@@ -325,7 +325,7 @@ def fig_all(s):
 
 def final_per_seed(st, key: str, upto: int | None = None) -> np.ndarray:
     """Final value ``[P, ...]`` of /episodes/<key> ``[P, E, ...]`` of a store:
-    :func:`plastcli.statistics.final_window` (the mean over each seed's last 50 finite
+    :func:`plastcli.results.statistics.final_window` (the mean over each seed's last 50 finite
     episodes; for a seed that diverged, the 50 before it did), of the first ``upto``
     episodes if given (to compare runs of different length at one budget)."""
     return final_window(st[f"episodes/{key}"], TAIL, upto)
@@ -551,9 +551,9 @@ def grammar_claim(lines: list[str], stores: dict) -> None:
 
 # ----------------------------------------------------------------------------------------
 # P1 Table 1: per-layer rule assignments (plast ablate-layers). The table itself comes from
-# plastcli.tables (one place for the CLI and the figures).
+# plastcli.results.tables (one place for the CLI and the figures).
 
-from plastcli import tables as _tables  # noqa: E402
+from plastcli.results import tables as _tables  # noqa: E402
 
 TABLE1 = "table1-ablate-layers"
 

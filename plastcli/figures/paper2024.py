@@ -8,8 +8,8 @@ import numpy as np  # noqa: E402
 
 from plastcli.figures import register  # noqa: E402
 from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots  # noqa: E402
-from plastcli.statistics import TAIL as FIG8_TAIL  # noqa: E402
-from plastcli.statistics import final_window  # noqa: E402
+from plastcli.results.statistics import TAIL as FIG8_TAIL  # noqa: E402
+from plastcli.results.statistics import final_window  # noqa: E402
 
 FIG8 = {"plastic feedback": "fig8-plastic-feedback", "BP": "fig8-bp"}
 
@@ -28,7 +28,7 @@ def _fig8_coefficients(ax, st, key: str, names: list[str], title: str, ylabel: s
 
 def fig8_summary(plastic, bp) -> str:
     """Markdown with the Fig 8 numbers: final meta-accuracy per seed and mean ± sd, final
-    coefficients and angles (last 50 episodes: plastcli.statistics.final_window)."""
+    coefficients and angles (last 50 episodes: plastcli.results.statistics.final_window)."""
     lines = ["P2 Fig 8 — meta-trained plastic-feedback rule vs meta-trained F_BP "
              f"(means over the last {FIG8_TAIL} episodes per seed; mean ± sd over seeds).", "",
              "| model | meta-accuracy | per seed | meta-loss | mean hidden-layer angle α1..α(L-1) "
@@ -61,7 +61,7 @@ def paired_verdict(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, s
     """Mean of a - b ``[seeds]`` (the same seed in both: same tasks, weights, stream) with
     its 98% bootstrap CI, and "exceeds" (CI above 0), "falls short of" (below) or
     "matches" (contains 0)."""
-    from plastcli.statistics import bootstrap_ci
+    from plastcli.results.statistics import bootstrap_ci
 
     mean, lo, hi = (float(v) for v in bootstrap_ci(np.asarray(a) - np.asarray(b),
                                                     level=0.98))
@@ -246,7 +246,7 @@ def online_table(s):
 # P2 Fig 7: recurrent delayed-memory task, BPTT vs BPTT+Oja (plast rnn-memory).
 
 from plastcli.figures.style import ci_band  # noqa: E402
-from plastcli.statistics import bootstrap_ci  # noqa: E402
+from plastcli.results.statistics import bootstrap_ci  # noqa: E402
 
 FIG7, FIG7_SWEEP = "fig7-rnn-memory", "fig7-rnn-hidden-sweep"
 FIG7_DELAYS = ("fig7-rnn-delay10", "fig7-rnn-delay20")  # the task with T = 10, 20 (not in P2)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from plastcli.collapse import chance_loss
+from plastcli.core.terms import BUILTIN, grammar_names
+from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.errors import PlastError
 from plastcli.figures import register
 from plastcli.figures.style import subplots
-from plastcli.terms import BUILTIN, grammar_names
-from plastcli.vocabulary import grid_dataset_name
+from plastcli.results.collapse import chance_loss
 
 STABILITY_TERMS = tuple(t.name for t in BUILTIN)  # the ten terms of SPEC §3.1
 # The other 39 terms of rule.terms: grammar (a coarser scan: tools/grammar_stability_recipes.py)

@@ -13,9 +13,9 @@ are :data:`BUILTIN`; a recipe declares more under ``rule.define`` (:func:`declar
 ``rule.terms: grammar`` selects every term of the grammar (:func:`grammar`).
 
 The consumers derive from these declarations and write no term out by hand:
-:func:`plastcli.rules.apply_rule` (the forward update, also the autograd reference), the
-reverse pass of :mod:`plastcli.adjoint`, and the chunked input layer of
-:mod:`plastcli.input_layer`. They all work on a :class:`LayerPlan`: the active terms grouped
+:func:`plastcli.core.rules.apply_rule` (the forward update, also the autograd reference), the
+reverse pass of :mod:`plastcli.engine.adjoint`, and the chunked input layer of
+:mod:`plastcli.engine.input_layer`. They all work on a :class:`LayerPlan`: the active terms grouped
 by left factor, then by right factor and sign, so that every left factor is one outer
 product per step. This module does not import torch (recipe validation uses it).
 """
@@ -328,7 +328,7 @@ class LayerPlan:
         return None
 
     def chunkable(self) -> bool:
-        """May layer 1 run in chunks of basis products (:mod:`plastcli.input_layer`)?
+        """May layer 1 run in chunks of basis products (:mod:`plastcli.engine.input_layer`)?
         Its terms must all have s = 1, a ∈ {e_post, y_post} and b ∈ {y_pre, e_pre}, except
         Oja's right factor y_pre − Mᵀ y_post with a = y_post, which must be there (it is
         what the chunks save); no decay."""

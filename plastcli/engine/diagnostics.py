@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plastcli.network import Net, errors, forward, output_error
+from plastcli.core.network import Net, errors, forward, output_error
 
 
 def accuracy(z_out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -106,10 +106,10 @@ def update_norms(net: Net, x: torch.Tensor, labels: torch.Tensor, rule, pseudo: 
 
     Returns (||Delta W_BP||, ||Delta W||), each ``[P, L]``: the pseudo-gradient part
     theta_pseudo * e_l y_{l-1}^T (rank one: |theta| ||e_l|| ||y_{l-1}||) and the whole update
-    of ``rule`` (a :class:`plastcli.rules.LayerCoefficients`). ``pseudo`` ``[P]`` holds
+    of ``rule`` (a :class:`plastcli.core.rules.LayerCoefficients`). ``pseudo`` ``[P]`` holds
     theta_pseudo (0 where the rule has none).
     """
-    from plastcli.rules import apply_rule
+    from plastcli.core.rules import apply_rule
 
     zs, ys = forward(net.W, x, beta)
     onehot = F.one_hot(labels, net.W[-1].shape[1]).to(x.dtype)

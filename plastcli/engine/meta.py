@@ -1,8 +1,6 @@
-"""The engine: one online plasticity step, the unrolled inner loop, meta-training.
-
-Everything is batched over the population axis P. The engine writes no files:
-:class:`MetaTrainer` returns per-episode records (numpy arrays ``[P, ...]``) and a
-``state_dict`` for checkpoints; the experiment modules put them in stores.
+"""Meta-training (P1 Algorithm 1): :class:`MetaTrainer` runs episodes for every member
+at once and returns per-episode records (numpy arrays ``[P, ...]``) and a ``state_dict``
+for checkpoints; the experiment modules put them in stores. It writes no files.
 """
 
 from __future__ import annotations
@@ -15,124 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plastcli import adjoint, diagnostics
-from plastcli.collapse import DECLINE_DROP, DECLINE_WINDOW, CollapseDetector, chance_loss
-from plastcli.collapse import WINDOW as COLLAPSE_WINDOW
+from plastcli.core.network import Net, forward, init_net
+from plastcli.core.rules import LayerCoefficients, layer_mask, selection_matrix
+from plastcli.core.terms import BUILTIN_POOL, Pool, recipe_pool
 from plastcli.data import Episode, TaskSampler, generator_for
-from plastcli.network import Net, errors, forward, init_net, output_error
-from plastcli.rules import LayerCoefficients, apply_rule, layer_mask, selection_matrix
-from plastcli.terms import BUILTIN_POOL, Pool, recipe_pool
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from plastcli.errors import PlastError
-
-        raise PlastError("--device cuda: no CUDA device is available here; use cpu or auto")
-    return torch.device(name)
-
-
-def inner_step(net: Net, x: torch.Tensor, onehot: torch.Tensor, rule: LayerCoefficients,
-               beta: float, feedback: str, fb_rule: LayerCoefficients | None = None,
-               sym_detach: bool = True) -> Net:
-    """One online plasticity step for every member.
-
-    x ``[P, B, n_0]``, onehot ``[P, B, n_L]`` (B = 1 online). Returns the new state;
-    the forward weights change by ``rule``, plastic feedback matrices by ``fb_rule``.
-    """
-    zs, ys = forward(net.W, x, beta)
-    need_e0 = rule.needs_pre_error(1) or (fb_rule is not None and fb_rule.needs_pre_error(1))
-    es = errors(net, zs, ys, output_error(ys[-1], onehot), beta, feedback, need_e0, sym_detach)
-    L = net.n_layers
-    new_W = [apply_rule(net.W[l - 1], rule.views[l - 1], rule.active[l - 1], es[l], es[l - 1],
-                        ys[l], ys[l - 1], zs[l], pool=rule.pool) for l in range(1, L + 1)]
-    new_B = net.Bf
-    if feedback == "plastic":
-        new_B = [apply_rule(net.Bf[l - 1], fb_rule.views[l - 1], fb_rule.active[l - 1], es[l],
-                            es[l - 1], ys[l], ys[l - 1], pool=fb_rule.pool)
-                 for l in range(1, L + 1)]
-    return Net(W=new_W, Bf=new_B, D=net.D)
-
-
-def run_inner_loop(net: Net, x: torch.Tensor, labels: torch.Tensor, n_out: int,
-                   rule: LayerCoefficients, beta: float, feedback: str,
-                   fb_rule: LayerCoefficients | None = None, sym_detach: bool = True) -> Net:
-    """Present x ``[P, T, n_0]`` (labels ``[P, T]``) one sample at a time, in order."""
-    onehot = F.one_hot(labels, n_out).to(x.dtype)
-    for t in range(x.shape[1]):
-        net = inner_step(net, x[:, t : t + 1], onehot[:, t : t + 1], rule, beta, feedback,
-                         fb_rule, sym_detach)
-    return net
-
-
-class Adam:
-    """Elementwise Adam over ``[P, ...]`` tensors with a per-member 'active' mask.
-
-    Matches torch.optim.Adam (no weight decay, no amsgrad) for active members;
-    inactive members keep their parameters and moments exactly.
-    """
-
-    def __init__(self, shapes: list[tuple[int, ...]], lr: float | torch.Tensor,
-                 betas=(0.9, 0.999), eps: float = 1e-8, device=None):
-        # lr: one number, or ``[P]`` per member (population.grid)
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.m = [torch.zeros(s, device=device) for s in shapes]
-        self.v = [torch.zeros(s, device=device) for s in shapes]
-        self.step_count = torch.zeros(shapes[0][0], device=device)  # per member
-
-    @torch.no_grad()
-    def step(self, params: list[torch.Tensor], grads: list[torch.Tensor],
-             active: torch.Tensor, prox_l1: torch.Tensor | None = None) -> None:
-        """One step for the ``active`` members. ``prox_l1`` ``[P]``: after the step,
-        soft-threshold each coefficient by lambda times its step size lr / denom
-        (proximal Adam), so that a coefficient the CE does not hold goes exactly to 0."""
-        b1, b2 = self.betas
-        t = self.step_count + active.float()
-        bc1 = 1 - b1 ** t.clamp(min=1)
-        bc2 = 1 - b2 ** t.clamp(min=1)
-        for p, g, m, v in zip(params, grads, self.m, self.v, strict=True):
-            a = active.view(-1, *[1] * (p.dim() - 1))
-            m_new = b1 * m + (1 - b1) * g
-            v_new = b2 * v + (1 - b2) * g * g
-            shape = (-1, *[1] * (p.dim() - 1))
-            denom = (v_new / bc2.view(shape)).sqrt() + self.eps
-            lr = self.lr.view(shape) if isinstance(self.lr, torch.Tensor) else self.lr
-            p_new = p - lr * (m_new / bc1.view(shape)) / denom
-            if prox_l1 is not None:
-                thr = lr * prox_l1.view(shape) / denom
-                p_new = p_new.sign() * (p_new.abs() - thr).clamp(min=0)
-            m.copy_(torch.where(a, m_new, m))
-            v.copy_(torch.where(a, v_new, v))
-            p.copy_(torch.where(a, p_new, p))
-        self.step_count = t
-
-    def snapshot(self) -> list[torch.Tensor]:
-        """Copies of the moments and step counts (for :meth:`restore`)."""
-        return [t.clone() for t in (*self.m, *self.v, self.step_count)]
-
-    def restore(self, saved: list[torch.Tensor], members: torch.Tensor) -> None:
-        """Put the ``members`` ``[P]`` bool back to a :meth:`snapshot`; others keep theirs."""
-        n = len(self.m)
-        for cur, old in zip((*self.m, *self.v), saved[: 2 * n], strict=True):
-            cur.copy_(torch.where(members.view(-1, *[1] * (cur.dim() - 1)), old, cur))
-        self.step_count = torch.where(members, saved[-1], self.step_count)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        out = {"adam_step": self.step_count.cpu().numpy().copy()}
-        for i, (m, v) in enumerate(zip(self.m, self.v, strict=True)):
-            out[f"adam_m{i}"] = m.cpu().numpy().copy()
-            out[f"adam_v{i}"] = v.cpu().numpy().copy()
-        return out
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        dev = self.step_count.device
-        self.step_count = torch.as_tensor(state["adam_step"], device=dev)
-        for i in range(len(self.m)):
-            self.m[i] = torch.as_tensor(state[f"adam_m{i}"], device=dev)
-            self.v[i] = torch.as_tensor(state[f"adam_v{i}"], device=dev)
+from plastcli.engine import adjoint, diagnostics, parallel
+from plastcli.engine.inner import Adam, run_inner_loop
+from plastcli.results.collapse import DECLINE_DROP, DECLINE_WINDOW, CollapseDetector, chance_loss
+from plastcli.results.collapse import WINDOW as COLLAPSE_WINDOW
 
 
 @dataclass
@@ -154,7 +42,7 @@ class MetaConfig:
     l1: float | list[float] = 0.0
     grad_clip: float | None = None
     sym_detach: bool = True
-    gradient: str = "auto"  # 'auto' uses plastcli.adjoint where supported
+    gradient: str = "auto"  # 'auto' uses plastcli.engine.adjoint where supported
     l1_mode: str = "subgradient"  # or 'proximal' (soft-threshold after the Adam step)
     bounds: dict[str, list[float | None]] = field(default_factory=dict)  # term -> [lo, hi]
     theta_jitter: float = 0.0  # relative N(0,1) perturbation of the initial theta
@@ -164,7 +52,7 @@ class MetaConfig:
     decline_drop: float | None = DECLINE_DROP
     rollback: int = 0  # non-finite episodes a member is rolled back after (0 = off)
     rollback_lr_factor: float = 0.5
-    pool: Pool = BUILTIN_POOL  # the terms the masks' R indices name (plastcli.terms)
+    pool: Pool = BUILTIN_POOL  # the terms the masks' R indices name (plastcli.core.terms)
 
     @classmethod
     def from_recipe(cls, recipe, n_members: int,
@@ -348,7 +236,7 @@ class MetaTrainer:
             active = LayerCoefficients.build(theta_full.detach(), self.mask).active
             net0 = init_net(self.cfg.layers, self.seeds, self.episode, self.cfg.init,
                             self.cfg.feedback, self.device)
-            ce, net, coef_grad = adjoint.meta_loss_and_coef_grad(
+            ce, net, coef_grad = parallel.meta_loss_and_coef_grad(
                 net0, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef.detach(), active,
                 self.cfg.beta, self.cfg.feedback, pool=self.cfg.pool)
             l1 = params[0].abs().sum(1)

@@ -1,9 +1,9 @@
-"""Rules over the term pool (:mod:`plastcli.terms`): coefficients, per-layer masks and the
+"""Rules over the term pool (:mod:`plastcli.core.terms`): coefficients, per-layer masks and the
 forward update.
 
 A rule is ``Delta M = sum_r c_r F_r`` with coefficients ``[P, R]`` shared by all
 layers and a per-member, per-layer mask ``[P, L, R]`` (P1 Table 1); R is the size of the
-run's :class:`~plastcli.terms.Pool` (the ten built-in terms, then any a recipe declares).
+run's :class:`~plastcli.core.terms.Pool` (the ten built-in terms, then any a recipe declares).
 Every term is ``sign · s · a bᵀ`` with one of three left vectors (e_l, y_l or ones), so
 :func:`apply_rule` folds the active terms into at most three outer products and one
 batched matmul; no ``n x n`` (or larger) intermediate is ever built.
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from plastcli import terms
-from plastcli.terms import BUILTIN_POOL, Pool
+from plastcli.core import terms
+from plastcli.core.terms import BUILTIN_POOL, Pool
 
 R = len(terms.BUILTIN)
 IDX = BUILTIN_POOL.index
@@ -92,7 +92,7 @@ def apply_rule(M: torch.Tensor, c: dict[int, torch.Tensor], active: tuple[int, .
     M ``[P, n_l, n_{l-1}]`` (W_l, or B_l for a feedback rule); e_post, y_post
     ``[P, B, n_l]``; e_pre, y_pre ``[P, B, n_{l-1}]``; c[r] ``[P, 1, 1]``. With B > 1 the
     per-sample updates are summed. ``z_post`` = M y_pre if known (saves a matmul for
-    e_postᵀ M y_pre). Grouping (:func:`plastcli.terms.plan`): per left factor a, the right
+    e_postᵀ M y_pre). Grouping (:func:`plastcli.core.terms.plan`): per left factor a, the right
     factor sum_groups sign (sum_r c_r s_r) b; then F = sum_a a (right_a)^T - c_decay M.
     Oja's (y yᵀ) M is computed as y (yᵀ M): never an n x n matrix.
     """

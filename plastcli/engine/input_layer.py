@@ -1,7 +1,7 @@
 """The input layer's updates under Oja's rule, a chunk of steps at a time (CPU fast path).
 
 For W_1 ``[P, n_1, n_0]`` (the largest matrix: 170 x 784 in P1) the per-step reverse
-pass of :mod:`plastcli.adjoint` reads the whole matrix four times a step. Two of those
+pass of :mod:`plastcli.engine.adjoint` reads the whole matrix four times a step. Two of those
 reads come from Oja's term: ``v_t = W_t^T y_t`` going forward and ``W_t rbar_t`` going
 back. Because the inputs ``p_t = x_t`` are known in advance, both can be replaced by
 products with a handful of basis vectors per chunk of K steps (the WY trick of chunked
@@ -27,10 +27,10 @@ the chunk's end, ``r_s = -c_oja bbar_s``, ``delta_s = zbar_s``),
 
 Only the synthetic error's product with the fixed feedback ``B_1`` stays per step.
 Above, a_t and bx_t are written for the built-in terms; in general they are the sums of
-the layer's term groups (:func:`plastcli.terms.plan`): a_t = sum K b over the groups with
+the layer's term groups (:func:`plastcli.core.terms.plan`): a_t = sum K b over the groups with
 left factor e_post, bx_t likewise for y_post, with Oja's right factor taking the place of
 ``c_oja (p_t - vx_t)``. Applies when layer 1's declarations fit
-:meth:`plastcli.terms.LayerPlan.chunkable` (scalar 1, no decay, a ∈ {e_post, y_post},
+:meth:`plastcli.core.terms.LayerPlan.chunkable` (scalar 1, no decay, a ∈ {e_post, y_post},
 b ∈ {y_pre, e_pre}, plus Oja's ``y_post (y_pre − Mᵀ y_post)ᵀ``, which must be there), with
 fixed feedback or no pre-synaptic error; tests/test_adjoint.py checks it against autograd.
 Shapes: rows ``[P, 1, n]``, chunk blocks ``[P, k, n]``; rows of ``EY`` and ``AB``
@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import torch
 
-from plastcli import terms
-from plastcli.terms import BUILTIN_POOL, Pool
+from plastcli.core import terms
+from plastcli.core.terms import BUILTIN_POOL, Pool
 
 
 def applies(on: frozenset[int], feedback: str, pool: Pool = BUILTIN_POOL) -> bool:
@@ -82,7 +82,7 @@ class InputLayerChunks:
     chunk, a copy of each chunk's start kept for the reverse pass, which leaves W as the
     forward pass left it); ``x`` ``[P, T, n_0]``.
     ``c`` maps term index to its coefficient view ``[P, 1, 1]``; ``plan`` groups the
-    layer's terms (:func:`plastcli.terms.plan`, chunkable).
+    layer's terms (:func:`plastcli.core.terms.plan`, chunkable).
     """
 
     def __init__(self, W: torch.Tensor, x: torch.Tensor, K: int, c: dict,

@@ -49,7 +49,7 @@ _ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_
 # to it, then import with the parent's sys.path (not the current directory's packages).
 _BOOT = ("import os, sys; fd = os.dup(1); os.dup2(2, 1); "
          "sys.path[:] = os.environ['PLAST_WORKER_PATH'].split(os.pathsep); "
-         "from plastcli.workers import serve; serve(fd)")
+         "from plastcli.engine.workers import serve; serve(fd)")
 
 
 def processes_for(P: int, device: torch.device | str) -> int:

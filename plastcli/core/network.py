@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from plastcli.core.vocabulary import FEEDBACK_MODES, INITS
 from plastcli.data import generator_for
-from plastcli.vocabulary import FEEDBACK_MODES, INITS
 
 
 @dataclass

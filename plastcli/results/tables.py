@@ -2,8 +2,8 @@
 ablate-layers store, for ``plast ablate-layers`` and ``plast figures`` alike.
 
 Table 1: per layer assignment, the alignment angles alpha_l ``[L]`` of each member
-averaged over the episodes after the burn-in (:func:`plastcli.statistics.window_mean`,
-a fixed window), and its final meta-accuracy (:func:`plastcli.statistics.final_window`,
+averaged over the episodes after the burn-in (:func:`plastcli.results.statistics.window_mean`,
+a fixed window), and its final meta-accuracy (:func:`plastcli.results.statistics.final_window`,
 the last 50 finite episodes, as everywhere else); then mean ± sd over seeds.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from plastcli.errors import PlastError
-from plastcli.statistics import TAIL as ACC_TAIL  # final meta-accuracy: as plast meta-train
-from plastcli.statistics import final_window, window_mean
-from plastcli.store import StoreData
+from plastcli.results.statistics import TAIL as ACC_TAIL  # final meta-accuracy: as plast meta-train
+from plastcli.results.statistics import final_window, window_mean
+from plastcli.results.store import StoreData
 
 
 def _mean_sd(x: np.ndarray) -> tuple[float, float]:
@@ -35,7 +35,7 @@ def table1_rows(store: StoreData, burn_in: int | None = None) -> list[dict]:
     Keys: 'assignment', 'base_layers' / 'added_layers' (layer names), 'seeds' (members),
     'diverged' (members), 'alpha' ``[L, 2]`` (mean, sd over seeds of each member's mean
     angle alpha_l over episodes burn_in..end, degrees) and 'meta_accuracy' (mean, sd over
-    seeds of each member's final value, plastcli.statistics.final_window: its last 50
+    seeds of each member's final value, plastcli.results.statistics.final_window: its last 50
     finite episodes).
     """
     if store.attrs.get("plast_experiment") != "ablate-layers" or "members/assignment" not in store:

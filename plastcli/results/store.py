@@ -29,15 +29,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from plastcli import labels
 from plastcli.errors import PlastError
+from plastcli.results import labels
 
 RUNNING, COMPLETE = "running", "complete"
 
 
 def git_commit() -> str:
     """The commit of the plast checkout (with '+dirty' if it has uncommitted changes)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the plastcli package
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=5).stdout.strip()

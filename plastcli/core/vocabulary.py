@@ -1,7 +1,7 @@
 """The names a recipe may use and what they stand for: datasets, feedback modes,
-initialisers, population grid keys (term names: :mod:`plastcli.terms`).
+initialisers, population grid keys (term names: :mod:`plastcli.core.terms`).
 
-The bottom of the core layer, beside :mod:`plastcli.terms`: the network, the data
+The bottom of the core layer, beside :mod:`plastcli.core.terms`: the network, the data
 loader, the recipes and the store all take their names from here, so none of them
 imports another for a name. Nothing here imports torch (recipe validation reads it).
 """

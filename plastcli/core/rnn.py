@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from plastcli.core.vocabulary import RECURRENT_INITS, SIGMAS  # noqa: F401 (re-exported)
 from plastcli.data import generator_for
-from plastcli.vocabulary import RECURRENT_INITS, SIGMAS  # noqa: F401 (re-exported)
 
 OJA_PRE = ("z", "sigma")
 

@@ -14,7 +14,8 @@ import types
 import typing
 from typing import Any
 
-from plastcli.recipes import SCHEMAS, _describe
+from plastcli.recipes.fields import describe
+from plastcli.recipes.load import SCHEMAS
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def keys(experiment: str) -> list[tuple[str, str, str, str]]:
                 continue
             allowed = ", ".join(map(str, md["choices"])) if md.get("choices") else \
                 (f">= {md['min']}" if md.get("min") is not None else "")
-            rows.append((key, _describe(tp), "(required)" if d is dataclasses.MISSING
+            rows.append((key, describe(tp), "(required)" if d is dataclasses.MISSING
                          else repr(d), allowed))
             if inner is not None:  # a list of mappings: their keys, as key.N.sub
                 walk(inner, key + ".N.", None)

@@ -9,15 +9,15 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
+from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.lock import holder
-from plastcli.statistics import TAIL, final_window
-from plastcli.store import read_store
-from plastcli.vocabulary import grid_dataset_name
+from plastcli.results.statistics import TAIL, final_window
+from plastcli.results.store import read_store
 
 
 def final_values(arr: np.ndarray, group: str) -> np.ndarray:
     """Per member ``[P]`` of arr ``[P, E]``: the final value of episodes/ metrics
-    (:func:`plastcli.statistics.final_window`, the last 50 finite episodes) or the last
+    (:func:`plastcli.results.statistics.final_window`, the last 50 finite episodes) or the last
     value of curves/."""
     if group == "episodes":
         return final_window(arr)

@@ -18,9 +18,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from plastcli import labels
 from plastcli.errors import PlastError
-from plastcli.store import COMPLETE, _fsync
+from plastcli.results import labels
+from plastcli.results.store import COMPLETE, _fsync
 
 MEMBER_GROUPS = ("episodes", "members", "checkpoint")
 SUMMED = ("diverged_members", "collapsed_members")

@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from plastcli.core.network import Net
+from plastcli.core.rules import LayerCoefficients
 from plastcli.data import generator_for
-from plastcli.engine import inner_step
-from plastcli.network import Net
-from plastcli.rules import LayerCoefficients
+from plastcli.engine.inner import inner_step
 
 
 def stream_order(seeds: list[int], pool: torch.Tensor, samples: int,

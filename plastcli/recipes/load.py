@@ -1,0 +1,102 @@
+"""Reading a recipe: the file's YAML, the experiment kind -> schema table, overrides, the
+validation, and the resolved recipe as YAML for stores (and back)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plastcli.core.vocabulary import (  # the names of the core layer; no torch there either
+    REGISTRY,
+)
+from plastcli.errors import PlastError
+from plastcli.recipes.fields import Where, apply_override, parse_dataclass
+from plastcli.recipes.meta import AblateLayersRecipe, MetaTrainRecipe
+from plastcli.recipes.online import BaselineRecipe, InitStudyRecipe, RnnMemoryRecipe
+
+# Experiment kind -> schema.
+SCHEMAS: dict[str, type] = {"meta-train": MetaTrainRecipe, "ablate-layers": AblateLayersRecipe,
+                            "baseline": BaselineRecipe, "init-study": InitStudyRecipe,
+                            "rnn-memory": RnnMemoryRecipe}
+
+
+def read_recipe_yaml(path: Path) -> dict:
+    """The recipe file's YAML mapping; PlastError if it is missing, a directory,
+    unreadable, not UTF-8 text, not YAML or not a mapping."""
+    if path.is_dir():
+        raise PlastError(f"{path} is a directory, not a recipe file")
+    if not path.is_file():
+        raise PlastError(f"{path}: recipe file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlastError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                         f"offset {exc.start}); save the recipe as UTF-8") from None
+    except OSError as exc:
+        raise PlastError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise PlastError(f"{path}: not valid YAML{at}") from None
+    except RecursionError:
+        raise PlastError(f"{path}: not valid YAML (nested too deeply)") from None
+    if not isinstance(raw, dict):
+        raise PlastError(f"{path}: a recipe must be a YAML mapping")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                expected: str | None = None) -> Any:
+    """Read, override and validate a recipe; return its schema dataclass.
+
+    Raises PlastError (one line: file, key, allowed values) on any problem.
+    """
+    path = Path(path)
+    where = Where(path)
+    raw = read_recipe_yaml(path)
+    for assignment in overrides:
+        apply_override(raw, assignment, where)
+    kind = raw.get("experiment")
+    if not isinstance(kind, str) or kind not in SCHEMAS:
+        where.fail("experiment", f"{kind!r} is not an experiment; allowed: {', '.join(SCHEMAS)}")
+    if expected is not None and kind != expected:
+        where.fail("experiment", f"this recipe is for 'plast {kind}', not 'plast {expected}'")
+    recipe = parse_dataclass(SCHEMAS[kind], raw, where)
+    recipe.validate(where)
+    return recipe
+
+
+def recipe_needs(recipes_dir: Path) -> dict[str, list[str]]:
+    """Data file (relative path) -> the recipes under ``recipes_dir`` that read it.
+    Meta-training recipes read their dataset's split; online ones its train and test."""
+    needs: dict[str, list[str]] = {}
+    for path in sorted(Path(recipes_dir).rglob("*.yaml")):
+        try:
+            recipe = load_recipe(path)
+        except PlastError:
+            continue
+        name = recipe.dataset.name
+        splits = [recipe.dataset.split] if hasattr(recipe.dataset, "split") else ["train", "test"]
+        for split in splits:
+            for rel in REGISTRY.get(name, {}).get(split, ()):
+                needs.setdefault(rel, []).append(str(path))
+    return needs
+
+
+def recipe_to_yaml(recipe: Any) -> str:
+    """The resolved recipe (defaults filled in) as YAML, for provenance."""
+    return yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False)
+
+
+def recipe_from_yaml(text: str, where: str = "<store>") -> Any:
+    """Rebuild a recipe from the YAML stored in a result file."""
+    raw = yaml.safe_load(text)
+    w = Where(where)
+    recipe = parse_dataclass(SCHEMAS[raw["experiment"]], raw, w)
+    recipe.validate(w)
+    return recipe
