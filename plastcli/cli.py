@@ -17,8 +17,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import plastcli.cli_format  # noqa: F401  (flags without <bool>; one-line usage errors)
 from plastcli import __version__
 from plastcli.errors import PlastError
+
+EXIT_CODES = ("Exit codes: 0 done; 1 a run failed (reproduce, sweep) or data check found a "
+              "bad file; 2 bad input (one line naming the file, key or option and what is "
+              "allowed); 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the store says how to continue).")
 
 app = typer.Typer(
     name="plast",
@@ -29,12 +34,12 @@ app = typer.Typer(
         "stabiliser.\n\n"
         "Every experiment reads a YAML recipe (see recipes/), writes an HDF5 result store "
         "(results/PAPER/NAME.h5) and 'plast figures' draws the papers' figures from "
-        "the stores. Data: --data-dir, else $PLAST_DATA, else ~/.cache/plast/data."
+        "the stores. Data: --data-dir, else $PLAST_DATA, else ~/.cache/plast/data.\n\n"
+        + EXIT_CODES
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 data_app = typer.Typer(help="Verify or download the datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -49,18 +54,38 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 # Options shared by every training subcommand.
-RecipeArg = typer.Argument(..., help="YAML recipe file, e.g. recipes/bio.yaml.", show_default=False)
+
+
+def recipe_arg(example: str):
+    """The recipe argument, with an example of the command's own kind."""
+    return typer.Argument(..., help=f"YAML recipe file, e.g. {example}.", show_default=False)
+
+
+def choice_option(default, flag: str, choices: tuple[str, ...], help: str, **kw):
+    """An option with a fixed set of values: listed in --help and completed by the shell;
+    a value outside it is one red line and exit 2 (:func:`check_choice`)."""
+    return typer.Option(default, flag, metavar="[" + "|".join(choices) + "]", help=help,
+                        autocompletion=lambda: list(choices), **kw)
+
+
+def check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise PlastError(f"{flag} '{value}' is not allowed; allowed: {', '.join(choices)}")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+# the experiment kinds (plastcli.recipes.SCHEMAS; tests/test_cli_help.py checks they agree)
+EXPERIMENTS = ("meta-train", "ablate-layers", "baseline", "init-study", "rnn-memory")
 SeedsOpt = typer.Option(None, "--seeds", min=1, help="Number of seeds (population members); "
                         "overrides population.seeds.")
-DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda (overrides run.device).")
+DeviceOpt = choice_option(None, "--device", DEVICES, "Overrides run.device.")
 OutOpt = typer.Option(None, "--out", help="Result store path [default: results/PAPER/NAME.h5].")
-SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set meta.lr=3e-3 "
-                      "(repeatable).")
-# metavar="": a flag takes no value (typer would print <bool> after it)
-ResumeOpt = typer.Option(False, "--resume", metavar="", help="Continue a killed or extended "
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a recipe key, e.g. "
+                      "--set meta.lr=3e-3 (repeatable).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue a killed or extended "
                          "run from its last checkpoint; gives the same numbers as an "
                          "uninterrupted run.")
-OverwriteOpt = typer.Option(False, "--overwrite", metavar="", help="Replace an existing store.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing store.")
 DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the IDX files "
                           "[default: $PLAST_DATA, else ~/.cache/plast/data].")
 
@@ -97,8 +122,8 @@ def user_errors(fn):
             _fail(str(exc))
         except KeyboardInterrupt as exc:
             _abandon(exc)
-            err_console.print("[yellow]interrupted[/]: the store says 'failed: interrupted'; "
-                              "continue with --resume")
+            err_console.print("[yellow]interrupted[/]: a store being written says 'failed: "
+                              "interrupted' and how to continue")
             raise typer.Exit(130) from None
         except Terminated as exc:
             _abandon(exc)
@@ -114,8 +139,7 @@ def user_errors(fn):
 
 
 def _check_device(device: str | None) -> None:
-    if device is not None and device not in ("auto", "cpu", "cuda"):
-        raise PlastError(f"--device '{device}' is not allowed; allowed: auto, cpu, cuda")
+    check_choice("--device", device, DEVICES)
 
 
 def _load(recipe: Path, kind: str, sets: list[str] | None, extra: list[str]):
@@ -147,7 +171,7 @@ def _run(kind: str, module_name: str, recipe: Path, set_, device, out, resume, o
 @app.command("meta-train")
 @user_errors
 def meta_train(
-    recipe: Path = RecipeArg,
+    recipe: Path = recipe_arg("recipes/bio.yaml"),
     seeds: int | None = SeedsOpt,
     episodes: int | None = typer.Option(None, "--episodes", min=1,
                                         help="Overrides meta.episodes."),
@@ -206,7 +230,7 @@ def meta_train(
 @app.command("ablate-layers")
 @user_errors
 def ablate_layers(
-    recipe: Path = RecipeArg,
+    recipe: Path = recipe_arg("recipes/2022/table1-ablate-layers.yaml"),
     seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per assignment; "
                                      "overrides population.seeds."),
     episodes: int | None = typer.Option(None, "--episodes", min=1,
@@ -244,10 +268,11 @@ def ablate_layers(
         out_console.print(f"wrote {f}", highlight=False)
 
 
-def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_, resume,
+def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_,
                     overwrite, data_dir) -> None:
-    """Shared body of ``plast baseline`` and ``plast init-study``."""
-    rec, res = _run(kind, kind.replace("-", "_"), recipe, set_, device, out, resume, overwrite,
+    """Shared body of ``plast baseline`` and ``plast init-study`` (no --resume: these runs
+    have no checkpoints yet)."""
+    rec, res = _run(kind, kind.replace("-", "_"), recipe, set_, device, out, False, overwrite,
                     data_dir, {"population.seeds": seeds, "online.samples": samples})
     table = Table(title=f"{kind} {rec.name}: {rec.online.samples} online samples, "
                   f"{rec.population.seeds} runs per condition -> {res.out}")
@@ -270,13 +295,12 @@ SamplesOpt = typer.Option(None, "--samples", min=1, help="Overrides online.sampl
 @app.command("baseline")
 @user_errors
 def baseline_cmd(
-    recipe: Path = RecipeArg,
+    recipe: Path = recipe_arg("recipes/2024/fig1-depth5.yaml"),
     seeds: int | None = SeedsOpt,
     samples: int | None = SamplesOpt,
     device: str | None = DeviceOpt,
     out: Path | None = OutOpt,
     set_: list[str] | None = SetOpt,
-    resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
     data_dir: Path | None = DataDirOpt,
 ) -> None:
@@ -287,20 +311,19 @@ def baseline_cmd(
     subset), alignment angles, activation norms, reconstruction errors and update norms.
     Example: plast baseline recipes/2024/fig1-depth5.yaml
     """
-    _online_command("baseline", recipe, seeds, samples, device, out, set_, resume, overwrite,
+    _online_command("baseline", recipe, seeds, samples, device, out, set_, overwrite,
                     data_dir)
 
 
 @app.command("init-study")
 @user_errors
 def init_study_cmd(
-    recipe: Path = RecipeArg,
+    recipe: Path = recipe_arg("recipes/2024/fig5-naive-init.yaml"),
     seeds: int | None = SeedsOpt,
     samples: int | None = SamplesOpt,
     device: str | None = DeviceOpt,
     out: Path | None = OutOpt,
     set_: list[str] | None = SetOpt,
-    resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
     data_dir: Path | None = DataDirOpt,
 ) -> None:
@@ -308,21 +331,20 @@ def init_study_cmd(
 
     Example: plast init-study recipes/2024/fig5-naive-init.yaml
     """
-    _online_command("init-study", recipe, seeds, samples, device, out, set_, resume, overwrite,
+    _online_command("init-study", recipe, seeds, samples, device, out, set_, overwrite,
                     data_dir)
 
 
 @app.command("rnn-memory")
 @user_errors
 def rnn_memory_cmd(
-    recipe: Path = RecipeArg,
+    recipe: Path = recipe_arg("recipes/2024/fig7-rnn-memory.yaml"),
     seeds: int | None = SeedsOpt,
     samples: int | None = typer.Option(None, "--samples", min=1,
                                        help="Overrides online.samples (training sequences)."),
     device: str | None = DeviceOpt,
     out: Path | None = OutOpt,
     set_: list[str] | None = SetOpt,
-    resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
     data_dir: Path | None = DataDirOpt,
 ) -> None:
@@ -333,7 +355,7 @@ def rnn_memory_cmd(
     then trains every condition x seed (per hidden size) online, one sequence per update.
     Example: plast rnn-memory recipes/2024/fig7-rnn-memory.yaml
     """
-    rec, res = _run("rnn-memory", "rnn_memory", recipe, set_, device, out, resume, overwrite,
+    rec, res = _run("rnn-memory", "rnn_memory", recipe, set_, device, out, False, overwrite,
                     data_dir, {"population.seeds": seeds, "online.samples": samples})
     table = Table(title=f"rnn-memory {rec.name}: {rec.online.samples} sequences (T = "
                   f"{rec.task.T}, image for {rec.task.present} steps), {rec.population.seeds} "
@@ -366,27 +388,40 @@ def show(store: Path = typer.Argument(..., help="A result store (.h5), or a swee
         out_console.print(renderable)
 
 
-@app.command("figures")
+FIGURE_PAPERS, FORMATS = ("2022", "2024"), ("png", "pdf")
+# What plast figures draws, per paper (tests/test_cli_help.py checks it against the registry
+# of plastcli.figures, which this file does not import: it loads matplotlib).
+FIGURES_DRAWN = {
+    "2022": "fig3-pseudo-vs-bp, fig4-pool, fig4-pool-sweep, fig4-grammar-pool, fig5-bio, "
+            "fig6-ehebb, fig8-oja, fig9-orthonormality, fig-meta-accuracy-all, fig1-fa-dfa-bp, "
+            "table1-ablate-layers, fig-stability-map, fig-stability-strip, stability-map.md, "
+            "reproduction-2022.md",
+    "2024": "fig1-bp-vs-oja, fig2-reconstruction-error, fig3-reconstructions-depth5, "
+            "fig3-reconstructions-depth10, fig4-pca, fig5-naive-init, fig6-activation-norms, "
+            "figS1-update-norms, fig7-rnn-memory, fig8-plastic-feedback, online-results-2024.md",
+}
+
+
+@app.command("figures", help="Draw every figure of a paper that its stores support (missing "
+             "stores are named).\n\n" + "\n\n".join(f"{p}: {v}." for p, v in FIGURES_DRAWN.items())
+             + "\n\nExample: plast figures --paper 2022 --results results --format png")
 @user_errors
 def figures(
-    paper: str = typer.Option(..., "--paper", help="2022 or 2024."),
+    paper: str = choice_option(..., "--paper", FIGURE_PAPERS, "The paper."),
     results: Path = typer.Option(Path("results"), "--results",
                                  help="Results directory holding PAPER/*.h5."),
     out: Path | None = typer.Option(None, "--out",
                                     help="Figure directory [default: RESULTS/PAPER/figures]."),
-    fmt: list[str] | None = typer.Option(None, "--format",
-                                         help="png and/or pdf (repeatable) [default: both]."),
+    fmt: list[str] | None = choice_option(None, "--format", FORMATS,
+                                          "Repeatable [default: png and pdf]."),
 ) -> None:
-    """Draw every figure of a paper that its stores support (missing stores are named)."""
     from plastcli.figures import draw_paper
     from plastcli.paths import ensure_out_dir, remove_empty
 
-    if paper not in ("2022", "2024"):
-        raise PlastError(f"--paper '{paper}' is not allowed; allowed: 2022, 2024")
-    formats = fmt or ["png", "pdf"]
+    check_choice("--paper", paper, FIGURE_PAPERS)
+    formats = fmt or list(FORMATS)
     for f in formats:
-        if f not in ("png", "pdf"):
-            raise PlastError(f"--format '{f}' is not allowed; allowed: png, pdf")
+        check_choice("--format", f, FORMATS)
     out_dir = out or results / paper / "figures"
     made = ensure_out_dir(out_dir)
     report = draw_paper(paper, results / paper, out_dir, formats)
@@ -403,11 +438,11 @@ def figures(
 # Options shared by plast reproduce and plast sweep (a run: one recipe, or one sweep point).
 JobsOpt = typer.Option(None, "--jobs", min=1, help="Runs side by side [default: the cores "
                        "available].")
-BackendOpt = typer.Option("local", "--backend", help="local (a process per run) or ray "
-                          "(needs pip install -e '.[ray]').")
-AddressOpt = typer.Option(None, "--address", help="Ray cluster to join [default: start an "
-                          "embedded local Ray].")
-ForceOpt = typer.Option(False, "--force", metavar="", help="Rerun every run, even one whose "
+BackendOpt = choice_option("local", "--backend", ("local", "ray"), "local (a process per "
+                           "run) or ray (needs pip install -e '.[ray]').")
+AddressOpt = typer.Option(None, "--address", metavar="HOST:PORT", help="Ray cluster to join "
+                          "[default: start an embedded local Ray].")
+ForceOpt = typer.Option(False, "--force", help="Rerun every run, even one whose "
                         "store is complete and current.")
 SeedChunkOpt = typer.Option(None, "--seed-chunk", min=1, help="Ray: run a meta-train "
                             "population of more seeds as one task per chunk of this many "
@@ -417,9 +452,10 @@ SeedChunkOpt = typer.Option(None, "--seed-chunk", min=1, help="Ray: run a meta-t
 @app.command("reproduce")
 @user_errors
 def reproduce_cmd(
-    paper: str = typer.Option(..., "--paper", help="2022, 2024 or all."),
-    scale: str = typer.Option("full", "--scale", help="smoke (every recipe shrunk, ~minutes, "
-                              "numbers are not results) or full (the recipes as written)."),
+    paper: str = choice_option(..., "--paper", (*FIGURE_PAPERS, "all"), "The paper, or both."),
+    scale: str = choice_option("full", "--scale", ("smoke", "full"), "smoke (every recipe "
+                               "shrunk, ~minutes, numbers are not results) or full (the "
+                               "recipes as written)."),
     jobs: int | None = JobsOpt,
     backend: str = BackendOpt,
     address: str | None = AddressOpt,
@@ -480,7 +516,8 @@ def sweep_cmd(
 
 @recipe_app.command("show")
 @user_errors
-def recipe_show(recipe: Path = RecipeArg, sets: list[str] | None = SetOpt) -> None:
+def recipe_show(recipe: Path = recipe_arg("recipes/2022/fig4-pool.yaml"),
+                sets: list[str] | None = SetOpt) -> None:
     """Print the resolved recipe (every default filled in, --set applied), as a run stores
     it."""
     from plastcli.recipes import load_recipe, recipe_to_yaml
@@ -491,9 +528,9 @@ def recipe_show(recipe: Path = RecipeArg, sets: list[str] | None = SetOpt) -> No
 
 @recipe_app.command("keys")
 @user_errors
-def recipe_keys_cmd(experiment: str = typer.Argument(..., help="meta-train, ablate-layers, "
-                                                     "baseline, init-study or rnn-memory.")
-                    ) -> None:
+def recipe_keys_cmd(experiment: str = typer.Argument(
+        ..., metavar="[" + "|".join(EXPERIMENTS) + "]", help="The experiment kind.",
+        autocompletion=lambda: list(EXPERIMENTS), show_default=False)) -> None:
     """Every key of an experiment's recipe with its type, default and allowed values (a
     list of mappings shows its items' keys as key.N.sub, the form --set takes)."""
     from plastcli.recipes import SCHEMAS
@@ -533,7 +570,8 @@ def recipe_schema(out: Path | None = typer.Option(None, "--out", help="Write it 
 
 @store_app.command("upgrade")
 @user_errors
-def store_upgrade(stores: list[Path] = typer.Argument(..., help="Complete result stores "
+def store_upgrade(stores: list[Path] = typer.Argument(..., metavar="STORE.h5...",
+                                                      help="Complete result stores "
                                                       "(.h5) to upgrade in place.",
                                                       show_default=False)) -> None:
     """Give older stores today's labels in place: HDF5 dimension scales (member, episode,
@@ -591,8 +629,10 @@ def _recipes_dir() -> Path:
 @data_app.command("fetch")
 @user_errors
 def data_fetch(
-    dataset: str | None = typer.Argument(None, help="mnist | fashion-mnist | emnist-balanced "
-                                         "[default: list what can be fetched]",
+    dataset: str | None = typer.Argument(None, metavar="[mnist|fashion-mnist|emnist-balanced]",
+                                         help="[default: list what can be fetched]",
+                                         autocompletion=lambda: ["mnist", "fashion-mnist",
+                                                                 "emnist-balanced"],
                                          show_default=False),
     data_dir: Path | None = DataDirOpt,
 ) -> None:
@@ -619,7 +659,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", metavar="", callback=_version,
+def _root(version: bool = typer.Option(False, "--version", callback=_version,
                                        is_eager=True, help="Print the version and exit.")
           ) -> None:
     pass

@@ -75,7 +75,7 @@ def test_figures_and_show_run_without_torch(tmp_path):
 # use; recipes and results sit beside the stack and never reach the engine or torch;
 # figures read only results.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "cli": ("plastcli.cli", "plastcli.__main__"),
+    "cli": ("plastcli.cli", "plastcli.cli_format", "plastcli.__main__"),
     # plast reproduce: plans and watches child `plast` processes, then figures and report
     "orchestration": ("plastcli.reproduce", "plastcli.reproduce_ray", "plastcli.report",
                       "plastcli.sweep"),

@@ -55,7 +55,9 @@ def store_summary(path: str | Path) -> list:
         head.add_row("writer", writer)
     out: list = [Panel(head, title=str(path))]
     if "recipe_yaml" in a:
-        out.append(Panel(Syntax(a["recipe_yaml"], "yaml"), title="resolved recipe"))
+        # wrapped, never cropped: a recipe's description is wider than a terminal
+        out.append(Panel(Syntax(a["recipe_yaml"], "yaml", word_wrap=True),
+                         title="resolved recipe"))
 
     seeds = s.arrays.get("members/seed")
     for group in ("episodes", "curves"):
