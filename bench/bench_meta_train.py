@@ -3,7 +3,7 @@
 Prints the median seconds per episode of recipes/bio.yaml at each population size P
 (each in a fresh subprocess so peak memory is per configuration; min and max too),
 seconds per member-episode, how many processes shared the population (one per core
-torch may use; see plastcli/workers.py) and their peak memory, summed.
+torch may use; see plastcli/engine/workers.py) and their peak memory, summed.
 Options: --sizes 1 16  --episodes 5  --device cpu|cuda  --recipe recipes/bio.yaml
 """
 

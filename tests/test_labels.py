@@ -1,4 +1,4 @@
-"""Labelled stores (plastcli/labels.py): every kind of store a run writes opens in xarray
+"""Labelled stores (plastcli/results/labels.py): every kind of store a run writes opens in xarray
 through h5netcdf with named dimensions and coordinates, a selection by name gives the
 stored numbers, and ``plast store upgrade`` labels an older store without changing a bit."""
 

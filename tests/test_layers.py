@@ -16,6 +16,8 @@ RESULTS_MODULES = ("plastcli.results", "plastcli.results.store", "plastcli.resul
                    "plastcli.results.summary", "plastcli.results.collapse", "plastcli.figures",
                    "plastcli.figures.style", "plastcli.figures.online",
                    "plastcli.figures.paper2022", "plastcli.figures.paper2024",
+                   "plastcli.figures.report2022", "plastcli.figures.table1",
+                   "plastcli.figures.paper2022_online", "plastcli.figures.rnn2024",
                    "plastcli.figures.stability")
 
 CHILD = """
@@ -75,7 +77,8 @@ def test_figures_and_show_run_without_torch(tmp_path):
 # use; recipes and results sit beside the stack and never reach the engine or torch;
 # figures read only results.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "cli": ("plastcli.cli", "plastcli.cli_format", "plastcli.__main__"),
+    "cli": ("plastcli.cli", "plastcli.cli_common", "plastcli.cli_train", "plastcli.cli_results",
+            "plastcli.cli_format", "plastcli.__main__"),
     # plast reproduce: plans and watches child `plast` processes, then figures and report
     "orchestration": ("plastcli.reproduce", "plastcli.reproduce_ray", "plastcli.report",
                       "plastcli.sweep"),

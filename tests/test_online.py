@@ -1,4 +1,4 @@
-"""Online training (plastcli/online.py) and the online diagnostics, each against an
+"""Online training (plastcli/engine/online.py) and the online diagnostics, each against an
 independent computation: a literal numpy loop, a direct numpy formula, or members run alone."""
 
 from __future__ import annotations

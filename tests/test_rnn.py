@@ -262,7 +262,7 @@ def test_bptt_with_each_sigma_is_minus_theta_times_autograd(act, f):
 def test_fig7_claim_is_decided_by_the_paired_ci_and_bptt_above_chance():
     import json
 
-    from plastcli.figures.paper2024 import fig7_claim_rows
+    from plastcli.figures.rnn2024 import fig7_claim_rows
     from plastcli.results.store import StoreData
 
     rng = np.random.default_rng(0)

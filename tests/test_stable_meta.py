@@ -383,7 +383,7 @@ def test_safe_bounds_are_the_safe_intervals_and_feed_the_grammar_recipe(tmp_path
 
 
 def test_theta_text_lists_a_big_pool_by_its_largest_coefficients():
-    from plastcli.figures.paper2022 import theta_text
+    from plastcli.figures.report2022 import theta_text
 
     assert theta_text(["a", "b"], np.array([0.5, -0.25])) == "a 0.5, b -0.25"
     names = [f"t{i}" for i in range(12)]
@@ -393,7 +393,7 @@ def test_theta_text_lists_a_big_pool_by_its_largest_coefficients():
 
 
 def test_final_per_seed_upto_reads_the_first_episodes_only():
-    from plastcli.figures.paper2022 import TAIL, final_per_seed
+    from plastcli.figures.report2022 import TAIL, final_per_seed
 
     acc = np.arange(2 * 120, dtype=float).reshape(2, 120)
     st = {"episodes/meta_accuracy": acc}

@@ -106,7 +106,7 @@ def test_a_diverged_member_has_one_final_value_in_the_cli_show_and_report(tmp_pa
     from rich.console import Console
 
     from plastcli.experiments import meta_train
-    from plastcli.figures.paper2022 import final_per_seed
+    from plastcli.figures.report2022 import final_per_seed
     from plastcli.recipes import load_recipe
     from plastcli.results.store import read_store
     from plastcli.results.summary import final_values, store_summary

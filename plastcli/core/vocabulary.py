@@ -10,7 +10,7 @@ from __future__ import annotations
 
 FEEDBACK_MODES = ("sym", "fixed", "direct", "plastic")
 INITS = ("xavier", "naive")
-# the recurrent net's (plastcli/rnn.py): sigma, and W_h's own initialisation
+# the recurrent net's (plastcli/core/rnn.py): sigma, and W_h's own initialisation
 SIGMAS = ("softplus", "tanh")
 RECURRENT_INITS = ("same", "xavier", "normal", "orthogonal", "identity")  # same = init
 

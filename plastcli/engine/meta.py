@@ -190,7 +190,7 @@ class MetaTrainer:
 
     @property
     def collapsed_at(self) -> np.ndarray:
-        """``[P]`` first episode of a collapse (plastcli/collapse.py), -1 = none."""
+        """``[P]`` first episode of a collapse (plastcli/results/collapse.py), -1 = none."""
         return self.collapse.collapsed_at
 
     def _l1_gradient_weight(self):

@@ -51,6 +51,7 @@ from plastcli.experiments.common import (
     open_run,
     split_attrs,
 )
+from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import BaselineRecipe, InitStudyRecipe
 from plastcli.results import statistics
@@ -276,7 +277,7 @@ def grid_stage(conds: list[Condition], recipe: BaselineRecipe, data: OnlineData,
     """Score every grid point on the held-out selection set; return the best point index per
     condition and the ``/grid`` arrays."""
     points = [c.points() for c in conds]
-    seeds = [recipe.selection.seed + i for i in range(recipe.selection.seeds)]
+    seeds = selection_seeds(recipe.selection)
     members = layout(conds, points, seeds)
     samples = recipe.selection.samples or recipe.online.samples
     n_groups = len(members.groups(conds))
@@ -286,21 +287,12 @@ def grid_stage(conds: list[Condition], recipe: BaselineRecipe, data: OnlineData,
     xs = data.train.images[data.heldout].to(device)
     ys = data.train.labels[data.heldout].to(device)
     acc = torch.cat([chunked_accuracy(n.W, xs, ys, recipe.network.beta) for n in nets])
-    acc = acc.cpu().numpy()
-    acc = np.where(np.isfinite(acc), acc, 0.0)
-    point_cond, point_theta, point_mean, best = [], [], [], []
-    S = len(seeds)
-    k = 0
-    for c, pts in enumerate(points):
-        means = []
-        for theta in pts:
-            point_cond.append(c)
-            point_theta.append(theta)
-            means.append(float(acc[k : k + S].mean()))
-            k += S
-        first = len(point_mean)
-        point_mean.extend(means)
-        best.append(first + int(np.argmax(means)))  # ties: the first (smallest) values
+    acc, means, chosen = score_points(acc.cpu().numpy(), [len(p) for p in points], len(seeds))
+    point_cond = [c for c, pts in enumerate(points) for _ in pts]
+    point_theta = [theta for pts in points for theta in pts]
+    point_mean = [m for ms in means for m in ms]
+    starts = np.cumsum([0] + [len(p) for p in points])
+    best = [int(starts[c]) + b for c, b in enumerate(chosen)]
     arrays = {
         "member_condition": members.condition, "member_theta": members.theta,
         "member_seed": np.array(members.seeds), "member_selection_accuracy": acc,

@@ -181,7 +181,7 @@ def finish(store: Store, status: str = COMPLETE, **attrs: Any) -> None:
         with store.transaction() as f:
             store.set_attrs(**attrs)
             store.set_status(status)
-            if status == COMPLETE:  # a finished store names its axes (plastcli/labels.py)
+            if status == COMPLETE:  # a finished store names its axes (plastcli/results/labels.py)
                 labels.label(f)
     finally:
         _close(store)

@@ -40,7 +40,7 @@ class MetaTrainResult:
     theta: np.ndarray  # [P, R] final coefficients
     terms: list[str]
     diverged_at: np.ndarray  # [P], -1 = never
-    collapsed_at: np.ndarray  # [P], -1 = never (plastcli/collapse.py)
+    collapsed_at: np.ndarray  # [P], -1 = never (plastcli/results/collapse.py)
     grid: dict[str, np.ndarray] = field(default_factory=dict)  # population.grid key -> [P]
     messages: list[str] = field(default_factory=list)
 
@@ -109,7 +109,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                               "seeds": seeds, "grid_keys": list(grid),
                               **(extra_attrs or {})},
                  may_grow=("meta.episodes",))
-    # how the population is split decides float rounding (plastcli/workers.py)
+    # how the population is split decides float rounding (plastcli/engine/workers.py)
     r.store.set_attrs(torch_threads=torch.get_num_threads(),
                       processes=workers.processes_for(len(seeds), r.device),
                       **machine_attrs())  # on resume: the machine that wrote the rest

@@ -47,6 +47,7 @@ from plastcli.experiments.common import (
     open_run,
     split_attrs,
 )
+from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import RnnMemoryRecipe
 from plastcli.results import statistics
@@ -142,7 +143,7 @@ def grid_stage(recipe: RnnMemoryRecipe, hidden: int, data: OnlineData, device,
     """Score every grid point of every condition on the held-out selection set; return the
     chosen point index per condition and this hidden size's ``/grid`` rows."""
     points = grid_points(recipe)
-    seeds = [recipe.selection.seed + i for i in range(recipe.selection.seeds)]
+    seeds = selection_seeds(recipe.selection)
     members = layout(points, [list(range(len(p))) for p in points], seeds)
     samples = recipe.selection.samples or recipe.online.samples
     reporter.start(samples, 0, f"grid search {recipe.name} hidden {hidden} "
@@ -153,22 +154,16 @@ def grid_stage(recipe: RnnMemoryRecipe, hidden: int, data: OnlineData, device,
     acc = rnn.evaluate(net, xs, ys, recipe.task.T, recipe.task.present,
                        network_activation(recipe),
                        _chunk(net.P, hidden))["val_accuracy"].cpu().numpy()
-    acc = np.where(np.isfinite(acc), acc, 0.0)
-    S = len(seeds)
+    acc, means, best = score_points(acc, [len(p) for p in points], len(seeds))
     rows: dict[str, list] = {k: [] for k in ("point_hidden", "point_condition", "point_index",
                                              "point_theta_bptt", "point_theta_oja",
                                              "point_mean_accuracy")}
-    best, k = [], 0
     for c, pts in enumerate(points):
-        means = []
         for i, (t1, t2) in enumerate(pts):
-            means.append(float(acc[k : k + S].mean()))
             for key, v in (("point_hidden", hidden), ("point_condition", c), ("point_index", i),
                            ("point_theta_bptt", t1), ("point_theta_oja", t2),
-                           ("point_mean_accuracy", means[-1])):
+                           ("point_mean_accuracy", means[c][i])):
                 rows[key].append(v)
-            k += S
-        best.append(int(np.argmax(means)))  # ties: the first (smallest) values
     arrays = {key: np.array(v, np.float32 if "theta" in key else None)
               for key, v in rows.items()}
     arrays.update({"member_hidden": np.full(len(acc), hidden), "member_condition":

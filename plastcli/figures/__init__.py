@@ -44,7 +44,15 @@ def register(paper: str, stem: str, stores: tuple[str, ...], optional: tuple[str
 
 
 def _load_modules() -> None:
-    from plastcli.figures import paper2022, paper2024, stability  # noqa: F401  (registration)
+    from plastcli.figures import (  # noqa: F401  (registration)
+        paper2022,
+        paper2022_online,
+        paper2024,
+        report2022,
+        rnn2024,
+        stability,
+        table1,
+    )
 
 
 def draw_paper(paper: str, results_dir: Path, out_dir: Path, formats: list[str]) -> Report:

@@ -1,5 +1,5 @@
 """Drawing functions for the online-learning stores of ``plast baseline`` / ``init-study``
-(P1 Fig 1; P2 Figs 1-6, S1). ``paper2022.py`` and ``paper2024.py`` register thin wrappers.
+(P1 Fig 1; P2 Figs 1-6, S1). ``paper2022_online.py`` and ``paper2024.py`` register thin wrappers.
 
 Every function reads only stores: curves ``[P, S, ...]``, their per-condition mean and 98%
 bootstrap CI in ``/stats``, and the end-of-run ``/analysis`` arrays.

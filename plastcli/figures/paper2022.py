@@ -1,14 +1,13 @@
-"""Figures of P1 (2022)."""
+"""Figures of P1 (2022): the meta-learning figures (Fig 3, 4, 5, 6, 8, 9) and the panels
+and store names they share with the report (report2022), Table 1 (table1) and the stability
+map (stability)."""
 
-# ----------------------------------------------------------------------------------------
-# Meta-learning figures (P1 Fig 3, 4, 5, 6, 8, 9) and the reproduction report.
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from plastcli.figures import register  # noqa: E402
-from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots  # noqa: E402
-from plastcli.results import collapse  # noqa: E402
-from plastcli.results.statistics import TAIL, bootstrap_ci, final_window, moving_average  # noqa: E402
+from plastcli.figures import register
+from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots
+from plastcli.results import collapse
+from plastcli.results.statistics import moving_average
 
 TARGET_SEEDS = 10  # issue 10: no collapsed or diverged seed in ten
 RULE_STORES = {"BP": "fig3-bp", "pseudo": "fig3-pseudo", "eHebb": "fig6-ehebb",
@@ -36,13 +35,13 @@ def variants_of(rule: str) -> tuple[str, ...]:
     return tuple(name for name, (r, _) in VARIANTS.items() if r == rule)
 
 
-def _x(store) -> np.ndarray:
+def episodes_x(store) -> np.ndarray:
     return np.arange(1, store["episodes/meta_accuracy"].shape[1] + 1)
 
 
 def member_events(st) -> tuple[np.ndarray, np.ndarray]:
     """(diverged_at ``[P]``, collapsed_at ``[P]``), -1 = never. Collapse is recomputed
-    from the stored query CE by today's rule (plastcli/collapse.py), so stores written
+    from the stored query CE by today's rule (plastcli/results/collapse.py), so stores written
     before the rule, or under an earlier version of it, are judged alike."""
     import yaml
 
@@ -79,7 +78,8 @@ def _accuracy_panel(ax, stores: dict, loc: str = "below") -> None:
         if c in used:  # variants of one rule get their own colour
             c = next(h for h in (to_hex(f"C{k}") for k in range(10)) if h not in used)
         used.add(c)
-        mean_sd_band(ax, _x(st), st["episodes/meta_accuracy"], f"F_{label}", c, smooth=SMOOTH)
+        mean_sd_band(ax, episodes_x(st), st["episodes/meta_accuracy"], f"F_{label}", c,
+                     smooth=SMOOTH)
         _mark_events(ax, st, c, 0.02 + 0.03 * i)
         div, col = member_events(st)
         collapsed |= bool((col >= 0).any())
@@ -100,7 +100,7 @@ def _accuracy_panel(ax, stores: dict, loc: str = "below") -> None:
 
 def _loss_panel(ax, stores: dict) -> None:
     for i, (label, st) in enumerate(stores.items()):
-        mean_sd_band(ax, _x(st), st["episodes/query_ce"], f"F_{label}", color(label, i),
+        mean_sd_band(ax, episodes_x(st), st["episodes/query_ce"], f"F_{label}", color(label, i),
                      smooth=SMOOTH)
     ax.set(xlabel="episode", ylabel="meta-loss (query cross-entropy)", title="meta-loss")
     ax.legend()
@@ -114,7 +114,7 @@ def _theta_panel(ax, st, label: str, linestyle="-") -> None:
         if e >= 0:
             theta[i, e:] = np.nan
     for r, name in enumerate(names):
-        mean_sd_band(ax, _x(st), theta[:, :, r], f"{name} ({label})", f"C{r}")
+        mean_sd_band(ax, episodes_x(st), theta[:, :, r], f"{name} ({label})", f"C{r}")
         ax.lines[-1].set_linestyle(linestyle)
     ax.axhline(0, color="k", lw=0.6)
     ax.set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)", title=f"coefficients of F_{label}")
@@ -124,12 +124,12 @@ def _theta_panel(ax, st, label: str, linestyle="-") -> None:
 def _angle_panel(ax, st, label: str, ref=None) -> None:
     ang = st["episodes/angles"]  # [P, E, L]
     for l in range(ang.shape[2]):
-        mean_sd_band(ax, _x(st), ang[:, :, l], f"α{l} (e_{l})", f"C{l}", smooth=SMOOTH)
+        mean_sd_band(ax, episodes_x(st), ang[:, :, l], f"α{l} (e_{l})", f"C{l}", smooth=SMOOTH)
     if ref is not None:
         ra = ref["episodes/angles"]
         for l in range(ra.shape[2]):
             m = np.nanmean(_smooth(ra[:, :, l]), 0)
-            ax.plot(_x(ref), m, color=f"C{l}", ls=":", lw=1.0)
+            ax.plot(episodes_x(ref), m, color=f"C{l}", ls=":", lw=1.0)
         ax.plot([], [], "k:", lw=1.0, label="F_pseudo (dotted)")
     ax.axhline(90, color="grey", lw=0.6, ls="--")
     ax.set(xlabel="episode", ylabel="alignment angle to backprop (degrees)", ylim=(0, 120),
@@ -247,7 +247,7 @@ def fig4_grammar(s):
         if e >= 0:
             theta[i, e:] = np.nan
     for i, name in enumerate(top[:6]):
-        mean_sd_band(ax[2], _x(pool), theta[:, :, names.index(name)], name, f"C{i}")
+        mean_sd_band(ax[2], episodes_x(pool), theta[:, :, names.index(name)], name, f"C{i}")
     ax[2].axhline(0, color="k", lw=0.6)
     ax[2].set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)",
               title="the six largest coefficients")
@@ -298,7 +298,7 @@ def fig9(s):
     fig, ax = subplots(n_hidden, size=(3.8, 3.2))
     for l in range(n_hidden):
         for i, (label, st) in enumerate(rules.items()):
-            mean_sd_band(ax[l], _x(st), st["episodes/orthonormality_error"][:, :, l],
+            mean_sd_band(ax[l], episodes_x(st), st["episodes/orthonormality_error"][:, :, l],
                          f"F_{label}", color(label, i), smooth=SMOOTH)
         ax[l].set(xlabel="episode", yscale="log", title=f"layer W_{l + 1}",
                   ylabel="E_W = ||z - W Wᵀ σ(z)||²" if l == 0 else None)
@@ -320,339 +320,8 @@ def fig_all(s):
     return fig
 
 
-# ------------------------------------------------------------------ reproduction report
-
-
-def final_per_seed(st, key: str, upto: int | None = None) -> np.ndarray:
-    """Final value ``[P, ...]`` of /episodes/<key> ``[P, E, ...]`` of a store:
-    :func:`plastcli.results.statistics.final_window` (the mean over each seed's last 50 finite
-    episodes; for a seed that diverged, the 50 before it did), of the first ``upto``
-    episodes if given (to compare runs of different length at one budget)."""
-    return final_window(st[f"episodes/{key}"], TAIL, upto)
-
-
 def diverged_text(st) -> str:
     d = st.arrays.get("members/diverged_at")
     if d is None or (np.asarray(d) < 0).all():
         return "none"
     return ", ".join(f"seed {i}: ep {e}" for i, e in enumerate(d) if e >= 0)
-
-
-def theta_text(names: list[str], theta: np.ndarray, top: int = 5) -> str:
-    """'pseudo_grad 0.01, oja 0.006'; a pool of more than ten terms lists only its ``top``
-    largest |θ| and how many are nonzero."""
-    pairs = list(zip(names, theta, strict=True))
-    if len(pairs) <= 10:
-        return ", ".join(f"{n} {m:.3g}" for n, m in pairs)
-    big = sorted(pairs, key=lambda p: -abs(p[1]))[:top]
-    return (", ".join(f"{n} {m:.3g}" for n, m in big)
-            + f" ({int(np.count_nonzero(theta))} of {len(pairs)} nonzero)")
-
-
-def meta_table_rows(stores: dict) -> list[dict]:
-    """One row per rule store: final meta-accuracy mean/sd and final theta mean."""
-    rows = []
-    for label, st in stores.items():
-        acc = final_per_seed(st, "meta_accuracy")
-        theta = st["episodes/theta"][:, -1, :]
-        names = st.json_attr("term_names", [])
-        med, lo, hi = bootstrap_ci(acc, level=0.98, stat=np.nanmedian)
-        div, col = member_events(st)
-        rows.append({
-            "rule": f"F_{label}", "store": st.path.name, "seeds": acc.shape[0],
-            "episodes": st["episodes/meta_accuracy"].shape[1],
-            "acc_mean": float(np.mean(acc)), "acc_sd": float(np.std(acc)),
-            "acc_median": float(med), "acc_lo": float(lo), "acc_hi": float(hi),
-            "collapsed": int((col >= 0).sum()), "diverged": int((div >= 0).sum()),
-            "theta": theta_text(names, theta.mean(0)),
-        })
-    return rows
-
-
-@register("2022", "reproduction-2022.md", stores=("fig3-pseudo",),
-          optional=tuple(v for v in (*RULE_STORES.values(), *VARIANT_STORES.values(),
-                                     "fig4-pool-paper", "fig4-pool-sweep", GRAMMAR)
-                         if v != "fig3-pseudo"))
-def report(s):
-    stores = {lab: s[name] for lab, name in {**RULE_STORES, **VARIANT_STORES}.items()
-              if name in s and lab != "pool"}
-    searches = pool_runs(s)  # the pool searches, the most complete last
-    stores.update(searches)
-    if GRAMMAR in s:
-        stores["grammar pool"] = s[GRAMMAR]
-    pool_key = list(searches)[-1] if searches else "pool"
-    acc = {k: final_per_seed(v, "meta_accuracy").mean() for k, v in stores.items()}
-    ang = {k: float(np.nanmean(final_per_seed(v, "angles")))
-           for k, v in stores.items()}
-    hidden_ang = {k: float(np.nanmean(final_per_seed(v, "angles")[:, 1:]))
-                  for k, v in stores.items()}
-    ew = {k: float(np.nanmean(final_per_seed(v, "orthonormality_error")[:, :-1]))
-          for k, v in stores.items()}
-    lines = ["# Reproduction report — P1 (2022), meta-learning", "",
-             f"Final values are means over the last {TAIL} finite episodes of each seed (for a "
-             "seed that diverged: the 50 episodes before it did). Meta-accuracy: the median "
-             "over seeds with a 98% percentile bootstrap CI (500 resamples of the seeds), and "
-             "mean ± sd. Collapsed: a seed whose query loss stayed above chance (ln 5) for 25 "
-             "episodes after it had learned, or whose 50-episode mean meta-accuracy fell more "
-             "than 0.2 below its best (plastcli/collapse.py); diverged: θ or the loss became "
-             "NaN. Angles: mean of α_0..α_{L-1}; E_W: mean over hidden layers (both means "
-             "over seeds). θ: last episode, mean over seeds (a diverged seed's θ is frozen at "
-             "its last finite value).", "",
-             "| rule | seeds | episodes | meta-accuracy median [98% CI] | mean ± sd | "
-             "mean angle (°) | E_W | collapsed | diverged | final θ |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row, k in zip(meta_table_rows(stores), stores, strict=True):
-        lines.append(f"| {row['rule']} | {row['seeds']} | {row['episodes']} | "
-                     f"{row['acc_median']:.3f} [{row['acc_lo']:.3f}, {row['acc_hi']:.3f}] | "
-                     f"{row['acc_mean']:.3f} ± {row['acc_sd']:.3f} | {ang[k]:.1f} | "
-                     f"{ew[k]:.3g} | {row['collapsed']} | {row['diverged']} | "
-                     f"{row['theta']} |")
-    lines += ["", "## Claims (SPEC §7)", "", "| claim | measured | result |", "|---|---|---|"]
-
-    def claim(text, needs, test, measured):
-        if not all(n in stores for n in needs):
-            gone = [n for n in needs if n not in stores]
-            lines.append(f"| {text} | stores missing: {', '.join(gone)} | not checked |")
-            return
-        lines.append(f"| {text} | {measured()} | {'PASS' if test() else 'FAIL'} |")
-
-    claim("BP meta-learns far higher meta-accuracy than F_pseudo (by > 0.1)", ["BP", "pseudo"],
-          lambda: acc["BP"] - acc["pseudo"] > 0.1,
-          lambda: f"BP {acc['BP']:.3f} vs pseudo {acc['pseudo']:.3f}")
-    claim("F_pseudo errors stay poorly aligned (hidden-layer angles > 60°)", ["pseudo"],
-          lambda: hidden_ang["pseudo"] > 60, lambda: f"{hidden_ang['pseudo']:.1f}°")
-    claim("F_bio > F_eHebb > F_pseudo in meta-accuracy", ["bio", "eHebb", "pseudo"],
-          lambda: acc["bio"] > acc["eHebb"] > acc["pseudo"],
-          lambda: f"{acc['bio']:.3f} / {acc['eHebb']:.3f} / {acc['pseudo']:.3f}")
-    claim("eHebb reduces the angles most (F_eHebb < F_Oja, F_pseudo)", ["eHebb", "Oja", "pseudo"],
-          lambda: ang["eHebb"] < min(ang["Oja"], ang["pseudo"]),
-          lambda: f"eHebb {ang['eHebb']:.1f}°, Oja {ang['Oja']:.1f}°, "
-                  f"pseudo {ang['pseudo']:.1f}°")
-    claim("Oja improves accuracy over F_pseudo", ["Oja", "pseudo"],
-          lambda: acc["Oja"] > acc["pseudo"],
-          lambda: f"{acc['Oja']:.3f} vs {acc['pseudo']:.3f}")
-    claim("...without reducing the angles as much as eHebb", ["Oja", "eHebb", "pseudo"],
-          lambda: ang["pseudo"] - ang["Oja"] < ang["pseudo"] - ang["eHebb"],
-          lambda: f"reduction Oja {ang['pseudo'] - ang['Oja']:.1f}° vs eHebb "
-                  f"{ang['pseudo'] - ang['eHebb']:.1f}°")
-    claim("Oja drives E_W down (below F_pseudo)", ["Oja", "pseudo"],
-          lambda: ew["Oja"] < ew["pseudo"], lambda: f"{ew['Oja']:.3g} vs {ew['pseudo']:.3g}")
-
-    def healthy(label):
-        div, col = member_events(stores[label])
-        return f"{int((div >= 0).sum())} diverged, {int((col >= 0).sum())} collapsed"
-
-    for rule, variant in (("bio", "bio (θ₀ jitter 1e-9)"), ("Oja", "Oja (θ₀ jitter 1e-9)")):
-        claim(f"cross-machine stand-in: F_{rule} with θ₀ jittered by 1e-9 keeps its claims "
-              f"(> F_pseudo, meta-accuracy within 0.03, no failed seed)",
-              [rule, variant, "pseudo"],
-              lambda r=rule, v=variant: acc[v] > acc["pseudo"]
-              and abs(acc[v] - acc[r]) < 0.03 and healthy(v) == "0 diverged, 0 collapsed",
-              lambda r=rule, v=variant: f"{acc[v]:.3f} vs {acc[r]:.3f} ({healthy(v)})")
-    def cpu(label):
-        a = stores[label].attrs
-        return f"{a.get('cpu_model', '?')} {a.get('cpu_capability', '')}".strip()
-
-    for rule in ("BP", "pseudo", "eHebb", "Oja", "bio"):
-        other = f"{rule} ({SECOND_CPU})"
-        if other not in stores:
-            continue
-        above = rule != "pseudo"
-        claim(f"cross-machine: F_{rule} rerun on a second CPU keeps its claims ("
-              f"{'> F_pseudo, ' if above else ''}meta-accuracy within 0.03, no failed seed)",
-              [rule, other, "pseudo"],
-              lambda r=rule, v=other, up=above: (acc[v] > acc["pseudo"] or not up)
-              and abs(acc[v] - acc[r]) < 0.03 and healthy(v) == "0 diverged, 0 collapsed",
-              lambda r=rule, v=other: f"{acc[v]:.3f} on {cpu(v)} vs {acc[r]:.3f} on "
-                                      f"{cpu(r)} ({healthy(v)})")
-    for rule in ("BP", "pseudo", "eHebb", "Oja", "bio"):
-        n = stores[rule]["episodes/meta_accuracy"].shape[0] if rule in stores else 0
-        if 0 < n < TARGET_SEEDS:
-            lines.append(f"| no collapsed or diverged seed in {TARGET_SEEDS} for F_{rule} | "
-                         f"{n} seeds in the store ({healthy(rule)}) | not checked |")
-            continue
-        claim(f"no collapsed or diverged seed in {TARGET_SEEDS} for F_{rule}", [rule],
-              lambda r=rule: healthy(r) == "0 diverged, 0 collapsed",
-              lambda r=rule: f"{stores[r]['episodes/meta_accuracy'].shape[0]} seeds: "
-                             f"{healthy(r)}")
-
-    def pool_top():
-        st = stores[pool_key]
-        names = st.json_attr("term_names", [])
-        final = np.abs(st["episodes/theta"][:, -1, :]).mean(0)
-        return [names[i] for i in np.argsort(-final)]
-
-    text = f"the L1 pool search keeps pseudo_grad, err_hebb and oja (top 3 by abs θ; F_{pool_key})"
-    if pool_key in stores and (np.asarray(stores[pool_key].arrays.get("members/diverged_at",
-                                                                      [-1])) >= 0).all():
-        lines.append(f"| {text} | every seed diverged ({diverged_text(stores[pool_key])}) | "
-                     "NOT REPRODUCED |")
-        return "\n".join(lines) + "\n"
-    def pool_detail():
-        """Ranking, terms L1 set exactly to 0 in every seed, terms held at a bound."""
-        zero, held = zero_and_held_terms(stores[pool_key])
-        return (f"ranking: {', '.join(pool_top()[:5])}; exactly 0 in every seed: "
-                f"{', '.join(zero) or 'none'}; held at a bound of meta.bounds in every seed: "
-                f"{', '.join(held) or 'none'}")
-
-    claim(text, [pool_key], lambda: set(pool_top()[:3]) == {"pseudo_grad", "err_hebb", "oja"},
-          pool_detail)
-    grammar_claim(lines, stores)
-    return "\n".join(lines) + "\n"
-
-
-def zero_and_held_terms(st) -> tuple[list[str], list[str]]:
-    """Terms whose final θ is exactly 0 in every seed (L1), and terms held at a bound of
-    ``meta.bounds`` in every seed (the box, not the CE, decides their size)."""
-    import yaml
-
-    names = st.json_attr("term_names", [])
-    last = st["episodes/theta"][:, -1, :]  # [P, R]
-    bounds = yaml.safe_load(st.attrs["recipe_yaml"])["meta"].get("bounds") or {}
-
-    def at_bound(v, pair):
-        return any(b is not None and b != 0 and np.isclose(v, b, rtol=1e-3, atol=0)
-                   for b in pair)
-
-    zero = [n for r, n in enumerate(names) if (last[:, r] == 0).all()]
-    held = [n for r, n in enumerate(names) if n in bounds
-            and all(at_bound(v, bounds[n]) for v in last[:, r])]
-    return zero, held
-
-
-def grammar_claim(lines: list[str], stores: dict) -> None:
-    """Beyond the paper: does the search over every grammar term rediscover F_bio, and how
-    does its meta-accuracy compare with F_bio's at the same episode budget?"""
-    if "grammar pool" not in stores or "bio" not in stores:
-        return
-    st, bio = stores["grammar pool"], stores["bio"]
-    E = st["episodes/meta_accuracy"].shape[1]
-    names = st.json_attr("term_names", [])
-    top = [names[r] for r in np.argsort(-np.abs(st["episodes/theta"][:, -1, :]).mean(0))]
-    g = np.nanmedian(final_per_seed(st, "meta_accuracy"))
-    b = np.nanmedian(final_per_seed(bio, "meta_accuracy", upto=E))
-    div, col = member_events(st)
-    verdict = ("rediscovers F_bio" if set(top[:3]) == {"pseudo_grad", "err_hebb", "oja"}
-               else "finds another rule")
-    if (div >= 0).all():  # θ frozen where each seed diverged: no rule was found
-        lines.append(f"| beyond the paper: the L1 search over all {len(names)} grammar terms "
-                     f"(top 3 by abs θ) | every seed diverged ({diverged_text(st)}) | "
-                     "no result |")
-        return
-    zero, held = zero_and_held_terms(st)
-    held_top = [n for n in top if n in held][:3]
-    lines.append(f"| beyond the paper: the L1 search over all {len(names)} grammar terms "
-                 f"(top 3 by abs θ) | top 5: {', '.join(top[:5])}; median meta-accuracy "
-                 f"{g:.3f} vs F_bio {b:.3f} at episode {E} ({int((div >= 0).sum())} diverged, "
-                 f"{int((col >= 0).sum())} collapsed of {len(div)}); exactly 0 in every "
-                 f"seed: {len(zero)} terms; held at a bound in every seed: {len(held)} terms"
-                 f"{' (largest: ' + ', '.join(held_top) + ')' if held_top else ''} | {verdict} |")
-
-
-# ----------------------------------------------------------------------------------------
-# P1 Table 1: per-layer rule assignments (plast ablate-layers). The table itself comes from
-# plastcli.results.tables (one place for the CLI and the figures).
-
-from plastcli.results import tables as _tables  # noqa: E402
-
-TABLE1 = "table1-ablate-layers"
-
-
-def _by_assignment(st, key: str) -> list[tuple[str, np.ndarray]]:
-    """(assignment name, ``[seeds, E, ...]`` slice of /episodes/<key>) in table order."""
-    index = st["members/assignment_index"]
-    return [(name, st[f"episodes/{key}"][index == a])
-            for a, name in enumerate(st.json_attr("assignment_names"))]
-
-
-def _table1_angles(st):
-    groups = _by_assignment(st, "angles")
-    L = groups[0][1].shape[2]
-    burn = int(st.attrs["burn_in"])
-    x = _x(st)
-    fig, ax = subplots(L + 1, ncols=2, size=(5.6, 3.6))
-    for l in range(L):
-        for i, (name, ang) in enumerate(groups):
-            mean_sd_band(ax[l], x, ang[:, :, l], name, f"C{i}", smooth=SMOOTH)
-        ax[l].axvline(burn, color="k", lw=0.6, ls=":")
-        ax[l].set(xlabel="episode", ylabel=f"α{l} to backprop (degrees)",
-                  title=f"α{l}: error e_{l} (pre-synaptic to W{l}{l + 1})")
-    for i, (name, acc) in enumerate(_by_assignment(st, "meta_accuracy")):
-        mean_sd_band(ax[L], x, acc, name, f"C{i}", smooth=SMOOTH)
-    ax[L].set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
-              title="meta-accuracy")
-    ax[0].legend(title="layers with eHebb", fontsize=8, ncol=2)
-    fig.suptitle(f"P1 Table 1 — alignment angles per layer assignment (moving average {SMOOTH}, "
-                 f"mean ± sd over {groups[0][1].shape[0]} seeds; dotted: burn-in {burn})")
-    return fig
-
-
-def _table1_summary(st):
-    """Grouped bars of Table 1: alpha_l per assignment, the hatched bars are the angles of
-    errors that are pre-synaptic to a layer using eHebb."""
-    rows = _tables.table1_rows(st)
-    L = rows[0]["alpha"].shape[0]
-    layers = st.json_attr("layer_names")
-    fig, ax = subplots(1, size=(10.0, 4.0))
-    ax = ax[0]
-    width = 0.8 / L
-    for l in range(L):
-        xs = np.arange(len(rows)) + (l - (L - 1) / 2) * width
-        means = [r["alpha"][l, 0] for r in rows]
-        sds = [r["alpha"][l, 1] for r in rows]
-        bars = ax.bar(xs, means, width, yerr=sds, capsize=2, color=f"C{l}",
-                      label=f"α{l} (e_{l}, pre-synaptic to {layers[l]})")
-        for r, bar in zip(rows, bars, strict=True):
-            if layers[l] in r["added_layers"]:
-                bar.set_hatch("///")
-                bar.set_edgecolor("k")
-    from matplotlib.patches import Patch
-
-    handles = [*ax.get_legend_handles_labels()[0],
-               Patch(facecolor="w", edgecolor="k", hatch="///", label="its layer uses eHebb")]
-    ax.set_xticks(np.arange(len(rows)), [r["assignment"] for r in rows])
-    burn = int(st.attrs["burn_in"])
-    E = st["episodes/angles"].shape[1]
-    ax.set(xlabel="layers using pseudo_grad + err_hebb (others: pseudo_grad only)",
-           ylabel="alignment angle to backprop (degrees)",
-           title=f"P1 Table 1 — α_l averaged over episodes {burn}..{E}, mean ± sd over seeds")
-    ax.axhline(90, color="grey", lw=0.6, ls="--")
-    ax.legend(handles=handles, fontsize=8, loc="upper center", ncol=L + 1,
-              bbox_to_anchor=(0.5, -0.18))
-    return fig
-
-
-@register("2022", "table1-ablate-layers", stores=(TABLE1,))
-def table1(s):
-    st = s[TABLE1]
-    return {"table1-ablate-layers.md": _tables.table1_markdown(st),
-            "table1-ablate-layers.csv": _tables.table1_csv(st),
-            "table1-angles": _table1_angles(st),
-            "table1-summary": _table1_summary(st)}
-
-
-# ----------------------------------------------------------------------------------------
-# P1 Fig 1: BP vs FA vs DFA online (plast baseline).
-
-from plastcli.figures import online as _on  # noqa: E402
-
-FIG1 = "fig1-fa-dfa-bp"
-
-
-@register("2022", "fig1-fa-dfa-bp", stores=(FIG1,))
-def online_fig1(s):
-    st = s[FIG1]
-    fig, ax = subplots(3, ncols=3, size=(4.6, 3.6))
-    _on.accuracy_panel(ax[0], st, ["BP", "FA", "DFA"], "(a) online MNIST")
-    for a, name in zip(ax[1:], ("FA", "DFA"), strict=True):
-        ang = st["stats/angles_mean"][_on.cond(st, name)]  # [S, L]
-        for l in range(1, ang.shape[1]):
-            _on.stat_band(a, st, "angles", name, f"α{l} (e_{l})", c=f"C{l - 1}", index=(l,))
-        a.axhline(90, color="grey", lw=0.6, ls="--")
-        a.set(xlabel="training samples seen", ylabel="angle to backprop error (degrees)",
-              ylim=(0, 120), title=f"({'b' if name == 'FA' else 'c'}) {name}: error alignment "
-              "α_l to BP\n(validation batch-mean errors)")
-        a.legend(fontsize=8)
-    fig.suptitle("P1 Fig 1 — backprop vs feedback alignment vs direct feedback alignment")
-    return {"fig1-fa-dfa-bp": fig, "fig1-fa-dfa-bp.md": _on.results_markdown(
-        {FIG1: st}, "P1 Fig 1 — final validation accuracy after the last online sample")}

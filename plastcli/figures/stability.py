@@ -194,7 +194,8 @@ CLOSE_TO_BEST = 0.05  # the recipe's criterion: largest λ within this of the be
 def sweep_rows(st) -> dict:
     """Per λ of a pool sweep store: λ ``[G]``, median final meta-accuracy ``[G]``, median
     final |θ| ``[G, R]``, failed seeds ``[G]``; and the λ the criterion picks."""
-    from plastcli.figures.paper2022 import final_per_seed, member_events
+    from plastcli.figures.paper2022 import member_events
+    from plastcli.figures.report2022 import final_per_seed
 
     if st.json_attr("grid_keys", []) != ["meta.l1"]:
         raise PlastError(f"{st.path}: a pool sweep grids meta.l1 alone, this store grids "

@@ -7,10 +7,10 @@ import warnings
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from plastcli.results.statistics import bootstrap_ci, moving_average  # noqa: E402
+from plastcli.results.statistics import bootstrap_ci, moving_average
 
 COLORS = {
     "BP": "#1f77b4", "BP+Oja": "#d62728", "FA": "#2ca02c", "FA+Oja": "#ff7f0e",

@@ -45,7 +45,7 @@ class NetworkSpec:
 
 @dataclass
 class TermSpec:
-    """A term declared by a recipe: ``F = sign · s · a bᵀ`` (plastcli/terms.py lists the
+    """A term declared by a recipe: ``F = sign · s · a bᵀ`` (plastcli/core/terms.py lists the
     allowed values; ASCII spellings such as ``1^T y_post`` are accepted)."""
 
     a: str | None = spec(None, doc="left factor: e_post, y_post or ones")
@@ -57,7 +57,7 @@ class TermSpec:
 @dataclass
 class RuleSpec:
     # Term names (built in, declared under `define`, or g_<a>_<b>[_<s>] grammar terms), or
-    # 'grammar': every term of the grammar (plastcli/terms.py).
+    # 'grammar': every term of the grammar (plastcli/core/terms.py).
     terms: list[str] | str = spec(factory=lambda: ["pseudo_grad"])
     # Initial coefficient per term; terms not named start at 0.
     init: dict[str, float] = spec(factory=dict)
@@ -74,7 +74,8 @@ class MetaSpec:
     l1: float = spec(0.0, minimum=0.0)
     grad_clip: float | None = spec(None, minimum=0.0)
     sym_grad_through_feedback: bool = spec(False)
-    # auto: the hand-written reverse pass (plastcli/adjoint.py) where it applies, else autograd
+    # auto: the hand-written reverse pass (plastcli/engine/adjoint.py) where it applies,
+    # else autograd
     gradient: str = spec("auto", choices=("auto", "autograd"))
     # subgradient: lambda*sign(theta) joins the gradient Adam normalises (the authors' code);
     # proximal [choice]: Adam steps on the CE alone, then soft-thresholds each coefficient by

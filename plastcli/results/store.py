@@ -277,7 +277,7 @@ def read_store(path: str | Path) -> StoreData:
 
 def _read_all(f: h5py.File) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Root attributes (native list attributes as lists) and every dataset outside
-    /checkpoint but the dimension scales (plastcli/labels.py)."""
+    /checkpoint but the dimension scales (plastcli/results/labels.py)."""
     attrs = {k: (v.decode() if isinstance(v, bytes) else
                  labels.attr_list(v) if isinstance(v, np.ndarray) else v)
              for k, v in f.attrs.items()}
@@ -294,7 +294,7 @@ def _read_all(f: h5py.File) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def upgrade(path: str | Path) -> str:
     """Label an older complete store in place (dimension scales, native list attributes;
-    plastcli/labels.py), under its lock and as one atomic replacement. The data stay
+    plastcli/results/labels.py), under its lock and as one atomic replacement. The data stay
     bit for bit. Returns one line saying what changed."""
     from plastcli.lock import store_lock
 
