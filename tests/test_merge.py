@@ -43,6 +43,10 @@ def test_merged_chunks_equal_one_run_of_all_seeds(tmp_path):
     assert sb.complete and sb.json_attr("seeds") == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(sb["members/seed"], [0, 1, 2, 3, 4])
     assert sb.json_attr("seed_chunks") == [[0, 1], [2], [3, 4]]
+    prov = sb.json_attr("seed_chunk_provenance")  # where each chunk ran, in chunk order
+    assert len(prov) == 3 and all(p["cpu_model"] == sa.attrs["cpu_model"] for p in prov)
+    assert [p["created"] for p in prov] == [str(read_store(q).attrs["created"])
+                                            for q in sorted(tmp_path.glob("part-*.h5"))]
     assert sb.attrs["diverged_members"] == sa.attrs["diverged_members"]
     # the cache sees the merged store as the full recipe's run
     assert reproduce.cache_key(sb.attrs["recipe_yaml"], sb.attrs["plast_version"]) == \
@@ -73,3 +77,16 @@ def test_an_incomplete_chunk_or_a_grid_run_is_refused(tmp_path):
     meta_train.run(grid, tmp_path / "g.h5")
     with pytest.raises(PlastError, match="population.grid run is not split"):
         merge_seed_chunks([tmp_path / "g.h5"], tmp_path / "m.h5", "")
+
+
+def test_chunks_holding_different_arrays_are_refused_not_merged_lossily(tmp_path):
+    """A chunk from an older plast (here: without /members/collapsed_at) would lose the
+    newer chunk's arrays in the merge."""
+    import h5py
+
+    parts = _chunks(tmp_path, episodes=2)
+    with h5py.File(parts[1], "a") as f:
+        del f["members/collapsed_at"]
+    with pytest.raises(PlastError, match="holds other arrays.*members/collapsed_at"):
+        merge_seed_chunks(parts, tmp_path / "m.h5", "")
+    assert not (tmp_path / "m.h5").exists()

@@ -24,6 +24,9 @@ from plastcli.results.store import COMPLETE, _fsync
 
 MEMBER_GROUPS = ("episodes", "members", "checkpoint")
 SUMMED = ("diverged_members", "collapsed_members")
+# Where each chunk ran: the merged store keeps the first chunk's machine attributes, and
+# these per chunk (chunks from different CPUs or commits round differently).
+PROVENANCE = ("cpu_model", "cpu_capability", "git_commit", "torch_threads", "created")
 
 
 def merge_seed_chunks(parts: list[Path], out: Path, recipe_yaml: str) -> None:
@@ -45,6 +48,13 @@ def merge_seed_chunks(parts: list[Path], out: Path, recipe_yaml: str) -> None:
             extra = set(f) - set(MEMBER_GROUPS)
             if extra:
                 raise PlastError(f"{p}: unexpected group(s) {sorted(extra)} in a meta-train store")
+            # chunks written by different plast versions may hold different arrays (e.g. one
+            # without collapse detection): merging them would silently drop some
+            if _arrays(f) != _arrays(files[0]):
+                diff = sorted(_arrays(f) ^ _arrays(files[0]))
+                raise PlastError(f"{p}: seed chunk holds other arrays than {parts[0]} "
+                                 f"({', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''}); "
+                                 f"rerun the older chunk with this plast")
         tmp = out.with_name(out.name + ".tmp")
         with h5py.File(tmp, "w", libver=("v108", "latest")) as dst:
             for k, v in files[0].attrs.items():
@@ -53,6 +63,8 @@ def merge_seed_chunks(parts: list[Path], out: Path, recipe_yaml: str) -> None:
             dst.attrs["seeds"] = labels.to_attr([s for c in chunks for s in c])
             dst.attrs["recipe_yaml"] = recipe_yaml
             dst.attrs["seed_chunks"] = labels.to_attr(chunks)  # nested: JSON
+            dst.attrs["seed_chunk_provenance"] = labels.to_attr([
+                {k: str(f.attrs[k]) for k in PROVENANCE if k in f.attrs} for f in files])
             for k in SUMMED:
                 if k in files[0].attrs:
                     dst.attrs[k] = int(sum(int(f.attrs[k]) for f in files))
@@ -71,6 +83,12 @@ def merge_seed_chunks(parts: list[Path], out: Path, recipe_yaml: str) -> None:
     finally:
         for f in files:
             f.close()
+
+
+def _arrays(f: h5py.File) -> set[str]:
+    """The data arrays of a store's member groups (dimension scales left out)."""
+    return {f"{g}/{name}" for g in MEMBER_GROUPS if g in f for name, ds in f[g].items()
+            if not labels.is_scale(ds)}
 
 
 def _merge_dataset(g: h5py.Group, name: str, sources: list, parts: list[Path],
