@@ -160,6 +160,30 @@ def test_fig8_recipes_and_store_records_both_coefficient_sets(tmp_path):
     assert IDX["post_act_pre_err"] != IDX["decay"]
 
 
+class _Store:
+    """The part of a read store the Fig 8 summary uses: arrays by path, attrs."""
+
+    def __init__(self, arrays: dict, classes: int = 5):
+        self.arrays = arrays
+        self.attrs = {"recipe_yaml": f"task: {{classes: {classes}}}\n"}
+
+    def __getitem__(self, key):
+        return self.arrays[key]
+
+
+def _fig8_stores(base, order, delta, loss=None, diverged=None):
+    S, E = base.shape
+    loss = np.full((S, E), 1.0) if loss is None else loss
+    bp = _Store({"members/seed": np.arange(S), "episodes/meta_accuracy": base,
+                 "episodes/meta_loss": np.full((S, E), 1.0),
+                 "members/diverged_at": np.full(S, -1)})
+    plastic = _Store({"members/seed": order, "episodes/meta_accuracy": base[order] + delta,
+                      "episodes/meta_loss": loss[order],
+                      "members/diverged_at": np.full(S, -1) if diverged is None
+                      else diverged[order]})
+    return plastic, bp
+
+
 def test_fig8_verdict_pairs_members_by_seed_and_reads_the_ci():
     from plastcli.figures.paper2024 import fig8_verdict
 
@@ -168,12 +192,33 @@ def test_fig8_verdict_pairs_members_by_seed_and_reads_the_ci():
     order = rng.permutation(10)  # the plastic store lists its seeds in another order
 
     def stores(delta):
-        bp = {"members/seed": np.arange(10), "episodes/meta_accuracy": base}
-        plastic = {"members/seed": order, "episodes/meta_accuracy": base[order] + delta}
-        return plastic, bp
+        return _fig8_stores(base, order, delta)
 
     assert "**exceeds**" in fig8_verdict(*stores(0.01))  # paired: a tiny, constant gain
     assert "**falls short of**" in fig8_verdict(*stores(-0.01))
     noisy = rng.normal(0, 0.02, size=(10, 1))
     assert "**matches**" in fig8_verdict(*stores(noisy - noisy.mean()))
     assert "10 shared seeds" in fig8_verdict(*stores(0.0))
+    assert "neither failed" not in fig8_verdict(*stores(0.0))
+
+
+def test_fig8_names_failed_seeds_and_decides_with_and_without_them():
+    """Seed 2 diverged, seed 5 never learned (final loss above ln 5): they count in the
+    verdict over all seeds, and a second verdict leaves them out."""
+    from plastcli.figures.paper2024 import failed_seeds, fig8_failures, fig8_verdict
+
+    base = np.linspace(0.6, 0.7, 10)[:, None] + np.zeros((10, 60))
+    order = np.arange(10)
+    delta = np.full((10, 1), 0.01)
+    delta[[2, 5]] = -0.45  # the failed seeds sit near chance accuracy
+    loss = np.full((10, 60), 1.0)
+    loss[5] = 2.0  # > ln 5
+    diverged = np.full(10, -1)
+    diverged[2] = 7
+    plastic, bp = _fig8_stores(base, order, delta, loss, diverged)
+    assert failed_seeds(plastic) == {"diverged": [2], "above chance loss": [5]}
+    assert fig8_failures(plastic) == ("2 of 10 seeds failed (diverged: seed 2 (episode 7); "
+                                      "above chance loss: seed 5)")
+    text = fig8_verdict(plastic, bp)
+    assert "over 10 shared seeds" in text and "**matches**" in text
+    assert "over 8 shared seeds where neither failed" in text and "**exceeds**" in text

@@ -55,8 +55,41 @@ def fig8_summary(plastic, bp) -> str:
                          f"{last[:, r].std(ddof=1):.2g} |")
     last = bp["episodes/theta"][:, -1, 0]
     lines.append(f"| F_BP | pseudo_grad | {last.mean():.3g} ± {last.std(ddof=1):.2g} |")
+    lines += [""] + [f"{label}: {fig8_failures(st)}." for label, st in
+                     (("Plastic feedback", plastic), ("F_BP", bp))]
     lines += ["", fig8_verdict(plastic, bp)]
     return "\n".join(lines) + "\n"
+
+
+def failed_seeds(st) -> dict[str, list[int]]:
+    """Member indices that diverged (NaN), collapsed (flagged in the run) or ended with a
+    final query loss at or above chance (ln M: never learned, so never flagged)."""
+    import yaml
+
+    from plastcli.results.collapse import chance_loss
+
+    classes = int(yaml.safe_load(str(st.attrs["recipe_yaml"]))["task"]["classes"])
+    loss = final_window(st["episodes/meta_loss"])
+    out = {"diverged": np.flatnonzero(np.asarray(st["members/diverged_at"]) >= 0).tolist()}
+    if "members/collapsed_at" in st.arrays:
+        out["collapsed"] = np.flatnonzero(np.asarray(st["members/collapsed_at"]) >= 0).tolist()
+    failed = {i for v in out.values() for i in v}
+    out["above chance loss"] = [int(i) for i in np.flatnonzero(loss >= chance_loss(classes))
+                                if int(i) not in failed]
+    return out
+
+
+def fig8_failures(st) -> str:
+    seeds = list(st["members/seed"])
+    diverged_at = np.asarray(st["members/diverged_at"])
+    parts = []
+    for what, idx in failed_seeds(st).items():
+        if idx:
+            where = [f"{seeds[i]} (episode {diverged_at[i]})" if what == "diverged"
+                     else str(seeds[i]) for i in idx]
+            parts.append(f"{what}: seed {', '.join(where)}")
+    n = sum(len(v) for v in failed_seeds(st).values())
+    return (f"{n} of {len(seeds)} seeds failed" + (f" ({'; '.join(parts)})" if parts else ""))
 
 
 def paired_verdict(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, str]:
@@ -79,13 +112,25 @@ def fig8_verdict(plastic, bp) -> str:
     common = [s for s in seeds_p if s in seeds_b]
     if not common:
         return "Paired difference: the two stores share no seed; not decided."
-    mean, lo, hi, verdict = paired_verdict(
-        final_window(plastic["episodes/meta_accuracy"])[[seeds_p.index(s) for s in common]],
-        final_window(bp["episodes/meta_accuracy"])[[seeds_b.index(s) for s in common]])
-    return (f"Paired difference in final meta-accuracy, plastic feedback − F_BP, over "
-            f"{len(common)} shared seeds: {mean:+.3f} [98% CI {lo:+.3f}, {hi:+.3f}] → the "
-            f"plastic-feedback rule **{verdict}** meta-trained BP"
-            + (" (fewer than 10 seeds: weak evidence)." if len(common) < 10 else "."))
+    acc_p = final_window(plastic["episodes/meta_accuracy"])
+    acc_b = final_window(bp["episodes/meta_accuracy"])
+    bad = {seeds_p[i] for v in failed_seeds(plastic).values() for i in v} | \
+          {seeds_b[i] for v in failed_seeds(bp).values() for i in v}
+
+    def verdict(seeds: list[int], which: str) -> str:
+        mean, lo, hi, word = paired_verdict(acc_p[[seeds_p.index(s) for s in seeds]],
+                                            acc_b[[seeds_b.index(s) for s in seeds]])
+        return (f"over {len(seeds)} {which}: {mean:+.3f} [98% CI {lo:+.3f}, {hi:+.3f}] → "
+                f"the plastic-feedback rule **{word}** meta-trained BP"
+                + (" (fewer than 10 seeds: weak evidence)" if len(seeds) < 10 else ""))
+
+    text = ("Paired difference in final meta-accuracy (a diverged seed counts with its "
+            "episodes before it diverged), plastic feedback − F_BP, "
+            + verdict(common, "shared seeds"))
+    clean = [s for s in common if s not in bad]
+    if bad & set(common) and len(clean) > 1:
+        text += "; " + verdict(clean, "shared seeds where neither failed")
+    return text + "."
 
 
 @register("2024", "fig8-plastic-feedback", stores=tuple(FIG8.values()))
