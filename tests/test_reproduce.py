@@ -131,6 +131,8 @@ def test_ray_runs_and_ray_seed_chunks_write_the_stores_of_the_local_backend(tmp_
     pytest.importorskip("ray")
     import numpy as np
 
+    from plastcli.results.labels import is_scale  # the axes' labels: compared by the names
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     root = _recipes(tmp_path, **{"2022/fig3-pseudo.yaml": BIO})
     stores, attrs = {}, {}
@@ -144,7 +146,7 @@ def test_ray_runs_and_ray_seed_chunks_write_the_stores_of_the_local_backend(tmp_
         with h5py.File(results / "2022/fig3-pseudo.h5") as f:
             assert f.attrs["status"] == "complete"
             stores[name] = {k: f[f"episodes/{k}"][...] for k in f["episodes"]
-                            if k != "seconds"}
+                            if k != "seconds" and not is_scale(f[f"episodes/{k}"])}
             attrs[name] = dict(f.attrs)
     assert stores["local"].keys() == stores["ray"].keys() == stores["chunks"].keys()
     for k in stores["local"]:
@@ -153,6 +155,8 @@ def test_ray_runs_and_ray_seed_chunks_write_the_stores_of_the_local_backend(tmp_
         np.testing.assert_allclose(stores["chunks"][k], stores["local"][k], rtol=1e-4,
                                    atol=1e-6, err_msg=k)
     assert attrs["chunks"]["seed_chunks"] == "[[0], [1]]"
+    with h5py.File(tmp_path / "chunks/2022/fig3-pseudo.h5") as f:  # merged: labelled anew
+        assert [d.label for d in f["episodes/theta"].dims] == ["member", "episode", "term"]
     assert not (tmp_path / "chunks/2022/fig3-pseudo.parts").exists()  # merged, then removed
 
 
