@@ -11,7 +11,7 @@ from plastcli.figures import online as _on
 from plastcli.figures import register
 from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots
 from plastcli.results.statistics import TAIL as FIG8_TAIL
-from plastcli.results.statistics import final_window
+from plastcli.results.statistics import final_window, moving_average
 
 FIG8 = {"plastic feedback": "fig8-plastic-feedback", "BP": "fig8-bp"}
 
@@ -20,8 +20,18 @@ def _fig8_x(st) -> np.ndarray:
     return np.arange(1, st["episodes/meta_accuracy"].shape[1] + 1)
 
 
+def _until_diverged(st, a: np.ndarray) -> np.ndarray:
+    """``a [P, E, ...]`` with NaN from each member's divergence on: a diverged member's θ is
+    frozen there, and a frozen value drawn on would look like a result."""
+    a = np.array(a, dtype=float)
+    for i, d in enumerate(np.asarray(st["members/diverged_at"])):
+        if d >= 0:
+            a[i, d:] = np.nan
+    return a
+
+
 def _fig8_coefficients(ax, st, key: str, names: list[str], title: str, ylabel: str) -> None:
-    theta = st[f"episodes/{key}"]  # [P, E, R]
+    theta = _until_diverged(st, st[f"episodes/{key}"])  # [P, E, R]
     for r, name in enumerate(names):
         mean_sd_band(ax, _fig8_x(st), theta[:, :, r], name, f"C{r}")
     ax.axhline(0, color="k", lw=0.6)
@@ -137,16 +147,30 @@ def fig8_verdict(plastic, bp) -> str:
 def fig8(s):
     plastic, bp = s[FIG8["plastic feedback"]], s[FIG8["BP"]]
     fig, ax = subplots(4, ncols=2, size=(5.6, 3.7))
+    n_ok = {}
     for i, (label, st) in enumerate((("plastic feedback", plastic), ("BP", bp))):
         name = "plastic" if label != "BP" else "BP"
-        mean_sd_band(ax[0], _fig8_x(st), st["episodes/meta_accuracy"],
-                     "plastic feedback + Oja (meta-learned F_W, F_B)" if name == "plastic"
-                     else "F_BP (meta-trained)", color(name, i), smooth=SMOOTH)
+        c = color(name, i)
+        acc = st["episodes/meta_accuracy"]  # [P, E]
+        bad = sorted({j for v in failed_seeds(st).values() for j in v})
+        ok = [j for j in range(acc.shape[0]) if j not in bad]
+        n_ok[name] = (len(ok), acc.shape[0])
+        mean_sd_band(ax[0], _fig8_x(st), acc[ok], "plastic feedback + Oja (meta-learned F_W, "
+                     "F_B)" if name == "plastic" else "F_BP (meta-trained)", c, smooth=SMOOTH)
+        diverged_at = np.asarray(st["members/diverged_at"])
+        marked = False
+        for k, j in enumerate(bad):  # each failed seed on its own, up to where it diverged
+            ax[0].plot(_fig8_x(st), moving_average(acc[j : j + 1], SMOOTH)[0], color=c,
+                       lw=0.8, ls=":", label=f"{label}: failed seeds" if k == 0 else None)
+            if diverged_at[j] >= 0:
+                ax[0].plot(diverged_at[j], acc[j][diverged_at[j] - 1], "x", color=c, ms=6,
+                           label=None if marked else "diverged (θ or loss NaN)")
+                marked = True
     ax[0].set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
-              title=f"meta-accuracy (moving average {SMOOTH}, mean ± sd over seeds: "
-                    f"{plastic['episodes/meta_accuracy'].shape[0]} plastic, "
-                    f"{bp['episodes/meta_accuracy'].shape[0]} BP)")
-    ax[0].legend(loc="lower right")
+              title=f"meta-accuracy (moving average {SMOOTH}); mean ± sd over the seeds\n"
+                    f"that did not fail: {n_ok['plastic'][0]} of {n_ok['plastic'][1]} plastic, "
+                    f"{n_ok['BP'][0]} of {n_ok['BP'][1]} BP")
+    ax[0].legend(loc="lower right", fontsize=8)
     _fig8_coefficients(ax[1], plastic, "theta", plastic.json_attr("term_names"),
                        "forward rule coefficients (ΔW = +θ F)", "coefficient θ")
     mean_sd_band(ax[1], _fig8_x(bp), bp["episodes/theta"][:, :, 0], "pseudo_grad of F_BP",
@@ -157,7 +181,7 @@ def fig8(s):
                        "feedback rule coefficients (ΔB = +θ F; P2's θ9 = −θ_decay)",
                        "coefficient θ")
     ax[2].legend(fontsize=8)
-    ang = plastic["episodes/angles"]
+    ang = _until_diverged(plastic, plastic["episodes/angles"])
     for l in range(ang.shape[2]):
         mean_sd_band(ax[3], _fig8_x(plastic), ang[:, :, l], f"α{l} (e_{l})", f"C{l}",
                      smooth=SMOOTH)
