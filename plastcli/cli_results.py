@@ -137,8 +137,7 @@ def reproduce_cmd(
     """
     from plastcli.reproduce import PAPERS, reproduce
 
-    if paper not in (*PAPERS, "all"):
-        raise PlastError(f"--paper '{paper}' is not allowed; allowed: 2022, 2024, all")
+    check_choice("--paper", paper, (*PAPERS, "all"))
     papers = list(PAPERS) if paper == "all" else [paper]
     code = reproduce(papers, scale, jobs or 0, backend, address, results,
                      recipes or _recipes_dir(), force, err_console, seed_chunk)

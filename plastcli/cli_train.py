@@ -154,47 +154,37 @@ def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_,
 SamplesOpt = typer.Option(None, "--samples", min=1, help="Overrides online.samples.")
 
 
-@app.command("baseline")
-@user_errors
-def baseline_cmd(
-    recipe: Path = recipe_arg("recipes/2024/fig1-depth5.yaml"),
-    seeds: int | None = SeedsOpt,
-    samples: int | None = SamplesOpt,
-    device: str | None = DeviceOpt,
-    out: Path | None = OutOpt,
-    set_: list[str] | None = SetOpt,
-    overwrite: bool = OverwriteOpt,
-    data_dir: Path | None = DataDirOpt,
-) -> None:
+def _register_online(kind: str, example: str, doc: str) -> None:
+    """``plast baseline`` and ``plast init-study``: the same options, each with an example
+    recipe of its own kind."""
+
+    def command(
+        recipe: Path = recipe_arg(example),
+        seeds: int | None = SeedsOpt,
+        samples: int | None = SamplesOpt,
+        device: str | None = DeviceOpt,
+        out: Path | None = OutOpt,
+        set_: list[str] | None = SetOpt,
+        overwrite: bool = OverwriteOpt,
+        data_dir: Path | None = DataDirOpt,
+    ) -> None:
+        _online_command(kind, recipe, seeds, samples, device, out, set_, overwrite, data_dir)
+
+    command.__doc__ = f"{doc}\n\n    Example: plast {kind} {example}\n    "
+    command.__name__ = f"{kind.replace('-', '_')}_cmd"
+    app.command(kind)(user_errors(command))
+
+
+_register_online(
+    "baseline", "recipes/2024/fig1-depth5.yaml",
     """Online (batch size 1) learning with fixed coefficients: BP, FA, DFA, +Oja, any pool rule.
 
     Grid-searches the coefficients on a held-out part of the train split, then trains
     every condition x seed as one population and records validation curves (test-split
-    subset), alignment angles, activation norms, reconstruction errors and update norms.
-    Example: plast baseline recipes/2024/fig1-depth5.yaml
-    """
-    _online_command("baseline", recipe, seeds, samples, device, out, set_, overwrite,
-                    data_dir)
-
-
-@app.command("init-study")
-@user_errors
-def init_study_cmd(
-    recipe: Path = recipe_arg("recipes/2024/fig5-naive-init.yaml"),
-    seeds: int | None = SeedsOpt,
-    samples: int | None = SamplesOpt,
-    device: str | None = DeviceOpt,
-    out: Path | None = OutOpt,
-    set_: list[str] | None = SetOpt,
-    overwrite: bool = OverwriteOpt,
-    data_dir: Path | None = DataDirOpt,
-) -> None:
-    """The baseline with each rule run under every initialiser (naive N(0, 0.01^2) vs xavier).
-
-    Example: plast init-study recipes/2024/fig5-naive-init.yaml
-    """
-    _online_command("init-study", recipe, seeds, samples, device, out, set_, overwrite,
-                    data_dir)
+    subset), alignment angles, activation norms, reconstruction errors and update norms.""")
+_register_online(
+    "init-study", "recipes/2024/fig5-naive-init.yaml",
+    "The baseline with each rule run under every initialiser (naive N(0, 0.01^2) vs xavier).")
 
 
 @app.command("rnn-memory")

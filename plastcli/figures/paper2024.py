@@ -92,13 +92,13 @@ def failed_seeds(st) -> dict[str, list[int]]:
 def fig8_failures(st) -> str:
     seeds = list(st["members/seed"])
     diverged_at = np.asarray(st["members/diverged_at"])
-    parts = []
-    for what, idx in failed_seeds(st).items():
+    parts, failed = [], failed_seeds(st)
+    for what, idx in failed.items():
         if idx:
             where = [f"{seeds[i]} (episode {diverged_at[i]})" if what == "diverged"
                      else str(seeds[i]) for i in idx]
             parts.append(f"{what}: seed {', '.join(where)}")
-    n = sum(len(v) for v in failed_seeds(st).values())
+    n = sum(len(v) for v in failed.values())
     return (f"{n} of {len(seeds)} seeds failed" + (f" ({'; '.join(parts)})" if parts else ""))
 
 
