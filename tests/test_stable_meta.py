@@ -522,3 +522,28 @@ def test_a_run_whose_members_all_diverged_stops_computing(tmp_path, monkeypatch)
     th = st["episodes/theta"]
     np.testing.assert_array_equal(th[:, 3:], np.repeat(th[:, 2:3], 5, axis=1))  # frozen
     assert any("every member has diverged" in m for m in res.messages)
+
+
+def test_a_run_on_cuda_gets_its_own_cross_platform_claim_row(tmp_path):
+    """A store under results/2022/cuda/ (tools/cuda_compare.sh) is compared with the CPU
+    store of the same recipe, and the row names the GPU it ran on."""
+    import shutil
+
+    import h5py
+
+    from plastcli.figures import draw_paper
+
+    base = [*TINY, "meta.episodes=2"]
+    for name in ("fig3-pseudo", "fig5-bio"):
+        r = load_recipe(REPO / f"recipes/2022/{name}.yaml", base)
+        meta_train.run(r, tmp_path / f"2022/{name}.h5")
+    (tmp_path / "2022/cuda").mkdir()
+    shutil.copy(tmp_path / "2022/fig5-bio.h5", tmp_path / "2022/cuda/fig5-bio.h5")
+    with h5py.File(tmp_path / "2022/cuda/fig5-bio.h5", "r+") as f:
+        f.attrs["device"], f.attrs["device_name"] = "cuda:0", "NVIDIA H200"
+    draw_paper("2022", tmp_path / "2022", tmp_path / "figs", ["png"])
+    rows = (tmp_path / "figs/reproduction-2022.md").read_text().splitlines()
+    row = next(ln for ln in rows if ln.startswith("| cross-machine: F_bio rerun on CUDA"))
+    assert "on NVIDIA H200 vs" in row and "(0 diverged, 0 collapsed)" in row
+    assert any(ln.startswith("| F_bio (CUDA) |") for ln in rows)
+    assert not any("F_bio rerun on a second CPU" in ln for ln in rows)

@@ -14,9 +14,14 @@ RULE_STORES = {"BP": "fig3-bp", "pseudo": "fig3-pseudo", "eHebb": "fig6-ehebb",
                "Oja": "fig8-oja", "bio": "fig5-bio", "pool": "fig4-pool"}
 # Comparison runs on the same seeds: the paper's setting without the stabiliser, weaker
 # stabilisers, the stabilised recipe with its initial θ jittered (a stand-in for another
-# CPU's rounding), and the same recipes rerun on a second CPU (results/2022/cross-machine/).
+# CPU's rounding), and the same recipes rerun on a second CPU (results/2022/cross-machine/)
+# and on a GPU (results/2022/cuda/, made by tools/cuda_compare.sh).
 CROSS = "cross-machine"
 SECOND_CPU = "second CPU"
+CUDA_DIR = "cuda"
+ON_CUDA = "CUDA"
+# folder of results/2022 -> the label its stores get: the other platforms a rule was run on
+PLATFORMS = {CROSS: SECOND_CPU, CUDA_DIR: ON_CUDA}
 VARIANTS = {"fig5-bio-paper": ("bio", "paper, no bound"),
             "fig5-bio-jitter": ("bio", "θ₀ jitter 1e-9"),
             "fig5-bio-lower-bound": ("bio", "θ_oja ≥ 0 only"),
@@ -25,8 +30,8 @@ VARIANTS = {"fig5-bio-paper": ("bio", "paper, no bound"),
             "fig8-oja-jitter": ("Oja", "θ₀ jitter 1e-9"),
             "fig8-oja-lower-bound": ("Oja", "θ_oja ≥ 0 only"),
             "fig8-oja-pseudo-bounded": ("Oja", "θ_oja ≥ 0, θ_pseudo ≤ 0.02"),
-            **{f"{CROSS}/{RULE_STORES[r]}": (r, SECOND_CPU) for r in ("BP", "pseudo", "eHebb",
-                                                                     "Oja", "bio")}}
+            **{f"{folder}/{RULE_STORES[r]}": (r, where) for folder, where in PLATFORMS.items()
+               for r in ("BP", "pseudo", "eHebb", "Oja", "bio")}}
 VARIANT_STORES = {f"{rule} ({what})": name for name, (rule, what) in VARIANTS.items()}
 
 

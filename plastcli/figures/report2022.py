@@ -7,6 +7,7 @@ import numpy as np
 from plastcli.figures import register
 from plastcli.figures.paper2022 import (
     GRAMMAR,
+    PLATFORMS,
     RULE_STORES,
     SECOND_CPU,
     TARGET_SEEDS,
@@ -137,22 +138,26 @@ def report(s):
               lambda r=rule, v=variant: acc[v] > acc["pseudo"]
               and abs(acc[v] - acc[r]) < 0.03 and healthy(v) == "0 diverged, 0 collapsed",
               lambda r=rule, v=variant: f"{acc[v]:.3f} vs {acc[r]:.3f} ({healthy(v)})")
-    def cpu(label):
+    def machine(label):
         a = stores[label].attrs
+        if str(a.get("device", "")).startswith("cuda"):
+            return str(a.get("device_name", "CUDA"))
         return f"{a.get('cpu_model', '?')} {a.get('cpu_capability', '')}".strip()
 
-    for rule in ("BP", "pseudo", "eHebb", "Oja", "bio"):
-        other = f"{rule} ({SECOND_CPU})"
-        if other not in stores:
-            continue
-        above = rule != "pseudo"
-        claim(f"cross-machine: F_{rule} rerun on a second CPU keeps its claims ("
-              f"{'> F_pseudo, ' if above else ''}meta-accuracy within 0.03, no failed seed)",
-              [rule, other, "pseudo"],
-              lambda r=rule, v=other, up=above: (acc[v] > acc["pseudo"] or not up)
-              and abs(acc[v] - acc[r]) < 0.03 and healthy(v) == "0 diverged, 0 collapsed",
-              lambda r=rule, v=other: f"{acc[v]:.3f} on {cpu(v)} vs {acc[r]:.3f} on "
-                                      f"{cpu(r)} ({healthy(v)})")
+    for where in PLATFORMS.values():
+        for rule in ("BP", "pseudo", "eHebb", "Oja", "bio"):
+            other = f"{rule} ({where})"
+            if other not in stores:
+                continue
+            above = rule != "pseudo"
+            claim(f"cross-machine: F_{rule} rerun on {'a ' if where == SECOND_CPU else ''}{where} "
+                  f"keeps its claims ({'> F_pseudo, ' if above else ''}meta-accuracy within "
+                  "0.03, no failed seed)",
+                  [rule, other, "pseudo"],
+                  lambda r=rule, v=other, up=above: (acc[v] > acc["pseudo"] or not up)
+                  and abs(acc[v] - acc[r]) < 0.03 and healthy(v) == "0 diverged, 0 collapsed",
+                  lambda r=rule, v=other: f"{acc[v]:.3f} on {machine(v)} vs {acc[r]:.3f} on "
+                                          f"{machine(r)} ({healthy(v)})")
     for rule in ("BP", "pseudo", "eHebb", "Oja", "bio"):
         n = stores[rule]["episodes/meta_accuracy"].shape[0] if rule in stores else 0
         if 0 < n < TARGET_SEEDS:
