@@ -54,9 +54,10 @@ FIGURES_DRAWN = {
             "fig6-ehebb, fig8-oja, fig9-orthonormality, fig-meta-accuracy-all, fig1-fa-dfa-bp, "
             "table1-ablate-layers, fig-stability-map, fig-stability-strip, stability-map.md, "
             "reproduction-2022.md",
-    "2024": "fig1-bp-vs-oja, fig2-reconstruction-error, fig3-reconstructions-depth5, "
-            "fig3-reconstructions-depth10, fig4-pca, fig5-naive-init, fig6-activation-norms, "
-            "figS1-update-norms, fig7-rnn-memory, fig8-plastic-feedback, online-results-2024.md",
+    "2024": "fig1-bp-vs-oja, fig1-bp-vs-oja-fashion, fig2-reconstruction-error, "
+            "fig3-reconstructions-depth5, fig3-reconstructions-depth10, fig4-pca, "
+            "fig5-naive-init, fig6-activation-norms, figS1-update-norms, fig7-rnn-memory, "
+            "fig8-plastic-feedback, online-results-2024.md",
 }
 
 

@@ -129,11 +129,10 @@ def ablate_layers(
         out_console.print(f"wrote {f}", highlight=False)
 
 
-def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_,
+def _online_command(kind: str, recipe: Path, seeds, samples, device, out, set_, resume,
                     overwrite, data_dir) -> None:
-    """Shared body of ``plast baseline`` and ``plast init-study`` (no --resume: these runs
-    have no checkpoints yet)."""
-    rec, res = run_experiment(kind, kind.replace("-", "_"), recipe, set_, device, out, False,
+    """Shared body of ``plast baseline`` and ``plast init-study``."""
+    rec, res = run_experiment(kind, kind.replace("-", "_"), recipe, set_, device, out, resume,
                               overwrite, data_dir,
                               {"population.seeds": seeds, "online.samples": samples})
     table = Table(title=f"{kind} {rec.name}: {rec.online.samples} online samples, "
@@ -165,10 +164,12 @@ def _register_online(kind: str, example: str, doc: str) -> None:
         device: str | None = DeviceOpt,
         out: Path | None = OutOpt,
         set_: list[str] | None = SetOpt,
+        resume: bool = ResumeOpt,
         overwrite: bool = OverwriteOpt,
         data_dir: Path | None = DataDirOpt,
     ) -> None:
-        _online_command(kind, recipe, seeds, samples, device, out, set_, overwrite, data_dir)
+        _online_command(kind, recipe, seeds, samples, device, out, set_, resume, overwrite,
+                        data_dir)
 
     command.__doc__ = f"{doc}\n\n    Example: plast {kind} {example}\n    "
     command.__name__ = f"{kind.replace('-', '_')}_cmd"
@@ -197,6 +198,7 @@ def rnn_memory_cmd(
     device: str | None = DeviceOpt,
     out: Path | None = OutOpt,
     set_: list[str] | None = SetOpt,
+    resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
     data_dir: Path | None = DataDirOpt,
 ) -> None:
@@ -207,7 +209,7 @@ def rnn_memory_cmd(
     then trains every condition x seed (per hidden size) online, one sequence per update.
     Example: plast rnn-memory recipes/2024/fig7-rnn-memory.yaml
     """
-    rec, res = run_experiment("rnn-memory", "rnn_memory", recipe, set_, device, out, False,
+    rec, res = run_experiment("rnn-memory", "rnn_memory", recipe, set_, device, out, resume,
                               overwrite, data_dir,
                               {"population.seeds": seeds, "online.samples": samples})
     table = Table(title=f"rnn-memory {rec.name}: {rec.online.samples} sequences (T = "

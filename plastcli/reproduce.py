@@ -113,13 +113,15 @@ def plan(recipes_dir: Path, results: Path, papers: list[str], scale: str) -> lis
 def cache_key(recipe_yaml: str, version: str) -> str:
     """The part of a resolved recipe that decides the numbers, plus the plast version:
     the recipe is re-resolved through today's schema (so a store written before a new key
-    with a default existed matches), and ``name`` and ``description`` are dropped (a
-    renamed recipe still matches its store)."""
+    with a default existed matches), and ``name``, ``description`` and ``run.checkpoint_every``
+    are dropped (a renamed recipe still matches its store)."""
     from plastcli.recipes import recipe_from_yaml, recipe_to_yaml
 
     resolved = yaml.safe_load(recipe_to_yaml(recipe_from_yaml(recipe_yaml)))
     for key in ("name", "description"):
         resolved.pop(key, None)
+    # how often a run saves itself does not change its numbers (resume is exact)
+    resolved.get("run", {}).pop("checkpoint_every", None)
     return yaml.safe_dump({"plast_version": version, "recipe": resolved}, sort_keys=True)
 
 

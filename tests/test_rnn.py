@@ -83,8 +83,20 @@ def test_oja_term_matches_a_per_time_step_numpy_loop(pre):
 @pytest.mark.parametrize("recurrent, gain, sigma", [
     ("same", 1.0, "softplus"), ("orthogonal", 1.5, "softplus"), ("normal", 2.0, "tanh"),
     ("identity", 1.0, "tanh")])
-def test_batched_members_equal_members_run_alone(recurrent, gain, sigma):
-    from plastcli.experiments.rnn_memory import Members, train
+def test_batched_members_equal_members_run_alone(recurrent, gain, sigma, tmp_path):
+    from plastcli.experiments.checkpoints import Checkpoints
+    from plastcli.experiments.rnn_memory import Members
+    from plastcli.experiments.rnn_memory import train as train_unit
+
+    def train(members, *args):
+        """(final net, records, W_h spectra) of one unit, through a fresh checkpoint."""
+        out = train_unit(members, *args, Checkpoints(tmp_path / "t.h5", False, 5), "unit",
+                         lambda net: dict(zip("xho", (w.numpy() for w in net.weights()),
+                                              strict=True)))
+        recs = [{k.removeprefix("rec."): v[i] for k, v in out.items() if k.startswith("rec.")}
+                for i in range(len(out["rec.val_accuracy"]))]
+        spectra = {k: out[k] for k in out if k.startswith("wh_")}
+        return rnn.RnnNet(*(torch.as_tensor(out[k]) for k in "xho")), recs, spectra
 
     class _Spec:  # the recipe fields train() reads
         class task:

@@ -45,25 +45,32 @@ def eval_points(samples: int, eval_every: int) -> list[int]:
 @torch.no_grad()
 def run_online(net: Net, rule: LayerCoefficients, images: torch.Tensor, labels: torch.Tensor,
                order: torch.Tensor, n_out: int, beta: float, feedback: str, eval_every: int,
-               on_eval: Callable[[Net, int], None] | None = None) -> Net:
+               on_eval: Callable[[Net, int], None] | None = None, start: int = 0,
+               on_step: Callable[[Net, int], None] | None = None) -> Net:
     """Train every member online on its stream and return the final population network.
 
     images ``[N, n_0]`` and labels ``[N]`` (on the training device); order ``[P, T]`` indices
     into them (member p's t-th sample is ``images[order[p, t]]``); ``on_eval(net, seen)`` is
     called before the first sample (seen = 0), after every ``eval_every`` samples and after
-    the last one. Members never interact: a member's trajectory is the same alone or batched.
+    the last one; ``on_step(net, seen)`` after every sample, following any evaluation (the
+    caller's checkpoints). ``start``: samples already seen (``net`` is the state after
+    them; a resumed run), so training continues at ``order[:, start]`` and the evaluation
+    at 0 is not repeated. Members never interact: a member's trajectory is the same alone
+    or batched.
     """
     T = order.shape[1]
     points = set(eval_points(T, eval_every))
-    if on_eval is not None:
+    if on_eval is not None and start == 0:
         on_eval(net, 0)
-    for t in range(T):
+    for t in range(start, T):
         idx = order[:, t]
         x = images[idx].unsqueeze(1)  # [P, 1, n_0]
         onehot = F.one_hot(labels[idx], n_out).to(x.dtype).unsqueeze(1)  # [P, 1, n_L]
         net = inner_step(net, x, onehot, rule, beta, feedback)
         if on_eval is not None and (t + 1) in points:
             on_eval(net, t + 1)
+        if on_step is not None:
+            on_step(net, t + 1)
     return net
 
 

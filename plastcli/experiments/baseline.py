@@ -29,6 +29,7 @@ resamples); ``/analysis/...`` end-of-run PCA spectra and reconstructions; ``/mem
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from plastcli.core.terms import TERM_NAMES
 from plastcli.data import Dataset, generator_for, load_dataset
 from plastcli.engine import diagnostics
 from plastcli.engine.online import eval_points, run_online, stream_order
+from plastcli.experiments.checkpoints import Checkpoints, load_net, net_tensors, stack_records
 from plastcli.experiments.common import (
     CI_LEVEL,
     CI_RESAMPLES,
@@ -235,23 +237,37 @@ def end_analysis(net: Net, x: torch.Tensor, n_images: int, beta: float) -> dict[
 
 def train_members(members: Members, conds: list[Condition], recipe: BaselineRecipe,
                   data: OnlineData, samples: int, stream: int, device, evaluate: bool,
-                  reporter: Reporter, done: int) -> tuple[list[Net], list[Evaluator]]:
-    """Run every group of ``members`` online for ``samples`` steps; return final nets and
-    (when ``evaluate``) their evaluators, in group order."""
+                  reporter: Reporter, ckpt: Checkpoints, stage: str,
+                  outputs: Callable[[Net], dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Run every group of ``members`` online for ``samples`` steps and return each group's
+    ``outputs(final net)``, in group order; with ``evaluate`` they also hold its evaluation
+    records as ``rec.<metric>`` ``[n_evals, P_group, ...]``.
+
+    Each group is a unit ``<stage><g>`` of ``ckpt``: a finished group's outputs are read
+    back, and a group in progress continues from its last checkpoint."""
     layers, beta = list(recipe.network.layers), recipe.network.beta
     L, n_out = len(layers) - 1, layers[-1]
     images, labels = data.train.images.to(device), data.train.labels.to(device)
     xv = data.test.images[data.val].to(device)
     yv = data.test.labels[data.val].to(device)
-    nets, evals = [], []
-    for sl, feedback, init in members.groups(conds):
+    results = []
+    for g, (sl, feedback, init) in enumerate(members.groups(conds)):
+        unit, base = f"{stage}{g}", g * samples
+        finished = ckpt.finished(unit)
+        if finished is not None:
+            reporter.update(base + samples)
+            results.append(finished)
+            continue
         seeds = members.seeds[sl]
         net = init_net(layers, seeds, 0, init, feedback, device)
         rule = group_rule(members, sl, conds, L, device)
         order = stream_order(seeds, data.pool, samples, stream).to(device)
         pseudo = torch.as_tensor(members.theta[sl, PSEUDO], device=device)
         ev = Evaluator(xv, yv, recipe.online.update_norm_samples, beta, feedback, rule, pseudo)
-        base = done
+        start, saved = 0, ckpt.progress(unit)
+        if saved is not None:
+            start, tensors, ev.records = saved
+            net = load_net(net, tensors)
 
         def on_eval(net_now: Net, seen: int, ev=ev, base=base) -> None:
             signals.check()  # a SIGTERM whose exception a weakref callback swallowed
@@ -260,20 +276,25 @@ def train_members(members: Members, conds: list[Condition], recipe: BaselineReci
             reporter.update(base + seen, **({"acc": float(ev.records[-1]["val_accuracy"].mean())}
                                             if evaluate else {}))
 
+        def on_step(net_now: Net, seen: int, ev=ev, unit=unit) -> None:
+            if ckpt.due(seen, samples):
+                ckpt.save_progress(unit, seen, net_tensors(net_now), ev.records)
+
         net = run_online(net, rule, images, labels, order, n_out, beta, feedback,
                          recipe.online.eval_every if evaluate else max(1, samples // 10),
-                         on_eval)
-        nets.append(net)
-        evals.append(ev)
-        done += samples
-    return nets, evals
+                         on_eval, start=start, on_step=on_step)
+        out = outputs(net)
+        out.update({f"rec.{k}": v for k, v in stack_records(ev.records).items()})
+        ckpt.finish(unit, out)
+        results.append(out)
+    return results
 
 
 # --------------------------------------------------------------------------- stages
 
 
 def grid_stage(conds: list[Condition], recipe: BaselineRecipe, data: OnlineData, device,
-               reporter: Reporter) -> tuple[list[int], dict[str, np.ndarray]]:
+               reporter: Reporter, ckpt: Checkpoints) -> tuple[list[int], dict[str, np.ndarray]]:
     """Score every grid point on the held-out selection set; return the best point index per
     condition and the ``/grid`` arrays."""
     points = [c.points() for c in conds]
@@ -283,11 +304,16 @@ def grid_stage(conds: list[Condition], recipe: BaselineRecipe, data: OnlineData,
     n_groups = len(members.groups(conds))
     reporter.start(samples * n_groups, 0, f"grid search {recipe.name} ({len(members.seeds)} "
                    f"members)")
-    nets, _ = train_members(members, conds, recipe, data, samples, 1, device, False, reporter, 0)
     xs = data.train.images[data.heldout].to(device)
     ys = data.train.labels[data.heldout].to(device)
-    acc = torch.cat([chunked_accuracy(n.W, xs, ys, recipe.network.beta) for n in nets])
-    acc, means, chosen = score_points(acc.cpu().numpy(), [len(p) for p in points], len(seeds))
+
+    def heldout_accuracy(net: Net) -> dict[str, np.ndarray]:
+        return {"acc": chunked_accuracy(net.W, xs, ys, recipe.network.beta).cpu().numpy()}
+
+    parts = train_members(members, conds, recipe, data, samples, 1, device, False, reporter,
+                          ckpt, "grid", heldout_accuracy)
+    acc = np.concatenate([p["acc"] for p in parts])
+    acc, means, chosen = score_points(acc, [len(p) for p in points], len(seeds))
     point_cond = [c for c, pts in enumerate(points) for _ in pts]
     point_theta = [theta for pts in points for theta in pts]
     point_mean = [m for ms in means for m in ms]
@@ -333,9 +359,6 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
     """Grid search (if any), then the final runs; write the store (see module doc)."""
     from plastcli.errors import PlastError
 
-    if resume:
-        raise PlastError("--resume is not supported by online experiments (a run takes "
-                         "minutes); start again with --overwrite")
     reporter = reporter or Reporter()
     conds = resolve_conditions(recipe)
     data = split_data(recipe, data_dir)
@@ -357,12 +380,13 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         **split_attrs(ds, len(data.heldout), len(data.val), grid_samples=grid_samples,
                       grid_seeds=recipe.selection.seeds, searched=searched),
     }
-    r = open_run(recipe, out, [data.train, data.test], resume=False, overwrite=overwrite,
+    r = open_run(recipe, out, [data.train, data.test], resume=resume, overwrite=overwrite,
                  device_name=device, extra_attrs=attrs)
+    ckpt = Checkpoints(out, r.resumed, recipe.run.checkpoint_every)
     torch.manual_seed(0)
     try:
         if searched:
-            best, grid_arrays = grid_stage(conds, recipe, data, r.device, reporter)
+            best, grid_arrays = grid_stage(conds, recipe, data, r.device, reporter, ckpt)
             r.store.write_arrays("grid", grid_arrays)
             chosen = [grid_arrays["point_theta"][b] for b in best]
         else:
@@ -371,18 +395,23 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         members = layout(conds, [[t] for t in chosen], seeds)
         n_groups = len(members.groups(conds))
         reporter.start(samples * n_groups, 0, f"online {recipe.name} ({len(members.seeds)} runs)")
-        nets, evals = train_members(members, conds, recipe, data, samples, 0, r.device, True,
-                                    reporter, 0)
-        curves = {k: np.concatenate([np.stack([rec[k] for rec in ev.records], 1) for ev in evals])
-                  for k in evals[0].records[0]}
+        xv = data.test.images[data.val].to(r.device)
+        parts = train_members(members, conds, recipe, data, samples, 0, r.device, True,
+                              reporter, ckpt, "final",
+                              lambda net: end_analysis(net, xv, recipe.online.recon_images,
+                                                       recipe.network.beta))
+        # records [n_evals, P_group, ...] per group -> curves [P, n_evals, ...]
+        curves = {k.removeprefix("rec."): np.concatenate([np.swapaxes(p[k], 0, 1)
+                                                          for p in parts])
+                  for k in parts[0] if k.startswith("rec.")}
+        if r.resumed:  # a run killed while writing its results left some
+            r.store.truncate("curves", 0)
         r.store.append("curves", [{k: v[:, i] for k, v in curves.items()}
                                   for i in range(curves["samples_seen"].shape[1])])
         C = len(conds)
         r.store.write_arrays("stats", stats(curves, members.condition, C))
-        xv = data.test.images[data.val].to(r.device)
-        analysis = [end_analysis(n, xv, recipe.online.recon_images, recipe.network.beta)
-                    for n in nets]
-        arrays = {k: np.concatenate([a[k] for a in analysis]) for k in analysis[0]}
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
+                  if not k.startswith("rec.")}
         arrays["recon_inputs"] = xv[: recipe.online.recon_images].cpu().numpy()
         arrays["recon_labels"] = data.test.labels[data.val][: recipe.online.recon_images].numpy()
         arrays["final_val_accuracy"] = curves["val_accuracy"][:, -1]
@@ -393,11 +422,12 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
             "condition_name": np.array([conds[c].name for c in members.condition], dtype="S"),
         })
     except BaseException as exc:  # the store must never look complete or still running
-        mark_failed(r.store, exc, "start again with --overwrite")
+        mark_failed(r.store, exc, "continue with --resume")
         raise
     final = curves["val_accuracy"][:, -1]
     m, lo, hi = zip(*(statistics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
                                                CI_RESAMPLES) for c in range(C)), strict=True)
     finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
+    ckpt.remove()
     return BaselineResult(out, [c.name for c in conds], np.stack(chosen), np.array(m),
                           np.array(lo), np.array(hi), searched, [c.terms for c in conds])

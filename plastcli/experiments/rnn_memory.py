@@ -28,6 +28,7 @@ the chosen point per (hidden size, condition).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from plastcli.core import rnn
 from plastcli.engine.online import eval_points, stream_order
 from plastcli.errors import PlastError
 from plastcli.experiments.baseline import OnlineData, split_data
+from plastcli.experiments.checkpoints import Checkpoints, stack_records
 from plastcli.experiments.common import (
     CI_LEVEL,
     CI_RESAMPLES,
@@ -88,11 +90,18 @@ def _chunk(P: int, hidden: int) -> int:
 
 
 def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineData,
-          samples: int, stream: int, device, evaluate: bool, reporter: Reporter
-          ) -> tuple[rnn.RnnNet, list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """Train every member online for ``samples`` sequences; return the final population,
-    (when ``evaluate``) one validation record per evaluation point, and the singular values
-    of W_h before and after ``[P, n]``."""
+          samples: int, stream: int, device, evaluate: bool, reporter: Reporter,
+          ckpt: Checkpoints, unit: str,
+          outputs: Callable[[rnn.RnnNet], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Train every member online for ``samples`` sequences as the unit ``unit`` of ``ckpt``
+    (read back if finished, continued from its checkpoint if in progress) and return
+    ``outputs(final population)`` with the singular values of W_h before and after
+    ``[P, n]`` and (when ``evaluate``) one validation record per evaluation point as
+    ``rec.<metric>`` ``[n_evals, P, ...]``."""
+    finished = ckpt.finished(unit)
+    if finished is not None:
+        reporter.update(samples)
+        return finished
     T, present, beta = recipe.task.T, recipe.task.present, network_activation(recipe)
     images = data.train.images.to(device)
     labels = data.train.labels.to(device)
@@ -114,9 +123,14 @@ def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineDa
         rec["samples_seen"] = np.full(net.P, seen, dtype=np.int64)
         records.append(rec)
 
-    if evaluate:
+    start, saved = 0, ckpt.progress(unit)
+    if saved is not None:
+        start, tensors, records[:] = saved
+        net = rnn.RnnNet(*(torch.as_tensor(tensors[k]).to(w) for k, w in
+                           zip(("Wx", "Wh", "Wo"), net.weights(), strict=True)))
+    elif evaluate:
         record(0)
-    for t in range(samples):
+    for t in range(start, samples):
         signals.check()  # a SIGTERM whose exception a weakref callback swallowed
         idx = order[:, t]
         net = rnn.update(net, images[idx].unsqueeze(1), labels[idx].unsqueeze(1), th1, th2, T,
@@ -126,12 +140,18 @@ def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineDa
             reporter.update(t + 1, acc=float(np.nanmean(records[-1]["val_accuracy"])))
         elif (t + 1) % 50 == 0 or t + 1 == samples:
             reporter.update(t + 1)
+        if ckpt.due(t + 1, samples):
+            ckpt.save_progress(unit, t + 1, dict(zip(("Wx", "Wh", "Wo"), net.weights(),
+                                                     strict=True)), records)
     # a diverged member's W_h has no singular values: NaN rows, not an error
     Wh = torch.nan_to_num(net.Wh, nan=0.0, posinf=0.0, neginf=0.0)
     after = torch.linalg.svdvals(Wh).cpu().numpy()
     after[~torch.isfinite(net.Wh).flatten(1).all(1).cpu().numpy()] = np.nan
     diagnostics["wh_singular_after"] = after
-    return net, records, diagnostics
+    out = {**outputs(net), **diagnostics,
+           **{f"rec.{k}": v for k, v in stack_records(records).items()}}
+    ckpt.finish(unit, out)
+    return out
 
 
 def network_activation(recipe: RnnMemoryRecipe) -> rnn.Activation:
@@ -139,7 +159,7 @@ def network_activation(recipe: RnnMemoryRecipe) -> rnn.Activation:
 
 
 def grid_stage(recipe: RnnMemoryRecipe, hidden: int, data: OnlineData, device,
-               reporter: Reporter) -> tuple[list[int], dict[str, np.ndarray]]:
+               reporter: Reporter, ckpt: Checkpoints) -> tuple[list[int], dict[str, np.ndarray]]:
     """Score every grid point of every condition on the held-out selection set; return the
     chosen point index per condition and this hidden size's ``/grid`` rows."""
     points = grid_points(recipe)
@@ -148,12 +168,16 @@ def grid_stage(recipe: RnnMemoryRecipe, hidden: int, data: OnlineData, device,
     samples = recipe.selection.samples or recipe.online.samples
     reporter.start(samples, 0, f"grid search {recipe.name} hidden {hidden} "
                    f"({len(members.seeds)} members)")
-    net, _, _ = train(members, hidden, recipe, data, samples, 1, device, False, reporter)
     xs = data.train.images[data.heldout].to(device)
     ys = data.train.labels[data.heldout].to(device)
-    acc = rnn.evaluate(net, xs, ys, recipe.task.T, recipe.task.present,
-                       network_activation(recipe),
-                       _chunk(net.P, hidden))["val_accuracy"].cpu().numpy()
+
+    def heldout_accuracy(net: rnn.RnnNet) -> dict[str, np.ndarray]:
+        acc = rnn.evaluate(net, xs, ys, recipe.task.T, recipe.task.present,
+                           network_activation(recipe), _chunk(net.P, hidden))["val_accuracy"]
+        return {"acc": acc.cpu().numpy()}
+
+    acc = train(members, hidden, recipe, data, samples, 1, device, False, reporter, ckpt,
+                f"grid-h{hidden}", heldout_accuracy)["acc"]
     acc, means, best = score_points(acc, [len(p) for p in points], len(seeds))
     rows: dict[str, list] = {k: [] for k in ("point_hidden", "point_condition", "point_index",
                                              "point_theta_bptt", "point_theta_oja",
@@ -197,9 +221,6 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
         ) -> RnnResult:
     """Grid search (where a condition has several points), then the final runs, per hidden
     size; write the store (see module doc)."""
-    if resume:
-        raise PlastError("--resume is not supported by rnn-memory (a run takes minutes); "
-                         "start again with --overwrite")
     reporter = reporter or Reporter()
     data = split_data(recipe, data_dir)
     samples = recipe.online.samples
@@ -218,24 +239,27 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
                       grid_seeds=recipe.selection.seeds, searched=searched, item="sequence",
                       per="update", scope=", per hidden size and condition", runs="seeds"),
     }
-    r = open_run(recipe, out, [data.train, data.test], resume=False, overwrite=overwrite,
+    r = open_run(recipe, out, [data.train, data.test], resume=resume, overwrite=overwrite,
                  device_name=device, extra_attrs=attrs)
+    ckpt = Checkpoints(out, r.resumed, recipe.run.checkpoint_every)
     torch.manual_seed(0)
     seeds = [recipe.population.seed + i for i in range(recipe.population.seeds)]
     grids, curves, members_out, rows = [], [], [], []
     try:
         for hidden in recipe.network.hidden:
             if searched:
-                best, g = grid_stage(recipe, hidden, data, r.device, reporter)
+                best, g = grid_stage(recipe, hidden, data, r.device, reporter, ckpt)
                 grids.append(g)
             else:
                 best = [0] * len(points)
             members = layout(points, [[b] for b in best], seeds)
             reporter.start(samples, 0, f"rnn-memory {recipe.name} hidden {hidden} "
                            f"({len(members.seeds)} runs)")
-            _, records, diag = train(members, hidden, recipe, data, samples, 0, r.device, True,
-                                     reporter)
-            cur = {k: np.stack([rec[k] for rec in records], 1) for k in records[0]}
+            res = train(members, hidden, recipe, data, samples, 0, r.device, True, reporter,
+                        ckpt, f"final-h{hidden}", lambda net: {})
+            cur = {k.removeprefix("rec."): np.swapaxes(v, 0, 1) for k, v in res.items()
+                   if k.startswith("rec.")}
+            diag = {k: v for k, v in res.items() if k.startswith("wh_singular")}
             curves.append(cur)
             final = cur["val_accuracy"][:, -1]
             members_out.append({
@@ -252,6 +276,8 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
                              "theta_oja": t2, "mean": float(m), "lo": float(lo),
                              "hi": float(hi), "searched": len(points[c]) > 1})
         allc = _concat(curves)
+        if r.resumed:  # a run killed while writing its results left some
+            r.store.truncate("curves", 0)
         r.store.append("curves", [{k: v[:, i] for k, v in allc.items()}
                                   for i in range(allc["samples_seen"].shape[1])])
         mem = _concat(members_out)
@@ -271,7 +297,8 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
             g["best_condition"] = np.array([c for _, c in chosen])
             r.store.write_arrays("grid", g, selection=attrs["selection_split"])
     except BaseException as exc:  # the store must never look complete or still running
-        mark_failed(r.store, exc, "start again with --overwrite")
+        mark_failed(r.store, exc, "continue with --resume")
         raise
     finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
+    ckpt.remove()
     return RnnResult(out, rows)

@@ -198,16 +198,27 @@ def fig8(s):
 
 
 D5, D10, NAIVE, FAOJA = "fig1-depth5", "fig1-depth10", "fig5-naive-init", "fig6-fa-oja"
-ONLINE_STORES = (D5, D10, NAIVE, FAOJA)
+# P2's second data set (issue 11): Fig 1 with the same recipes on Fashion-MNIST
+D5F, D10F = "fig1-depth5-fashion", "fig1-depth10-fashion"
+ONLINE_STORES = (D5, D10, NAIVE, FAOJA, D5F, D10F)
+
+
+def _fig1(s, d5: str, d10: str, data: str):
+    fig, ax = subplots(2, ncols=2, size=(5.0, 3.8))
+    _on.accuracy_panel(ax[0], s[d5], ["BP", "BP+Oja"], "(a) 5 layers")
+    _on.accuracy_panel(ax[1], s[d10], ["BP", "BP+Oja"], "(b) 10 layers")
+    fig.suptitle(f"P2 Fig 1 — online {data}: BP vs BP+Oja")
+    return fig
 
 
 @register("2024", "fig1-bp-vs-oja", stores=(D5, D10))
 def online_fig1(s):
-    fig, ax = subplots(2, ncols=2, size=(5.0, 3.8))
-    _on.accuracy_panel(ax[0], s[D5], ["BP", "BP+Oja"], "(a) 5 layers")
-    _on.accuracy_panel(ax[1], s[D10], ["BP", "BP+Oja"], "(b) 10 layers")
-    fig.suptitle("P2 Fig 1 — online MNIST: BP vs BP+Oja")
-    return fig
+    return _fig1(s, D5, D10, "MNIST")
+
+
+@register("2024", "fig1-bp-vs-oja-fashion", stores=(D5F, D10F))
+def online_fig1_fashion(s):
+    return _fig1(s, D5F, D10F, "Fashion-MNIST")
 
 
 @register("2024", "fig2-reconstruction-error", stores=(D10,))

@@ -10,13 +10,12 @@ from plastcli.core.vocabulary import (  # the names of the core layer; no torch 
     RECURRENT_INITS,
     SIGMAS,
 )
-from plastcli.recipes.fields import Where, spec
+from plastcli.recipes.fields import DEVICES, Where, spec
 from plastcli.recipes.meta import (
     DatasetSpec,
     NetworkSpec,
     PopulationSpec,
     RuleSpec,
-    RunSpec,
     check_dataset_network,
     check_rule,
 )
@@ -24,6 +23,14 @@ from plastcli.recipes.meta import (
 # --------------------------------------------------------------------------- online (issue 3)
 
 ONLINE_DATASETS = ("mnist", "fashion-mnist", "emnist-balanced")
+
+
+@dataclass
+class OnlineRunSpec:
+    checkpoint_every: int = spec(1000, minimum=1, doc="samples (rnn-memory: sequences) "
+                                 "between checkpoints of the population in training "
+                                 "(--resume continues from the last)")
+    device: str = spec("auto", choices=DEVICES)
 
 
 @dataclass
@@ -80,7 +87,7 @@ class BaselineRecipe:
     online: OnlineSpec = spec(factory=OnlineSpec)
     selection: SelectionSpec = spec(factory=SelectionSpec)
     population: PopulationSpec = spec(factory=lambda: PopulationSpec(seeds=20, seed=0))
-    run: RunSpec = spec(factory=RunSpec)
+    run: OnlineRunSpec = spec(factory=OnlineRunSpec)
 
     def validate(self, where: Where) -> None:
         check_dataset_network(DatasetSpec(name=self.dataset.name, split="train"), self.network,
@@ -192,7 +199,7 @@ class RnnMemoryRecipe:
     online: RnnOnlineSpec = spec(factory=RnnOnlineSpec)
     selection: SelectionSpec = spec(factory=SelectionSpec)
     population: PopulationSpec = spec(factory=lambda: PopulationSpec(seeds=10, seed=0))
-    run: RunSpec = spec(factory=RunSpec)
+    run: OnlineRunSpec = spec(factory=OnlineRunSpec)
 
     def validate(self, where: Where) -> None:
         if self.task.T < self.task.present:
