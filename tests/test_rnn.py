@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import REPO
 from typer.testing import CliRunner
 
 from plastcli.cli import app
@@ -87,6 +88,7 @@ def test_batched_members_equal_members_run_alone(recurrent, gain, sigma, tmp_pat
     from plastcli.experiments.checkpoints import Checkpoints
     from plastcli.experiments.rnn_memory import Members
     from plastcli.experiments.rnn_memory import train as train_unit
+    from plastcli.recipes.online import RnnConditionSpec
 
     def train(members, *args):
         """(final net, records, W_h spectra) of one unit, through a fresh checkpoint."""
@@ -109,6 +111,7 @@ def test_batched_members_equal_members_run_alone(recurrent, gain, sigma, tmp_pat
 
     _Spec.network.gain, _Spec.network.sigma = gain, sigma
     _Spec.online = type("online", (), {"eval_every": 5})
+    _Spec.conditions = [RnnConditionSpec(name="BPTT"), RnnConditionSpec(name="BPTT+Oja")]
 
     from plastcli.data import Dataset
     from plastcli.experiments.baseline import OnlineData
@@ -245,6 +248,39 @@ def test_same_recurrent_init_and_gain_1_keep_the_old_draws_and_w_x_w_o_stay():
     torch.testing.assert_close(ortho.Wo, old.Wo, rtol=0, atol=0)
     gained = rnn.init_rnn(N_IN, HIDDEN, N_OUT, [3, 4], "xavier", "cpu", "same", 2.0)
     torch.testing.assert_close(gained.Wh, 2 * old.Wh, rtol=0, atol=0)
+
+
+def test_per_member_w_h_factors_equal_each_member_drawn_alone():
+    kinds, gains = ["same", "orthogonal", "same", "normal"], [1.0, 1.5, 3.0, 2.0]
+    seeds = [3, 3, 4, 5]  # the same seed under two factors: the same W_x, W_o
+    net = rnn.init_rnn(N_IN, HIDDEN, N_OUT, seeds, "xavier", "cpu", kinds, gains)
+    for i, (s, k, g) in enumerate(zip(seeds, kinds, gains, strict=True)):
+        alone = rnn.init_rnn(N_IN, HIDDEN, N_OUT, [s], "xavier", "cpu", k, g)
+        for a, b in zip(net.weights(), alone.weights(), strict=True):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=0)
+    torch.testing.assert_close(net.Wx[0], net.Wx[1], rtol=0, atol=0)
+
+
+def test_conditions_with_their_own_gain_run_as_one_population(tmp_path):
+    """A condition's gain and init_recurrent reach its members' W_h (the stored spectra
+    before training scale with the gain), and the recipe refuses a bad value in one line."""
+    out = tmp_path / "g.h5"
+    args = ["rnn-memory", str(REPO / "recipes/2024/fig7-rnn-memory.yaml"), "--samples", "20",
+            "--out", str(out), "--set", "network.hidden=[6]", "--set", "task.T=4",
+            "--set", "task.present=2", "--set", "online.val_size=20", "--set",
+            "online.eval_every=10", "--set", "selection.heldout=50", "--set",
+            "population.seeds=2", "--set", "run.device=cpu", "--set",
+            "conditions=[{name: g1, bptt: [0.01], oja: [0.0]}, "
+            "{name: g2, bptt: [0.01], oja: [0.0], gain: 2.0}, "
+            "{name: id, bptt: [0.01], oja: [0.0], init_recurrent: identity}]"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    st = read_store(out)
+    before = st["members/wh_singular_before"]  # [P, n]: conditions g1, g1, g2, g2, id, id
+    np.testing.assert_allclose(before[2:4], 2 * before[0:2], rtol=1e-5)
+    np.testing.assert_allclose(before[4:6], 1.0, rtol=1e-6)
+    bad = CliRunner().invoke(app, [*args[:-1], "conditions=[{name: x, gain: -1}]"])
+    assert bad.exit_code == 2 and "conditions[0].gain" in bad.output
 
 
 def _plain_loss_act(Wx, Wh, Wo, x, label, f):

@@ -109,21 +109,25 @@ def draw_recurrent(n: int, kind: str, g: torch.Generator) -> torch.Tensor:
 
 
 def init_rnn(n_in: int, hidden: int, n_out: int, seeds: list[int], init: str,
-             device, recurrent: str = "same", gain: float = 1.0) -> RnnNet:
+             device, recurrent: str | list[str] = "same",
+             gain: float | list[float] = 1.0) -> RnnNet:
     """One generator per member seed (``generator_for(seed, hidden, 'init')``), so a member's
     weights do not depend on the other members; drawn in the order W_x, W_h, W_o. With
     ``recurrent`` other than 'same', W_h is replaced by :func:`draw_recurrent` from its own
     stream (``'init_recurrent'``), so W_x and W_o are those of the 'same' run; W_h is then
-    multiplied by ``gain``."""
+    multiplied by ``gain``. ``recurrent`` and ``gain`` may also be one value per member."""
+    P = len(seeds)
+    kinds = recurrent if isinstance(recurrent, list) else [recurrent] * P
+    gains = gain if isinstance(gain, list) else [gain] * P
     Wx, Wh, Wo = [], [], []
-    for s in seeds:
+    for s, kind, g_h in zip(seeds, kinds, gains, strict=True):
         g = generator_for(s, hidden, "init")
         Wx.append(_draw((hidden, n_in), init, g))
         wh = _draw((hidden, hidden), init, g)
         Wo.append(_draw((n_out, hidden), init, g))
-        if recurrent != "same":
-            wh = draw_recurrent(hidden, recurrent, generator_for(s, hidden, "init_recurrent"))
-        Wh.append(wh * gain if gain != 1.0 else wh)
+        if kind != "same":
+            wh = draw_recurrent(hidden, kind, generator_for(s, hidden, "init_recurrent"))
+        Wh.append(wh * g_h if g_h != 1.0 else wh)
     return RnnNet(*(torch.stack(m).to(device) for m in (Wx, Wh, Wo)))
 
 

@@ -108,7 +108,7 @@ def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineDa
     xv = data.test.images[data.val].to(device)
     yv = data.test.labels[data.val].to(device)
     net = rnn.init_rnn(images.shape[1], hidden, N_CLASSES, members.seeds, recipe.network.init,
-                       device, recipe.network.init_recurrent, recipe.network.gain)
+                       device, *wh_factors(recipe, members.condition))
     diagnostics = {"wh_singular_before": torch.linalg.svdvals(net.Wh).cpu().numpy()}
     order = stream_order(members.seeds, data.pool, samples, stream).to(device)
     th1 = torch.as_tensor(members.theta_bptt, device=device)
@@ -152,6 +152,13 @@ def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineDa
            **{f"rec.{k}": v for k, v in stack_records(records).items()}}
     ckpt.finish(unit, out)
     return out
+
+
+def wh_factors(recipe: RnnMemoryRecipe, condition: np.ndarray) -> tuple[list[str], list[float]]:
+    """Per member: W_h's initialiser and gain (its condition's, else the network's)."""
+    conds = [recipe.conditions[c] for c in condition]
+    return ([c.init_recurrent or recipe.network.init_recurrent for c in conds],
+            [recipe.network.gain if c.gain is None else c.gain for c in conds])
 
 
 def network_activation(recipe: RnnMemoryRecipe) -> rnn.Activation:
@@ -267,6 +274,8 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
                 "grid_point": members.point, "theta_bptt": members.theta_bptt,
                 "theta_oja": members.theta_oja, "seed": np.array(members.seeds),
                 "final_val_accuracy": final, **diag,
+                "init_recurrent": np.array(wh_factors(recipe, members.condition)[0], dtype="S"),
+                "gain": np.array(wh_factors(recipe, members.condition)[1], np.float32),
             })
             for c, cond in enumerate(recipe.conditions):
                 m, lo, hi = statistics.bootstrap_ci(final[members.condition == c], CI_LEVEL,

@@ -175,6 +175,11 @@ class RnnConditionSpec:
     name: str = spec(doc="label, e.g. 'BPTT+Oja'")
     bptt: list[float] = spec(factory=lambda: [0.01], minimum=0.0)
     oja: list[float] = spec(factory=lambda: [0.0], minimum=0.0)
+    # W_h factors of this condition's members (default: network's), so that one run, one
+    # population, can vary them (the Fig 7 study's phase diagram over the gain)
+    gain: float | None = spec(None, minimum=0.0, doc="gain on W_h (default: network.gain)")
+    init_recurrent: str | None = spec(None, choices=RECURRENT_INITS,
+                                      doc="W_h initialiser (default: network.init_recurrent)")
 
 
 @dataclass
