@@ -330,3 +330,27 @@ def test_fig7_claim_is_decided_by_the_paired_ci_and_bptt_above_chance():
     assert "NOT REPRODUCED (BPTT+Oja matches BPTT)" in row
     (row,) = fig7_claim_rows("s", store(bp - 0.2))
     assert "falls short of" in row
+
+
+def test_phase_diagram_reads_the_gain_and_theta2_blocks(tmp_path):
+    """Tiny runs of both phase recipes (and the g = 1 store): the figure is drawn and its
+    table has a row per (rule, gain) and per θ₂, θ₂ = 0 first."""
+    from plastcli.figures import draw_paper
+
+    tiny = ["--samples", "20", "--set", "network.hidden=[6]", "--set", "task.T=4", "--set",
+            "task.present=2", "--set", "online.val_size=20", "--set", "online.eval_every=10",
+            "--set", "selection.heldout=50", "--set", "selection.samples=10", "--set",
+            "selection.seeds=1", "--set", "population.seeds=2", "--set", "run.device=cpu"]
+    for name in ("fig7-rnn-tanh-xavier", "fig7-rnn-phase-gain", "fig7-rnn-phase-oja"):
+        r = CliRunner().invoke(app, ["rnn-memory", str(REPO / f"recipes/2024/{name}.yaml"),
+                                     "--out", str(tmp_path / f"2024/{name}.h5"), *tiny])
+        assert r.exit_code == 0, r.output
+    rep = draw_paper("2024", tmp_path / "2024", tmp_path / "figs", ["png"])
+    assert (tmp_path / "figs/fig7-rnn-phase.png").exists(), rep.skipped
+    text = (tmp_path / "figs/fig7-rnn-phase.md").read_text()
+    gains = [ln.split("|")[2].strip() for ln in text.splitlines()
+             if ln.startswith("| BPTT+Oja |")]
+    assert gains == ["1", "1.5", "2", "3"]
+    th2 = [ln.split("|")[1].strip() for ln in text.split("θ₂ = 0: plain BPTT")[1].splitlines()
+           if ln.startswith("| ") and not ln.startswith("| θ2")]
+    assert th2 == ["0", "0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03"]

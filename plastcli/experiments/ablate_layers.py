@@ -20,7 +20,7 @@ from plastcli.lock import store_lock
 from plastcli.paths import check_store_out
 from plastcli.progress import Reporter
 from plastcli.recipes import AblateLayersRecipe, layer_names
-from plastcli.results.store import read_store
+from plastcli.results.store import read_store, text_array
 from plastcli.results.tables import table1_rows, write_table_files
 
 # --------------------------------------------------------------------------- members
@@ -83,7 +83,7 @@ def run(recipe: AblateLayersRecipe, out: Path, *, resume: bool = False, overwrit
                              data_dir=data_dir, device=device, reporter=reporter,
                              member_masks=masks, extra_attrs=attrs, seeds=seeds,
                              member_arrays={
-                                 "assignment": np.array([names[a] for a in index], dtype="S"),
+                                 "assignment": text_array(names[a] for a in index),
                                  "assignment_index": index,
                                  "added_layers": assignment_layers(recipe)[index],  # [P, L]
                                  "mask": masks})

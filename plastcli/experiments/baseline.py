@@ -57,6 +57,7 @@ from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import BaselineRecipe, InitStudyRecipe
 from plastcli.results import statistics
+from plastcli.results.store import text_array
 
 CHUNK = 500  # validation images per forward pass when only accuracy is needed
 
@@ -419,7 +420,7 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         r.store.write_arrays("members", {
             "condition": members.condition, "theta": members.theta,
             "seed": np.array(members.seeds),
-            "condition_name": np.array([conds[c].name for c in members.condition], dtype="S"),
+            "condition_name": text_array(conds[c].name for c in members.condition),
         })
     except BaseException as exc:  # the store must never look complete or still running
         mark_failed(r.store, exc, "continue with --resume")

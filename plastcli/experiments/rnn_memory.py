@@ -53,6 +53,7 @@ from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import RnnMemoryRecipe
 from plastcli.results import statistics
+from plastcli.results.store import text_array
 
 N_CLASSES = 10
 EVAL_FLOATS = 2_000_000  # hidden states per evaluation chunk: P * chunk * hidden
@@ -274,7 +275,7 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
                 "grid_point": members.point, "theta_bptt": members.theta_bptt,
                 "theta_oja": members.theta_oja, "seed": np.array(members.seeds),
                 "final_val_accuracy": final, **diag,
-                "init_recurrent": np.array(wh_factors(recipe, members.condition)[0], dtype="S"),
+                "init_recurrent": text_array(wh_factors(recipe, members.condition)[0]),
                 "gain": np.array(wh_factors(recipe, members.condition)[1], np.float32),
             })
             for c, cond in enumerate(recipe.conditions):
@@ -290,8 +291,7 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
         r.store.append("curves", [{k: v[:, i] for k, v in allc.items()}
                                   for i in range(allc["samples_seen"].shape[1])])
         mem = _concat(members_out)
-        mem["condition_name"] = np.array([recipe.conditions[c].name for c in mem["condition"]],
-                                         dtype="S")
+        mem["condition_name"] = text_array(recipe.conditions[c].name for c in mem["condition"])
         r.store.write_arrays("members", mem)
         if grids:
             g = _concat(grids)

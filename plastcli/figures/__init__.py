@@ -50,6 +50,7 @@ def _load_modules() -> None:
         paper2024,
         report2022,
         rnn2024,
+        rnn_phase,
         stability,
         table1,
     )

@@ -64,6 +64,12 @@ def package_versions() -> dict[str, str]:
 _to_attr = labels.to_attr  # flat lists natively, nested values as JSON
 
 
+def text_array(strings) -> np.ndarray:
+    """Per-member names ``[P]`` as fixed-length UTF-8 bytes (numpy's ``dtype="S"`` alone
+    accepts only ASCII, and a recipe may name a condition 'θ2=1e-4')."""
+    return np.array([str(s).encode("utf-8") for s in strings], dtype="S")
+
+
 class Store:
     """Writer for one result file: every write replaces the file atomically."""
 

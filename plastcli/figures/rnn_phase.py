@@ -1,0 +1,114 @@
+"""The Fig 7 study's phase diagram (issue 11): final accuracy on the delayed-memory task
+against the gain on W_h and against Oja's coefficient θ₂, for BPTT and BPTT+Oja, with 98%
+bootstrap CIs over seeds. Reads ``fig7-rnn-phase-gain`` (g > 1; the g = 1 column is the
+chosen recipe's store ``fig7-rnn-tanh-xavier``) and ``fig7-rnn-phase-oja``."""
+
+from __future__ import annotations
+
+import numpy as np
+import yaml
+
+from plastcli.figures import register
+from plastcli.figures.rnn2024 import ABOVE_CHANCE, _rnn_color, _rnn_title
+from plastcli.figures.style import subplots
+from plastcli.results.statistics import bootstrap_ci
+
+BASE, GAIN, OJA = "fig7-rnn-tanh-xavier", "fig7-rnn-phase-gain", "fig7-rnn-phase-oja"
+RULES = ("BPTT", "BPTT+Oja")
+
+
+def rule_of(name: str) -> str:
+    """'BPTT+Oja g=2' -> 'BPTT+Oja'; 'BPTT g=2' -> 'BPTT'."""
+    return name.split()[0]
+
+
+def member_gains(st) -> np.ndarray:
+    """``[P]`` W_h gain per member: stored since conditions may set it, else the recipe's."""
+    if "members/gain" in st:
+        return np.asarray(st["members/gain"], dtype=float)
+    gain = yaml.safe_load(st.attrs["recipe_yaml"]).get("network", {}).get("gain", 1.0)
+    return np.full(st["members/seed"].shape, float(gain))
+
+
+def gain_rows(stores: list) -> list[dict]:
+    """One row per (rule, gain): final accuracies of the seeds and the chosen θs."""
+    rows = []
+    for st in stores:
+        names = st.json_attr("condition_names")
+        gains, cond = member_gains(st), st["members/condition"]
+        for c, name in enumerate(names):
+            m = cond == c
+            rows.append({"rule": rule_of(name), "gain": float(gains[m][0]),
+                         "acc": st["members/final_val_accuracy"][m],
+                         "theta_bptt": float(st["members/theta_bptt"][m][0]),
+                         "theta_oja": float(st["members/theta_oja"][m][0])})
+    return sorted(rows, key=lambda r: (r["rule"], r["gain"]))
+
+
+def oja_rows(st) -> list[dict]:
+    """One row per θ₂ (θ₁ fixed): final accuracies of the seeds."""
+    cond, th2 = st["members/condition"], st["members/theta_oja"]
+    rows = [{"theta_oja": float(th2[cond == c][0]), "acc": st["members/final_val_accuracy"]
+             [cond == c], "theta_bptt": float(st["members/theta_bptt"][cond == c][0])}
+            for c in range(len(st.json_attr("condition_names")))]
+    return sorted(rows, key=lambda r: r["theta_oja"])
+
+
+def _ci(acc: np.ndarray) -> tuple[float, float, float]:
+    m, lo, hi = bootstrap_ci(acc[:, None], level=0.98)
+    return float(m[0]), float(lo[0]), float(hi[0])
+
+
+def _errorbar(ax, x, rows, label, c, **kw):
+    m, lo, hi = np.array([_ci(r["acc"]) for r in rows]).T
+    ax.errorbar(x, m, yerr=[m - lo, hi - m], color=c, label=label, capsize=3, marker="o",
+                lw=1.4, **kw)
+
+
+@register("2024", "fig7-rnn-phase", stores=(GAIN, OJA), optional=(BASE,))
+def phase(s):
+    fig, ax = subplots(2, ncols=2, size=(5.2, 3.8))
+    rows = gain_rows([s[n] for n in (BASE, GAIN) if n in s])
+    for i, rule in enumerate(RULES):
+        rr = [r for r in rows if r["rule"] == rule]
+        _errorbar(ax[0], [r["gain"] for r in rr], rr, f"{rule} (own grid search per gain)",
+                  _rnn_color(rule, i))
+    ax[0].set(xlabel="gain g on W_h (xavier × g)", ylabel="final validation accuracy",
+              title="(a) against the gain on W_h", ylim=(0, 1))
+    orow = oja_rows(s[OJA])
+    zero = [r for r in orow if r["theta_oja"] == 0]
+    pos = [r for r in orow if r["theta_oja"] > 0]
+    _errorbar(ax[1], [r["theta_oja"] for r in pos], pos, "BPTT+Oja", _rnn_color("BPTT+Oja", 1))
+    if zero:
+        m, lo, hi = _ci(zero[0]["acc"])
+        ax[1].axhline(m, color=_rnn_color("BPTT", 0), ls="--", label="BPTT (θ₂ = 0)")
+        ax[1].axhspan(lo, hi, color=_rnn_color("BPTT", 0), alpha=0.15, lw=0)
+    ax[1].set(xscale="log", xlabel="Oja coefficient θ₂ on W_h",
+              ylabel="final validation accuracy", ylim=(0, 1),
+              title=f"(b) against θ₂ at θ₁ = {orow[0]['theta_bptt']:g}")
+    for a in ax:
+        a.axhline(0.1, color="grey", lw=0.6, ls=":", label="chance (0.1)")
+        a.legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"P2 Fig 7 study — phase diagram: {_rnn_title(s[OJA])}")
+    return {"fig7-rnn-phase": fig, "fig7-rnn-phase.md": phase_markdown(rows, orow)}
+
+
+def phase_markdown(rows: list[dict], orow: list[dict]) -> str:
+    lines = ["Fig 7 study — final validation accuracy on the delayed-memory task (T = 50), "
+             "mean over 10 seeds with 98% bootstrap CI; \"above chance\": CI low > "
+             f"{ABOVE_CHANCE}.", "", "Against the gain on W_h (each rule with its own grid "
+             "search at each gain; g = 1: `fig7-rnn-tanh-xavier`):", "",
+             "| rule | gain | θ1 | θ2 | final val. accuracy [98% CI] | above chance |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        m, lo, hi = _ci(r["acc"])
+        lines.append(f"| {r['rule']} | {r['gain']:g} | {r['theta_bptt']:g} | "
+                     f"{r['theta_oja']:g} | {m:.3f} [{lo:.3f}, {hi:.3f}] | "
+                     f"{'yes' if lo > ABOVE_CHANCE else 'no'} |")
+    lines += ["", f"Against θ₂ at θ₁ = {orow[0]['theta_bptt']:g} (θ₂ = 0: plain BPTT):", "",
+              "| θ2 | final val. accuracy [98% CI] | above chance |", "|---|---|---|"]
+    for r in orow:
+        m, lo, hi = _ci(r["acc"])
+        lines.append(f"| {r['theta_oja']:g} | {m:.3f} [{lo:.3f}, {hi:.3f}] | "
+                     f"{'yes' if lo > ABOVE_CHANCE else 'no'} |")
+    return "\n".join(lines) + "\n"
