@@ -49,8 +49,9 @@ def cli_args(kind: str, out, *extra: str) -> list[str]:
 def saved_units(out) -> set[str]:
     """Keys of the checkpoint beside ``out`` (empty while there is none)."""
     try:
-        return set(Checkpoints(out, True, 1).state)
-    except (OSError, ValueError, EOFError):  # being replaced right now: read it again
+        with np.load(checkpoint_path(out)) as z:
+            return set(z.files)
+    except (OSError, ValueError, EOFError):  # none yet, or being replaced: read it again
         return set()
 
 
@@ -133,3 +134,26 @@ def test_checkpoint_units_round_trip_and_a_new_run_forgets_the_old_checkpoint(tm
     assert [ck.due(s, 30) for s in (10, 15, 20, 30)] == [True, False, True, False]
     Checkpoints(out, False, 10)  # --overwrite: the old checkpoint is gone
     assert not checkpoint_path(out).exists()
+
+
+def test_a_checkpoint_of_another_run_is_refused_and_checkpoint_every_may_change(tmp_path):
+    """--overwrite forgets the old run's checkpoint; one left beside a newer store (another
+    run's) is refused on --resume instead of being read into it; run.checkpoint_every may
+    differ on resume (it does not change the numbers, and reproduce ignores it)."""
+    out = tmp_path / "s.h5"
+    args = cli_args("rnn-memory", out)
+    args[args.index("--samples") + 1] = "300"
+    assert CliRunner().invoke(app, args).exit_code == 0
+    foreign = Checkpoints(tmp_path / "other.h5", False, 10, "2020-01-01T00:00:00+00:00")
+    foreign.finish("grid-h8", {"acc": np.zeros(1)})
+    import h5py
+
+    with h5py.File(out, "r+") as f:
+        f.attrs["status"] = "failed: terminated; continue with --resume"
+    checkpoint_path(tmp_path / "other.h5").rename(checkpoint_path(out))
+    r = CliRunner().invoke(app, [*args, "--resume"])
+    assert r.exit_code == 2 and "belongs to another run" in r.output, r.output
+    checkpoint_path(out).unlink()
+    r = CliRunner().invoke(app, [*args, "--set", "run.checkpoint_every=37", "--resume"])
+    assert r.exit_code == 0, r.output  # no checkpoint: starts again in the same store
+    assert read_store(out).complete and not checkpoint_path(out).exists()

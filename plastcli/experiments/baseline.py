@@ -49,6 +49,7 @@ from plastcli.experiments.common import (
     CI_LEVEL,
     CI_RESAMPLES,
     finish,
+    machine_attrs,
     mark_failed,
     open_run,
     split_attrs,
@@ -57,7 +58,7 @@ from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import BaselineRecipe, InitStudyRecipe
 from plastcli.results import statistics
-from plastcli.results.store import text_array
+from plastcli.results.store import read_store, text_array
 
 CHUNK = 500  # validation images per forward pass when only accuracy is needed
 
@@ -383,7 +384,11 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
     }
     r = open_run(recipe, out, [data.train, data.test], resume=resume, overwrite=overwrite,
                  device_name=device, extra_attrs=attrs)
-    ckpt = Checkpoints(out, r.resumed, recipe.run.checkpoint_every)
+    ckpt = Checkpoints(out, r.resumed, recipe.run.checkpoint_every,
+                       str(read_store(out).attrs.get("created", "")))
+    if r.resumed:  # the machine that writes the rest (as meta-train records it)
+        r.store.set_attrs(device=str(r.device), torch_threads=torch.get_num_threads(),
+                          **machine_attrs())
     torch.manual_seed(0)
     try:
         if searched:
@@ -429,6 +434,5 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
     m, lo, hi = zip(*(statistics.bootstrap_ci(final[members.condition == c], CI_LEVEL,
                                                CI_RESAMPLES) for c in range(C)), strict=True)
     finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
-    ckpt.remove()
     return BaselineResult(out, [c.name for c in conds], np.stack(chosen), np.array(m),
                           np.array(lo), np.array(hi), searched, [c.terms for c in conds])

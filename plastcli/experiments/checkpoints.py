@@ -18,19 +18,24 @@ checkpoint. It holds flat numpy arrays keyed ``<unit>:<part>:<name>``:
   function of its seed (:func:`plastcli.engine.online.stream_order`).
 
 A unit in progress is saved every ``run.checkpoint_every`` samples and when it finishes.
-The file is removed when the run completes (the store then holds everything), and kept
-when it fails, for ``--resume``.
+The file is removed when the run completes (the store then holds everything, and the
+lock is still held), and kept when it fails, for ``--resume``. It carries the store's
+``created`` time, so a checkpoint is never read into another run's store.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from plastcli.errors import PlastError
+
 SEP = ":"
+STAMP = "run:created"  # the store's 'created' time: a checkpoint is read only by its own run
 
 
 def stack_records(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -57,12 +62,19 @@ class Checkpoints:
     otherwise any old checkpoint there is removed (a run started again with --overwrite).
     """
 
-    def __init__(self, store: Path, resumed: bool, every: int):
-        self.path, self.every = checkpoint_path(store), every
+    def __init__(self, store: Path, resumed: bool, every: int, stamp: str = ""):
+        self.path, self.every, self.stamp = checkpoint_path(store), every, stamp
         self.state: dict[str, np.ndarray] = {}
         if resumed and self.path.exists():
-            with np.load(self.path) as z:
-                self.state = {k: z[k] for k in z.files}
+            try:
+                with np.load(self.path) as z:
+                    self.state = {k: z[k] for k in z.files}
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                raise PlastError(f"--resume: the checkpoint {self.path} cannot be read "
+                                 f"({exc}); start again with --overwrite") from None
+            if str(self.state.pop(STAMP, "")) != stamp:
+                raise PlastError(f"--resume: the checkpoint {self.path} belongs to another "
+                                 f"run than {store}; start again with --overwrite")
         elif not resumed:
             self.remove()
 
@@ -74,7 +86,7 @@ class Checkpoints:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             with open(tmp, "wb") as fh:
-                np.savez(fh, **self.state)
+                np.savez(fh, **self.state, **{STAMP: np.array(self.stamp)})
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)

@@ -16,6 +16,7 @@ from plastcli import SIGN_CONVENTION, lock
 from plastcli.data import Dataset, load_dataset
 from plastcli.engine.inner import resolve_device
 from plastcli.errors import PlastError
+from plastcli.experiments.checkpoints import checkpoint_path
 from plastcli.paths import check_store_out, default_out  # noqa: F401  (default_out: API)
 from plastcli.recipes import recipe_from_yaml, recipe_to_yaml
 from plastcli.results import labels
@@ -38,7 +39,9 @@ def _comparable(recipe_yaml: str, ignore: tuple[str, ...]) -> dict:
         raw = yaml.safe_load(recipe_to_yaml(recipe_from_yaml(recipe_yaml)))
     except PlastError:
         raw = yaml.safe_load(recipe_yaml)
-    for dotted in ignore:
+    # how often a run saves itself may change on resume: it does not change the numbers
+    # (and plastcli.reproduce.cache_key ignores it too)
+    for dotted in (*ignore, "run.checkpoint_every"):
         node = raw
         *parents, leaf = dotted.split(".")
         for p in parents:
@@ -74,6 +77,8 @@ def open_run(recipe: Any, out: Path, datasets: list[Dataset], *, resume: bool, o
         if resume:
             run = _reopen(recipe, out, device, may_grow)
         else:
+            if overwrite:  # an online run's checkpoint beside the old store is not this run's
+                checkpoint_path(out).unlink(missing_ok=True)
             run = _create(recipe, out, datasets, device, overwrite, extra_attrs)
     except BaseException:
         lock.release(out)
@@ -176,13 +181,16 @@ def abandon_open_runs(exc: BaseException) -> None:
 
 
 def finish(store: Store, status: str = COMPLETE, **attrs: Any) -> None:
-    """Write the final attributes and status in one replacement; release the lock."""
+    """Write the final attributes and status in one replacement, remove an online run's
+    checkpoint (the store now holds everything), then release the lock."""
     try:
         with store.transaction() as f:
             store.set_attrs(**attrs)
             store.set_status(status)
             if status == COMPLETE:  # a finished store names its axes (plastcli/results/labels.py)
                 labels.label(f)
+        if status == COMPLETE:
+            checkpoint_path(store.path).unlink(missing_ok=True)
     finally:
         _close(store)
 

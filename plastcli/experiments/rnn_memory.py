@@ -45,6 +45,7 @@ from plastcli.experiments.common import (
     CI_LEVEL,
     CI_RESAMPLES,
     finish,
+    machine_attrs,
     mark_failed,
     open_run,
     split_attrs,
@@ -53,7 +54,7 @@ from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import RnnMemoryRecipe
 from plastcli.results import statistics
-from plastcli.results.store import text_array
+from plastcli.results.store import read_store, text_array
 
 N_CLASSES = 10
 EVAL_FLOATS = 2_000_000  # hidden states per evaluation chunk: P * chunk * hidden
@@ -249,7 +250,11 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
     }
     r = open_run(recipe, out, [data.train, data.test], resume=resume, overwrite=overwrite,
                  device_name=device, extra_attrs=attrs)
-    ckpt = Checkpoints(out, r.resumed, recipe.run.checkpoint_every)
+    ckpt = Checkpoints(out, r.resumed, recipe.run.checkpoint_every,
+                       str(read_store(out).attrs.get("created", "")))
+    if r.resumed:  # the machine that writes the rest (as meta-train records it)
+        r.store.set_attrs(device=str(r.device), torch_threads=torch.get_num_threads(),
+                          **machine_attrs())
     torch.manual_seed(0)
     seeds = [recipe.population.seed + i for i in range(recipe.population.seeds)]
     grids, curves, members_out, rows = [], [], [], []
@@ -309,5 +314,4 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
         mark_failed(r.store, exc, "continue with --resume")
         raise
     finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
-    ckpt.remove()
     return RnnResult(out, rows)

@@ -103,7 +103,8 @@ def results_markdown(stores: dict, title: str) -> str:
             lines.append(f"| {store_name} | {n} | {coef} | {100 * m:.2f} | "
                          f"[{100 * lo:.2f}, {100 * hi:.2f}] | {runs} | {samples} |")
     some = next(iter(stores.values()))
-    lines += ["", f"Validation: {some.attrs['validation_split']}.",
+    splits = dict.fromkeys(st.attrs["validation_split"] for st in stores.values())
+    lines += ["", *(f"Validation: {v}." for v in splits),  # one line per data set
               f"CI: {some.attrs['ci']}.", "", "Grid-search selection:"]
     lines += [f"- {n}: {st.attrs['selection_split']}." for n, st in stores.items()]
     return "\n".join(lines) + "\n"

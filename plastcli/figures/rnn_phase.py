@@ -31,13 +31,15 @@ def member_gains(st) -> np.ndarray:
 
 
 def gain_rows(stores: list) -> list[dict]:
-    """One row per (rule, gain): final accuracies of the seeds and the chosen θs."""
+    """One row per (rule, gain): final accuracies of the seeds and the chosen θs (the
+    first hidden size of each store)."""
     rows = []
     for st in stores:
         names = st.json_attr("condition_names")
         gains, cond = member_gains(st), st["members/condition"]
+        first = st["members/hidden"] == st.json_attr("hidden_sizes")[0]
         for c, name in enumerate(names):
-            m = cond == c
+            m = (cond == c) & first
             rows.append({"rule": rule_of(name), "gain": float(gains[m][0]),
                          "acc": st["members/final_val_accuracy"][m],
                          "theta_bptt": float(st["members/theta_bptt"][m][0]),
@@ -47,10 +49,12 @@ def gain_rows(stores: list) -> list[dict]:
 
 def oja_rows(st) -> list[dict]:
     """One row per θ₂ (θ₁ fixed): final accuracies of the seeds."""
-    cond, th2 = st["members/condition"], st["members/theta_oja"]
-    rows = [{"theta_oja": float(th2[cond == c][0]), "acc": st["members/final_val_accuracy"]
-             [cond == c], "theta_bptt": float(st["members/theta_bptt"][cond == c][0])}
-            for c in range(len(st.json_attr("condition_names")))]
+    first = st["members/hidden"] == st.json_attr("hidden_sizes")[0]
+    masks = [(st["members/condition"] == c) & first
+             for c in range(len(st.json_attr("condition_names")))]
+    rows = [{"theta_oja": float(st["members/theta_oja"][m][0]),
+             "acc": st["members/final_val_accuracy"][m],
+             "theta_bptt": float(st["members/theta_bptt"][m][0])} for m in masks]
     return sorted(rows, key=lambda r: r["theta_oja"])
 
 
