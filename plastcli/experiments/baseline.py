@@ -270,6 +270,8 @@ def train_members(members: Members, conds: list[Condition], recipe: BaselineReci
         if saved is not None:
             start, tensors, ev.records = saved
             net = load_net(net, tensors)
+            reporter.message(f"{unit}: resuming after sample {start} of {samples}")
+            reporter.update(base + start)
 
         def on_eval(net_now: Net, seen: int, ev=ev, base=base) -> None:
             signals.check()  # a SIGTERM whose exception a weakref callback swallowed

@@ -130,6 +130,8 @@ def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineDa
         start, tensors, records[:] = saved
         net = rnn.RnnNet(*(torch.as_tensor(tensors[k]).to(w) for k, w in
                            zip(("Wx", "Wh", "Wo"), net.weights(), strict=True)))
+        reporter.message(f"{unit}: resuming after sequence {start} of {samples}")
+        reporter.update(start)
     elif evaluate:
         record(0)
     for t in range(start, samples):
