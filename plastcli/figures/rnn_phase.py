@@ -92,7 +92,7 @@ def phase(s):
               title=f"(b) against θ₂ at θ₁ = {orow[0]['theta_bptt']:g}")
     for a in ax:
         a.axhline(0.1, color="grey", lw=0.6, ls=":", label="chance (0.1)")
-        a.legend(fontsize=8, loc="lower left")
+        a.legend(fontsize=8, loc="upper right")  # both panels fall to chance on the right
     fig.suptitle(f"P2 Fig 7 study — phase diagram: {_rnn_title(s[OJA])}")
     return {"fig7-rnn-phase": fig, "fig7-rnn-phase.md": phase_markdown(rows, orow)}
 
