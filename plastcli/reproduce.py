@@ -116,12 +116,10 @@ def cache_key(recipe_yaml: str, version: str) -> str:
     with a default existed matches), and ``name``, ``description`` and ``run.checkpoint_every``
     are dropped (a renamed recipe still matches its store)."""
     from plastcli.recipes import recipe_from_yaml, recipe_to_yaml
+    from plastcli.recipes.load import NOT_IN_RESULTS, drop_keys
 
-    resolved = yaml.safe_load(recipe_to_yaml(recipe_from_yaml(recipe_yaml)))
-    for key in ("name", "description"):
-        resolved.pop(key, None)
-    # how often a run saves itself does not change its numbers (resume is exact)
-    resolved.get("run", {}).pop("checkpoint_every", None)
+    resolved = drop_keys(yaml.safe_load(recipe_to_yaml(recipe_from_yaml(recipe_yaml))),
+                         ("name", "description", *NOT_IN_RESULTS))
     return yaml.safe_dump({"plast_version": version, "recipe": resolved}, sort_keys=True)
 
 

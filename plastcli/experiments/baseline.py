@@ -49,8 +49,8 @@ from plastcli.experiments.common import (
     CI_LEVEL,
     CI_RESAMPLES,
     finish,
-    machine_attrs,
     mark_failed,
+    online_checkpoints,
     open_run,
     split_attrs,
 )
@@ -58,7 +58,7 @@ from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import BaselineRecipe, InitStudyRecipe
 from plastcli.results import statistics
-from plastcli.results.store import read_store, text_array
+from plastcli.results.store import text_array
 
 CHUNK = 500  # validation images per forward pass when only accuracy is needed
 
@@ -386,11 +386,7 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
     }
     r = open_run(recipe, out, [data.train, data.test], resume=resume, overwrite=overwrite,
                  device_name=device, extra_attrs=attrs)
-    ckpt = Checkpoints(out, r.resumed, recipe.run.checkpoint_every,
-                       str(read_store(out).attrs.get("created", "")))
-    if r.resumed:  # the machine that writes the rest (as meta-train records it)
-        r.store.set_attrs(device=str(r.device), torch_threads=torch.get_num_threads(),
-                          **machine_attrs())
+    ckpt = online_checkpoints(r, out, recipe.run.checkpoint_every)
     torch.manual_seed(0)
     try:
         if searched:

@@ -16,9 +16,10 @@ from plastcli import SIGN_CONVENTION, lock
 from plastcli.data import Dataset, load_dataset
 from plastcli.engine.inner import resolve_device
 from plastcli.errors import PlastError
-from plastcli.experiments.checkpoints import checkpoint_path
+from plastcli.experiments.checkpoints import Checkpoints, checkpoint_path
 from plastcli.paths import check_store_out, default_out  # noqa: F401  (default_out: API)
 from plastcli.recipes import recipe_from_yaml, recipe_to_yaml
+from plastcli.recipes.load import NOT_IN_RESULTS, drop_keys
 from plastcli.results import labels
 from plastcli.results.store import COMPLETE, Store, read_store
 from plastcli.signals import Terminated
@@ -39,16 +40,7 @@ def _comparable(recipe_yaml: str, ignore: tuple[str, ...]) -> dict:
         raw = yaml.safe_load(recipe_to_yaml(recipe_from_yaml(recipe_yaml)))
     except PlastError:
         raw = yaml.safe_load(recipe_yaml)
-    # how often a run saves itself may change on resume: it does not change the numbers
-    # (and plastcli.reproduce.cache_key ignores it too)
-    for dotted in (*ignore, "run.checkpoint_every"):
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return raw
+    return drop_keys(raw, (*ignore, *NOT_IN_RESULTS))
 
 
 @dataclass
@@ -124,6 +116,17 @@ def _create(recipe: Any, out: Path, datasets: list[Dataset], device, overwrite: 
     }
     attrs.update(extra_attrs or {})
     return Run(Store.create(out, attrs, overwrite=overwrite), device, None, False)
+
+
+def online_checkpoints(r: Run, out: Path, every: int) -> Checkpoints:
+    """The checkpoint units of an online run (``baseline``, ``init-study``, ``rnn-memory``),
+    stamped with its store's creation time; a resumed run records the machine that writes
+    the rest, as meta-train does."""
+    created = str(read_store(out).attrs.get("created", ""))
+    if r.resumed:
+        r.store.set_attrs(device=str(r.device), torch_threads=torch.get_num_threads(),
+                          **machine_attrs())
+    return Checkpoints(out, r.resumed, every, created)
 
 
 def cpu_model() -> str:

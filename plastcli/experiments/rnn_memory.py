@@ -45,8 +45,8 @@ from plastcli.experiments.common import (
     CI_LEVEL,
     CI_RESAMPLES,
     finish,
-    machine_attrs,
     mark_failed,
+    online_checkpoints,
     open_run,
     split_attrs,
 )
@@ -54,7 +54,7 @@ from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import RnnMemoryRecipe
 from plastcli.results import statistics
-from plastcli.results.store import read_store, text_array
+from plastcli.results.store import text_array
 
 N_CLASSES = 10
 EVAL_FLOATS = 2_000_000  # hidden states per evaluation chunk: P * chunk * hidden
@@ -252,11 +252,7 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
     }
     r = open_run(recipe, out, [data.train, data.test], resume=resume, overwrite=overwrite,
                  device_name=device, extra_attrs=attrs)
-    ckpt = Checkpoints(out, r.resumed, recipe.run.checkpoint_every,
-                       str(read_store(out).attrs.get("created", "")))
-    if r.resumed:  # the machine that writes the rest (as meta-train records it)
-        r.store.set_attrs(device=str(r.device), torch_threads=torch.get_num_threads(),
-                          **machine_attrs())
+    ckpt = online_checkpoints(r, out, recipe.run.checkpoint_every)
     torch.manual_seed(0)
     seeds = [recipe.population.seed + i for i in range(recipe.population.seeds)]
     grids, curves, members_out, rows = [], [], [], []
@@ -277,13 +273,13 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
             diag = {k: v for k, v in res.items() if k.startswith("wh_singular")}
             curves.append(cur)
             final = cur["val_accuracy"][:, -1]
+            kinds, gains = wh_factors(recipe, members.condition)
             members_out.append({
                 "hidden": np.full(len(members.seeds), hidden), "condition": members.condition,
                 "grid_point": members.point, "theta_bptt": members.theta_bptt,
                 "theta_oja": members.theta_oja, "seed": np.array(members.seeds),
                 "final_val_accuracy": final, **diag,
-                "init_recurrent": text_array(wh_factors(recipe, members.condition)[0]),
-                "gain": np.array(wh_factors(recipe, members.condition)[1], np.float32),
+                "init_recurrent": text_array(kinds), "gain": np.array(gains, np.float32),
             })
             for c, cond in enumerate(recipe.conditions):
                 m, lo, hi = statistics.bootstrap_ci(final[members.condition == c], CI_LEVEL,

@@ -100,3 +100,20 @@ def recipe_from_yaml(text: str, where: str = "<store>") -> Any:
     recipe = parse_dataclass(SCHEMAS[raw["experiment"]], raw, w)
     recipe.validate(w)
     return recipe
+
+
+# Keys that never change a run's numbers: how often it saves itself (resume is exact). A
+# resume may change them, and plast reproduce's cache key leaves them out.
+NOT_IN_RESULTS = ("run.checkpoint_every",)
+
+
+def drop_keys(raw: dict, dotted: tuple[str, ...] | list[str]) -> dict:
+    """``raw`` (a recipe as plain YAML data) without the keys ``dotted`` ('a.b'), in place."""
+    for key in dotted:
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return raw
