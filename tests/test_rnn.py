@@ -354,3 +354,4 @@ def test_phase_diagram_reads_the_gain_and_theta2_blocks(tmp_path):
     th2 = [ln.split("|")[1].strip() for ln in text.split("θ₂ = 0: plain BPTT")[1].splitlines()
            if ln.startswith("| ") and not ln.startswith("| θ2")]
     assert th2 == ["0", "0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03"]
+    assert text.count("| diverged seeds |") == 2  # failed seeds are named in both tables

@@ -43,7 +43,8 @@ def gain_rows(stores: list) -> list[dict]:
             rows.append({"rule": rule_of(name), "gain": float(gains[m][0]),
                          "acc": st["members/final_val_accuracy"][m],
                          "theta_bptt": float(st["members/theta_bptt"][m][0]),
-                         "theta_oja": float(st["members/theta_oja"][m][0])})
+                         "theta_oja": float(st["members/theta_oja"][m][0]),
+                         "diverged": diverged(st, m)})
     return sorted(rows, key=lambda r: (r["rule"], r["gain"]))
 
 
@@ -54,8 +55,14 @@ def oja_rows(st) -> list[dict]:
              for c in range(len(st.json_attr("condition_names")))]
     rows = [{"theta_oja": float(st["members/theta_oja"][m][0]),
              "acc": st["members/final_val_accuracy"][m],
-             "theta_bptt": float(st["members/theta_bptt"][m][0])} for m in masks]
+             "theta_bptt": float(st["members/theta_bptt"][m][0]),
+             "diverged": diverged(st, m)} for m in masks]
     return sorted(rows, key=lambda r: r["theta_oja"])
+
+
+def diverged(st, mask: np.ndarray) -> int:
+    """Members of ``mask`` whose W_h ended non-finite (their stored spectrum is NaN)."""
+    return int((~np.isfinite(st["members/wh_singular_after"][mask]).all(1)).sum())
 
 
 def _ci(acc: np.ndarray) -> tuple[float, float, float]:
@@ -100,19 +107,22 @@ def phase(s):
 def phase_markdown(rows: list[dict], orow: list[dict]) -> str:
     lines = ["Fig 7 study — final validation accuracy on the delayed-memory task (T = 50), "
              "mean over 10 seeds with 98% bootstrap CI; \"above chance\": CI low > "
-             f"{ABOVE_CHANCE}.", "", "Against the gain on W_h (each rule with its own grid "
-             "search at each gain; g = 1: `fig7-rnn-tanh-xavier`):", "",
-             "| rule | gain | θ1 | θ2 | final val. accuracy [98% CI] | above chance |",
-             "|---|---|---|---|---|---|"]
+             f"{ABOVE_CHANCE}; diverged: W_h non-finite at the end (such a seed scores the "
+             "constant guess of a non-finite network).", "",
+             "Against the gain on W_h (each rule with its own grid search at each gain; "
+             "g = 1: `fig7-rnn-tanh-xavier`):", "",
+             "| rule | gain | θ1 | θ2 | final val. accuracy [98% CI] | above chance | "
+             "diverged seeds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         m, lo, hi = _ci(r["acc"])
         lines.append(f"| {r['rule']} | {r['gain']:g} | {r['theta_bptt']:g} | "
                      f"{r['theta_oja']:g} | {m:.3f} [{lo:.3f}, {hi:.3f}] | "
-                     f"{'yes' if lo > ABOVE_CHANCE else 'no'} |")
+                     f"{'yes' if lo > ABOVE_CHANCE else 'no'} | {r['diverged']} |")
     lines += ["", f"Against θ₂ at θ₁ = {orow[0]['theta_bptt']:g} (θ₂ = 0: plain BPTT):", "",
-              "| θ2 | final val. accuracy [98% CI] | above chance |", "|---|---|---|"]
+              "| θ2 | final val. accuracy [98% CI] | above chance | diverged seeds |",
+              "|---|---|---|---|"]
     for r in orow:
         m, lo, hi = _ci(r["acc"])
         lines.append(f"| {r['theta_oja']:g} | {m:.3f} [{lo:.3f}, {hi:.3f}] | "
-                     f"{'yes' if lo > ABOVE_CHANCE else 'no'} |")
+                     f"{'yes' if lo > ABOVE_CHANCE else 'no'} | {r['diverged']} |")
     return "\n".join(lines) + "\n"
