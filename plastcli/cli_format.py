@@ -1,7 +1,8 @@
 """How typer renders plast's help and usage errors: two adjustments, in one place.
 
-- typer 0.29 prints a flag's type after it in rich help ("--resume <bool>"); a flag takes no
-  value, so it shows nothing.
+- typer 0.29 prints a parameter's type after it in rich help ("--resume <bool>",
+  "STORE.h5... <list[Path]>"); a flag takes no value and a parameter with its own metavar
+  already says what it takes, so neither shows a type.
 - A usage error (an unknown option, a missing argument) is one red line and exit 2, as every
   other bad input is, instead of a usage line, a hint and a boxed panel.
 
@@ -17,10 +18,14 @@ from rich.console import Console
 from rich.markup import escape
 
 if hasattr(typer.core.TyperOption, "display_type_rich"):
-    _display_type = typer.core.TyperOption.display_type_rich
+    _option_type = typer.core.TyperOption.display_type_rich
     typer.core.TyperOption.display_type_rich = (
         lambda self, ctx: "" if self.is_flag and self.metavar is None
-        else _display_type(self, ctx))
+        else _option_type(self, ctx))
+if hasattr(typer.core.TyperArgument, "display_type_rich"):
+    _argument_type = typer.core.TyperArgument.display_type_rich
+    typer.core.TyperArgument.display_type_rich = (
+        lambda self, ctx: "" if self.metavar is not None else _argument_type(self, ctx))
 
 _rich_format_error = getattr(typer.rich_utils, "rich_format_error", None)
 

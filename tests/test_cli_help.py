@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.metadata
 import re
 
-import click
 import pytest
 import typer
 from conftest import REPO
@@ -19,15 +18,21 @@ from plastcli.cli import EXPERIMENTS, FIGURES_DRAWN, app
 RUNNER = CliRunner()
 
 
-def _commands(group: click.Group, prefix=()):
-    """Every command path of the CLI, groups included: ('meta-train',), ('recipe', 'keys')."""
+def _commands(group, prefix=()):
+    """Every command path of the CLI, groups included: ('meta-train',), ('recipe', 'keys').
+    Groups are found by their ``commands``: typer 0.29 vendors its own click, so its groups
+    are not ``click.Group`` instances."""
     for name, cmd in group.commands.items():
         yield (*prefix, name)
-        if isinstance(cmd, click.Group):
+        if hasattr(cmd, "commands"):
             yield from _commands(cmd, (*prefix, name))
 
 
 COMMANDS = [(), *_commands(typer.main.get_command(app))]
+
+
+def test_the_walk_reaches_the_subcommands_of_groups():
+    assert {("recipe", "keys"), ("store", "upgrade"), ("data", "fetch")} <= set(COMMANDS)
 
 
 def _help(path) -> str:
