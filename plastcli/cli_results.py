@@ -57,7 +57,7 @@ FIGURES_DRAWN = {
     "2024": "fig1-bp-vs-oja, fig1-bp-vs-oja-fashion, fig2-reconstruction-error, "
             "fig3-reconstructions-depth5, fig3-reconstructions-depth10, fig4-pca, "
             "fig5-naive-init, fig6-activation-norms, figS1-update-norms, fig7-rnn-memory, "
-            "fig7-rnn-phase, "
+            "fig7-rnn-phase, fig7-rnn-phase-cross, fig7-rnn-factors, "
             "fig8-plastic-feedback, online-results-2024.md",
 }
 

@@ -18,7 +18,7 @@ RESULTS_MODULES = ("plastcli.results", "plastcli.results.store", "plastcli.resul
                    "plastcli.figures.paper2022", "plastcli.figures.paper2024",
                    "plastcli.figures.report2022", "plastcli.figures.table1",
                    "plastcli.figures.paper2022_online", "plastcli.figures.rnn2024",
-                   "plastcli.figures.rnn_phase",
+                   "plastcli.figures.rnn_phase", "plastcli.figures.rnn_study",
                    "plastcli.figures.stability")
 
 CHILD = """

@@ -333,15 +333,18 @@ def test_fig7_claim_is_decided_by_the_paired_ci_and_bptt_above_chance():
 
 
 def test_phase_diagram_reads_the_gain_and_theta2_blocks(tmp_path):
-    """Tiny runs of both phase recipes (and the g = 1 store): the figure is drawn and its
-    table has a row per (rule, gain) and per θ₂, θ₂ = 0 first."""
+    """Tiny runs of the phase recipes (and the g = 1 store): the figures are drawn; the phase
+    table has a row per (rule, gain) and per θ₂, θ₂ = 0 first; the cross map a row per gain
+    (g = 1 from the θ₂ block) and a column per θ₂; the factor overview a row per setting
+    present, with the paired difference computed by seed."""
     from plastcli.figures import draw_paper
 
     tiny = ["--samples", "20", "--set", "network.hidden=[6]", "--set", "task.T=4", "--set",
             "task.present=2", "--set", "online.val_size=20", "--set", "online.eval_every=10",
             "--set", "selection.heldout=50", "--set", "selection.samples=10", "--set",
             "selection.seeds=1", "--set", "population.seeds=2", "--set", "run.device=cpu"]
-    for name in ("fig7-rnn-tanh-xavier", "fig7-rnn-phase-gain", "fig7-rnn-phase-oja"):
+    for name in ("fig7-rnn-tanh-xavier", "fig7-rnn-phase-gain", "fig7-rnn-phase-oja",
+                 "fig7-rnn-phase-cross", "fig7-rnn-phase-init"):
         r = CliRunner().invoke(app, ["rnn-memory", str(REPO / f"recipes/2024/{name}.yaml"),
                                      "--out", str(tmp_path / f"2024/{name}.h5"), *tiny])
         assert r.exit_code == 0, r.output
@@ -355,3 +358,25 @@ def test_phase_diagram_reads_the_gain_and_theta2_blocks(tmp_path):
            if ln.startswith("| ") and not ln.startswith("| θ2")]
     assert th2 == ["0", "0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03"]
     assert text.count("| diverged seeds |") == 2  # failed seeds are named in both tables
+
+    cross = (tmp_path / "figs/fig7-rnn-phase-cross.md").read_text().splitlines()
+    assert (tmp_path / "figs/fig7-rnn-phase-cross.png").exists(), rep.skipped
+    assert [ln.split("|")[1].strip() for ln in cross if ln[:3] in ("| 1", "| 2", "| 3")] == \
+        ["1", "1.5", "2", "3"]
+    assert cross[2].count("θ2 =") == 5  # 0 ... 3e-3: the θ₂ block's 1e-2, 3e-2 are not crossed
+
+    from plastcli.figures.rnn_phase import condition_rows
+    from plastcli.results.store import read_store
+
+    table = (tmp_path / "figs/fig7-rnn-factors.md").read_text().splitlines()
+    rows = [ln.split("|") for ln in table if ln.startswith("| ") and "`" in ln]
+    assert [r[2].strip() for r in rows] == [
+        "Fig 7 recipe (tanh, xavier, 100, 20k)", "N(0, 1/n)", "orthogonal × 1.5",
+        "orthogonal × 2", "identity", "xavier × 1.5", "xavier × 2", "xavier × 3"]
+    init_store = read_store(tmp_path / "2024/fig7-rnn-phase-init.h5")
+    init = {r["name"]: r for r in condition_rows(init_store)}
+    bp, oja = init["BPTT identity"], init["BPTT+Oja identity"]
+    by_seed = dict(zip(bp["seeds"].tolist(), bp["acc"].tolist(), strict=True))
+    diff = np.mean([a - by_seed[k] for k, a in zip(oja["seeds"].tolist(), oja["acc"].tolist(),
+                                                   strict=True)])
+    assert rows[4][6].strip().startswith(f"{diff:+.3f} [")

@@ -51,6 +51,7 @@ def _load_modules() -> None:
         report2022,
         rnn2024,
         rnn_phase,
+        rnn_study,
         stability,
         table1,
     )

@@ -16,7 +16,8 @@ FIG7_DELAYS = ("fig7-rnn-delay10", "fig7-rnn-delay20")  # the task with T = 10, 
 # issue 11's study blocks: the base (tanh, W_h orthogonal) and one factor changed each
 FIG7_STUDY = ("fig7-rnn-tanh-orthogonal", "fig7-rnn-tanh-xavier",
               "fig7-rnn-softplus-orthogonal", "fig7-rnn-tanh-xavier-h25",
-              "fig7-rnn-tanh-xavier-oja-sigma",
+              "fig7-rnn-tanh-xavier-oja-sigma", "fig7-rnn-softplus-beta1",
+              "fig7-rnn-tanh-xavier-60k",
               "fig7-rnn-tanh-xavier-fashion")  # the chosen recipe on Fashion-MNIST
 
 

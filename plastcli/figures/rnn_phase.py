@@ -1,7 +1,8 @@
 """The Fig 7 study's phase diagram (issue 11): final accuracy on the delayed-memory task
 against the gain on W_h and against Oja's coefficient θ₂, for BPTT and BPTT+Oja, with 98%
 bootstrap CIs over seeds. Reads ``fig7-rnn-phase-gain`` (g > 1; the g = 1 column is the
-chosen recipe's store ``fig7-rnn-tanh-xavier``) and ``fig7-rnn-phase-oja``."""
+chosen recipe's store ``fig7-rnn-tanh-xavier``) and ``fig7-rnn-phase-oja``; and the cross of
+the two (``fig7-rnn-phase-cross``, with ``fig7-rnn-phase-oja`` as its g = 1 row) as a map."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from plastcli.figures.style import subplots
 from plastcli.results.statistics import bootstrap_ci
 
 BASE, GAIN, OJA = "fig7-rnn-tanh-xavier", "fig7-rnn-phase-gain", "fig7-rnn-phase-oja"
+CROSS = "fig7-rnn-phase-cross"  # gain x theta_2 at theta_1 = 0.001 (g = 1 is OJA)
 RULES = ("BPTT", "BPTT+Oja")
 
 
@@ -30,34 +32,32 @@ def member_gains(st) -> np.ndarray:
     return np.full(st["members/seed"].shape, float(gain))
 
 
-def gain_rows(stores: list) -> list[dict]:
-    """One row per (rule, gain): final accuracies of the seeds and the chosen θs (the
-    first hidden size of each store)."""
+def condition_rows(st) -> list[dict]:
+    """One row per condition of a store (its first hidden size): the condition's name,
+    rule, W_h gain, chosen θs, seeds ``[S]``, final accuracies ``[S]`` and diverged seeds."""
+    names = st.json_attr("condition_names")
+    gains, cond = member_gains(st), st["members/condition"]
+    first = st["members/hidden"] == st.json_attr("hidden_sizes")[0]
     rows = []
-    for st in stores:
-        names = st.json_attr("condition_names")
-        gains, cond = member_gains(st), st["members/condition"]
-        first = st["members/hidden"] == st.json_attr("hidden_sizes")[0]
-        for c, name in enumerate(names):
-            m = (cond == c) & first
-            rows.append({"rule": rule_of(name), "gain": float(gains[m][0]),
-                         "acc": st["members/final_val_accuracy"][m],
-                         "theta_bptt": float(st["members/theta_bptt"][m][0]),
-                         "theta_oja": float(st["members/theta_oja"][m][0]),
-                         "diverged": diverged(st, m)})
+    for c, name in enumerate(names):
+        m = (cond == c) & first
+        rows.append({"name": name, "rule": rule_of(name), "gain": float(gains[m][0]),
+                     "seeds": st["members/seed"][m], "acc": st["members/final_val_accuracy"][m],
+                     "theta_bptt": float(st["members/theta_bptt"][m][0]),
+                     "theta_oja": float(st["members/theta_oja"][m][0]),
+                     "diverged": diverged(st, m)})
+    return rows
+
+
+def gain_rows(stores: list) -> list[dict]:
+    """One row per (rule, gain) of the gain block and the base store."""
+    rows = [r for st in stores for r in condition_rows(st)]
     return sorted(rows, key=lambda r: (r["rule"], r["gain"]))
 
 
 def oja_rows(st) -> list[dict]:
-    """One row per θ₂ (θ₁ fixed): final accuracies of the seeds."""
-    first = st["members/hidden"] == st.json_attr("hidden_sizes")[0]
-    masks = [(st["members/condition"] == c) & first
-             for c in range(len(st.json_attr("condition_names")))]
-    rows = [{"theta_oja": float(st["members/theta_oja"][m][0]),
-             "acc": st["members/final_val_accuracy"][m],
-             "theta_bptt": float(st["members/theta_bptt"][m][0]),
-             "diverged": diverged(st, m)} for m in masks]
-    return sorted(rows, key=lambda r: r["theta_oja"])
+    """One row per θ₂ (θ₁ fixed)."""
+    return sorted(condition_rows(st), key=lambda r: r["theta_oja"])
 
 
 def diverged(st, mask: np.ndarray) -> int:
@@ -125,4 +125,60 @@ def phase_markdown(rows: list[dict], orow: list[dict]) -> str:
         m, lo, hi = _ci(r["acc"])
         lines.append(f"| {r['theta_oja']:g} | {m:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{'yes' if lo > ABOVE_CHANCE else 'no'} | {r['diverged']} |")
+    return "\n".join(lines) + "\n"
+
+
+def cross_cells(stores: list) -> dict[tuple[float, float], dict]:
+    """(gain, θ₂) -> its condition row, over the θ₂ block (g = 1) and the cross block."""
+    return {(r["gain"], r["theta_oja"]): r for st in stores for r in condition_rows(st)}
+
+
+@register("2024", "fig7-rnn-phase-cross", stores=(CROSS,), optional=(OJA,))
+def phase_cross(s):
+    cells = cross_cells([s[n] for n in (OJA, CROSS) if n in s])
+    t2s = sorted({t for _, t in cells if t in {t for g, t in cells if g != 1.0}})
+    gains = sorted({g for g, _ in cells})
+    fig, ax = subplots(1, size=(8.0, 1.4 + 0.8 * len(gains)))
+    grid = np.full((len(gains), len(t2s)), np.nan)
+    for (g, t), r in cells.items():
+        if t in t2s:
+            grid[gains.index(g), t2s.index(t)] = _ci(r["acc"])[0]
+    ax[0].grid(False)
+    im = ax[0].imshow(grid, cmap="viridis", vmin=0.1, vmax=0.9, aspect="auto", origin="lower")
+    for (g, t), r in cells.items():
+        if t not in t2s:
+            continue
+        m, lo, hi = _ci(r["acc"])
+        text = f"{m:.2f}\n[{lo:.2f}, {hi:.2f}]" + \
+            (f"\n{r['diverged']}/{len(r['acc'])} div." if r["diverged"] else "")
+        ax[0].text(t2s.index(t), gains.index(g), text, ha="center", va="center", fontsize=7.5,
+                   color="white" if m < 0.5 else "black")
+    ax[0].set_xticks(range(len(t2s)), ["0 (BPTT)" if t == 0 else f"{t:g}" for t in t2s])
+    ax[0].set_yticks(range(len(gains)), [f"{g:g}" for g in gains])
+    theta1 = next(iter(cells.values()))["theta_bptt"]
+    ax[0].set(xlabel=f"Oja coefficient θ₂ on W_h (θ₁ = {theta1:g} throughout)",
+              ylabel="gain g on W_h (xavier × g)",
+              title="mean [98% CI] over seeds; div. = seeds with W_h non-finite")
+    fig.colorbar(im, ax=ax[0], label="mean final validation accuracy (chance 0.1)")
+    fig.suptitle(f"P2 Fig 7 study — gain × θ₂\n{_rnn_title(s[CROSS])}")
+    return {"fig7-rnn-phase-cross": fig, "fig7-rnn-phase-cross.md": cross_markdown(cells, t2s)}
+
+
+def cross_markdown(cells: dict, t2s: list[float]) -> str:
+    lines = ["Fig 7 study — gain on W_h × Oja's θ₂ (θ₁ fixed; g = 1: `fig7-rnn-phase-oja`): "
+             "final validation accuracy, mean over seeds with 98% bootstrap CI, and the "
+             "seeds whose W_h diverged.", "",
+             "| gain | " + " | ".join("θ2 = 0 (BPTT)" if t == 0 else f"θ2 = {t:g}" for t in t2s)
+             + " |", "|---|" + "---|" * len(t2s)]
+    for g in sorted({g for g, _ in cells}):
+        row = []
+        for t in t2s:
+            r = cells.get((g, t))
+            if r is None:
+                row.append("—")
+                continue
+            m, lo, hi = _ci(r["acc"])
+            row.append(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" +
+                       (f", {r['diverged']} div." if r["diverged"] else ""))
+        lines.append(f"| {g:g} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
