@@ -146,8 +146,8 @@ def load_for(recipe: Path, kind: str, sets: list[str] | None, extra: list[str]):
 def run_experiment(kind: str, module_name: str, recipe: Path, set_, device, out, resume, overwrite,
          data_dir, shortcuts: dict):
     """Load and check the recipe and --out (before torch is imported: bad input fails in
-    well under a second), then run the experiment under a progress bar; return
-    (recipe, result)."""
+    well under a second), run the experiment under a progress bar and print its result
+    table; return (recipe, result)."""
     from plastcli.paths import check_store_out, default_out
 
     check_device(device)
@@ -160,4 +160,24 @@ def run_experiment(kind: str, module_name: str, recipe: Path, set_, device, out,
     with RichReporter(err_console) as rep:
         res = module.run(rec, out, resume=resume, overwrite=overwrite, data_dir=data_dir,
                          device=device, reporter=rep)
+    from plastcli.experiments.result_tables import TABLES
+
+    print_result(TABLES[kind](rec, res))
     return rec, res
+
+
+def print_result(t) -> None:
+    """A :class:`~plastcli.experiments.result_tables.ResultTable`: the table on stdout, its
+    warnings on stderr, then the files it wrote."""
+    from rich.table import Table
+
+    table = Table(title=t.title, caption=t.caption or None)
+    for header, justify in t.columns:
+        table.add_column(header, justify=justify)
+    for row in t.rows:
+        table.add_row(*row)
+    out_console.print(table)
+    for line in t.warnings:
+        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+    for f in t.files:
+        out_console.print(f"wrote {f}", highlight=False)
