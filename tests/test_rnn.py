@@ -86,7 +86,7 @@ def test_oja_term_matches_a_per_time_step_numpy_loop(pre):
     ("identity", 1.0, "tanh")])
 def test_batched_members_equal_members_run_alone(recurrent, gain, sigma, tmp_path):
     from plastcli.experiments.checkpoints import Checkpoints
-    from plastcli.experiments.rnn_memory import Members
+    from plastcli.experiments.population import Population
     from plastcli.experiments.rnn_memory import train as train_unit
     from plastcli.recipes.online import RnnConditionSpec
 
@@ -120,16 +120,14 @@ def test_batched_members_equal_members_run_alone(recurrent, gain, sigma, tmp_pat
     ds = Dataset("tiny", "train", torch.rand(40, N_IN, generator=g),
                  torch.randint(0, 10, (40,), generator=g), 10, {})
     data = OnlineData(ds, ds, torch.arange(30), torch.arange(30, 40), torch.arange(8))
-    members = Members(np.array([0, 1, 1]), np.zeros(3, int),
-                      np.array([0.05, 0.05, 0.1], np.float32),
-                      np.array([0.0, 0.01, 0.01], np.float32), [5, 6, 7])
+    members = Population(np.array([0, 1, 1]), np.zeros(3, int), [5, 6, 7],
+                         np.array([[0.05, 0.0], [0.05, 0.01], [0.1, 0.01]], np.float32))
     from plastcli.progress import Reporter
 
     net, recs, diag = train(members, HIDDEN, _Spec, data, 12, 0, "cpu", True, Reporter())
     for i in range(3):
-        alone = Members(members.condition[i:i + 1], members.point[i:i + 1],
-                        members.theta_bptt[i:i + 1], members.theta_oja[i:i + 1],
-                        members.seeds[i:i + 1])
+        alone = Population(members.condition[i:i + 1], members.point[i:i + 1],
+                           members.seeds[i:i + 1], members.coefficients[i:i + 1])
         net1, recs1, diag1 = train(alone, HIDDEN, _Spec, data, 12, 0, "cpu", True, Reporter())
         for k in ("wh_singular_before", "wh_singular_after"):
             np.testing.assert_allclose(diag[k][i:i + 1], diag1[k], rtol=1e-5, err_msg=k)

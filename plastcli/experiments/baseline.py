@@ -54,11 +54,11 @@ from plastcli.experiments.common import (
     open_run,
     split_attrs,
 )
+from plastcli.experiments.population import Population, layout
 from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import BaselineRecipe, InitStudyRecipe
 from plastcli.results import statistics
-from plastcli.results.store import text_array
 
 CHUNK = 500  # validation images per forward pass when only accuracy is needed
 
@@ -96,35 +96,9 @@ def resolve_conditions(recipe: BaselineRecipe) -> list[Condition]:
             for c in recipe.conditions]
 
 
-@dataclass
-class Members:
-    """Population layout: condition index ``[P]``, coefficients ``[P, R]``, seeds."""
-
-    condition: np.ndarray
-    theta: np.ndarray
-    seeds: list[int]
-
-    def groups(self, conds: list[Condition]) -> list[tuple[slice, str, str]]:
-        """Contiguous runs of members sharing (feedback, init): (slice, feedback, init)."""
-        out, start = [], 0
-        key = lambda i: (conds[self.condition[i]].feedback, conds[self.condition[i]].init)  # noqa: E731
-        for i in range(1, len(self.seeds) + 1):
-            if i == len(self.seeds) or key(i) != key(start):
-                out.append((slice(start, i), *key(start)))
-                start = i
-        return out
-
-
-def layout(conds: list[Condition], points: list[list[np.ndarray]], seeds: list[int]) -> Members:
-    """Members condition-major, then grid point, then seed."""
-    c_idx, thetas, member_seeds = [], [], []
-    for c, pts in enumerate(points):
-        for theta in pts:
-            for s in seeds:
-                c_idx.append(c)
-                thetas.append(theta)
-                member_seeds.append(s)
-    return Members(np.array(c_idx), np.stack(thetas).astype(np.float32), member_seeds)
+def network_kind(conds: list[Condition]):
+    """Condition index -> (feedback, init): members that share it train as one group."""
+    return lambda c: (conds[c].feedback, conds[c].init)
 
 
 # --------------------------------------------------------------------------- data
@@ -164,9 +138,9 @@ def split_data(recipe: BaselineRecipe, data_dir=None) -> OnlineData:
 # --------------------------------------------------------------------------- training
 
 
-def group_rule(members: Members, sl: slice, conds: list[Condition], L: int,
+def group_rule(members: Population, sl: slice, conds: list[Condition], L: int,
                device) -> LayerCoefficients:
-    theta = torch.as_tensor(members.theta[sl], device=device)
+    theta = torch.as_tensor(members.coefficients[sl], device=device)
     mask = torch.stack([layer_mask(conds[c].terms, None, L) for c in members.condition[sl]])
     return LayerCoefficients.build(theta, mask.to(device))
 
@@ -237,7 +211,7 @@ def end_analysis(net: Net, x: torch.Tensor, n_images: int, beta: float) -> dict[
     return out
 
 
-def train_members(members: Members, conds: list[Condition], recipe: BaselineRecipe,
+def train_members(members: Population, conds: list[Condition], recipe: BaselineRecipe,
                   data: OnlineData, samples: int, stream: int, device, evaluate: bool,
                   reporter: Reporter, ckpt: Checkpoints, stage: str,
                   outputs: Callable[[Net], dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -253,7 +227,7 @@ def train_members(members: Members, conds: list[Condition], recipe: BaselineReci
     xv = data.test.images[data.val].to(device)
     yv = data.test.labels[data.val].to(device)
     results = []
-    for g, (sl, feedback, init) in enumerate(members.groups(conds)):
+    for g, (sl, (feedback, init)) in enumerate(members.groups(network_kind(conds))):
         unit, base = f"{stage}{g}", g * samples
         finished = ckpt.finished(unit)
         if finished is not None:
@@ -264,7 +238,7 @@ def train_members(members: Members, conds: list[Condition], recipe: BaselineReci
         net = init_net(layers, seeds, 0, init, feedback, device)
         rule = group_rule(members, sl, conds, L, device)
         order = stream_order(seeds, data.pool, samples, stream).to(device)
-        pseudo = torch.as_tensor(members.theta[sl, PSEUDO], device=device)
+        pseudo = torch.as_tensor(members.coefficients[sl, PSEUDO], device=device)
         ev = Evaluator(xv, yv, recipe.online.update_norm_samples, beta, feedback, rule, pseudo)
         start, saved = 0, ckpt.progress(unit)
         if saved is not None:
@@ -303,9 +277,9 @@ def grid_stage(conds: list[Condition], recipe: BaselineRecipe, data: OnlineData,
     condition and the ``/grid`` arrays."""
     points = [c.points() for c in conds]
     seeds = selection_seeds(recipe.selection)
-    members = layout(conds, points, seeds)
+    members = layout(points, None, seeds)
     samples = recipe.selection.samples or recipe.online.samples
-    n_groups = len(members.groups(conds))
+    n_groups = len(members.groups(network_kind(conds)))
     reporter.start(samples * n_groups, 0, f"grid search {recipe.name} ({len(members.seeds)} "
                    f"members)")
     xs = data.train.images[data.heldout].to(device)
@@ -324,7 +298,7 @@ def grid_stage(conds: list[Condition], recipe: BaselineRecipe, data: OnlineData,
     starts = np.cumsum([0] + [len(p) for p in points])
     best = [int(starts[c]) + b for c, b in enumerate(chosen)]
     arrays = {
-        "member_condition": members.condition, "member_theta": members.theta,
+        "member_condition": members.condition, "member_theta": members.coefficients,
         "member_seed": np.array(members.seeds), "member_selection_accuracy": acc,
         "point_condition": np.array(point_cond), "point_theta": np.stack(point_theta),
         "point_mean_accuracy": np.array(point_mean), "best_point": np.array(best),
@@ -396,8 +370,8 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         else:
             chosen = [c.points()[0] for c in conds]
         seeds = [recipe.population.seed + i for i in range(recipe.population.seeds)]
-        members = layout(conds, [[t] for t in chosen], seeds)
-        n_groups = len(members.groups(conds))
+        members = layout([[t] for t in chosen], None, seeds)
+        n_groups = len(members.groups(network_kind(conds)))
         reporter.start(samples * n_groups, 0, f"online {recipe.name} ({len(members.seeds)} runs)")
         xv = data.test.images[data.val].to(r.device)
         parts = train_members(members, conds, recipe, data, samples, 0, r.device, True,
@@ -420,11 +394,9 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         arrays["recon_labels"] = data.test.labels[data.val][: recipe.online.recon_images].numpy()
         arrays["final_val_accuracy"] = curves["val_accuracy"][:, -1]
         r.store.write_arrays("analysis", arrays)
-        r.store.write_arrays("members", {
-            "condition": members.condition, "theta": members.theta,
-            "seed": np.array(members.seeds),
-            "condition_name": text_array(conds[c].name for c in members.condition),
-        })
+        columns = members.columns([c.name for c in conds])
+        del columns["grid_point"]  # one point per condition: the chosen one, in /grid
+        r.store.write_arrays("members", {**columns, "theta": members.coefficients})
     except BaseException as exc:  # the store must never look complete or still running
         mark_failed(r.store, exc, "continue with --resume")
         raise

@@ -50,6 +50,7 @@ from plastcli.experiments.common import (
     open_run,
     split_attrs,
 )
+from plastcli.experiments.population import Population, layout
 from plastcli.experiments.selection import score_points, selection_seeds
 from plastcli.progress import Reporter
 from plastcli.recipes import RnnMemoryRecipe
@@ -60,38 +61,16 @@ N_CLASSES = 10
 EVAL_FLOATS = 2_000_000  # hidden states per evaluation chunk: P * chunk * hidden
 
 
-@dataclass
-class Members:
-    """Population of one hidden size: condition index, grid point index, theta_1, theta_2
-    and seed, each ``[P]``."""
-
-    condition: np.ndarray
-    point: np.ndarray
-    theta_bptt: np.ndarray
-    theta_oja: np.ndarray
-    seeds: list[int]
-
-
 def grid_points(recipe: RnnMemoryRecipe) -> list[list[tuple[float, float]]]:
     """Per condition, its (theta_1, theta_2) grid points."""
     return [list(itertools.product(c.bptt, c.oja)) for c in recipe.conditions]
-
-
-def layout(points: list[list[tuple[float, float]]], chosen: list[list[int]],
-           seeds: list[int]) -> Members:
-    """Members condition-major, then grid point (indices ``chosen[c]``), then seed."""
-    rows = [(c, k, *points[c][k], s) for c in range(len(points)) for k in chosen[c]
-            for s in seeds]
-    c, k, t1, t2, s = zip(*rows, strict=True)
-    return Members(np.array(c), np.array(k), np.array(t1, np.float32), np.array(t2, np.float32),
-                   list(s))
 
 
 def _chunk(P: int, hidden: int) -> int:
     return max(1, EVAL_FLOATS // (P * hidden))
 
 
-def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineData,
+def train(members: Population, hidden: int, recipe: RnnMemoryRecipe, data: OnlineData,
           samples: int, stream: int, device, evaluate: bool, reporter: Reporter,
           ckpt: Checkpoints, unit: str,
           outputs: Callable[[rnn.RnnNet], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -113,8 +92,8 @@ def train(members: Members, hidden: int, recipe: RnnMemoryRecipe, data: OnlineDa
                        device, *wh_factors(recipe, members.condition))
     diagnostics = {"wh_singular_before": torch.linalg.svdvals(net.Wh).cpu().numpy()}
     order = stream_order(members.seeds, data.pool, samples, stream).to(device)
-    th1 = torch.as_tensor(members.theta_bptt, device=device)
-    th2 = torch.as_tensor(members.theta_oja, device=device)
+    th1 = torch.as_tensor(members.coefficients[:, 0], device=device)  # θ₁ (BPTT)
+    th2 = torch.as_tensor(members.coefficients[:, 1], device=device)  # θ₂ (Oja)
     points = set(eval_points(samples, recipe.online.eval_every)) if evaluate else set()
     chunk = _chunk(net.P, hidden)
     records: list[dict[str, np.ndarray]] = []
@@ -175,7 +154,7 @@ def grid_stage(recipe: RnnMemoryRecipe, hidden: int, data: OnlineData, device,
     chosen point index per condition and this hidden size's ``/grid`` rows."""
     points = grid_points(recipe)
     seeds = selection_seeds(recipe.selection)
-    members = layout(points, [list(range(len(p))) for p in points], seeds)
+    members = layout(points, None, seeds)
     samples = recipe.selection.samples or recipe.online.samples
     reporter.start(samples, 0, f"grid search {recipe.name} hidden {hidden} "
                    f"({len(members.seeds)} members)")
@@ -275,9 +254,10 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
             final = cur["val_accuracy"][:, -1]
             kinds, gains = wh_factors(recipe, members.condition)
             members_out.append({
-                "hidden": np.full(len(members.seeds), hidden), "condition": members.condition,
-                "grid_point": members.point, "theta_bptt": members.theta_bptt,
-                "theta_oja": members.theta_oja, "seed": np.array(members.seeds),
+                **members.columns([c.name for c in recipe.conditions]),
+                "hidden": np.full(len(members.seeds), hidden),
+                "theta_bptt": members.coefficients[:, 0],
+                "theta_oja": members.coefficients[:, 1],
                 "final_val_accuracy": final, **diag,
                 "init_recurrent": text_array(kinds), "gain": np.array(gains, np.float32),
             })
@@ -293,9 +273,7 @@ def run(recipe: RnnMemoryRecipe, out: Path, *, resume: bool = False, overwrite: 
             r.store.truncate("curves", 0)
         r.store.append("curves", [{k: v[:, i] for k, v in allc.items()}
                                   for i in range(allc["samples_seen"].shape[1])])
-        mem = _concat(members_out)
-        mem["condition_name"] = text_array(recipe.conditions[c].name for c in mem["condition"])
-        r.store.write_arrays("members", mem)
+        r.store.write_arrays("members", _concat(members_out))
         if grids:
             g = _concat(grids)
             chosen = [(row["hidden"], recipe.conditions.index(next(
