@@ -14,6 +14,8 @@ the parent goes away. Tensors travel through a shared-memory block per worker an
 direction (only their layout goes through the pipe). Each part gives exactly the numbers
 it gives when run alone with one thread, so a run is deterministic for a given population
 size and thread count. ``OMP_NUM_THREADS=1`` keeps a run in one process.
+``PLAST_WORKERS=pool`` runs the worker parts in a standard-library process pool instead
+(:mod:`plastcli.engine.pool`), with the same numbers.
 
 What crosses to a worker: tensors (values only: not ``requires_grad``, not aliasing) and
 picklable objects; a worker's functions must not keep references to their arguments,
@@ -215,10 +217,21 @@ _workers: list[_Worker] = []
 _lock = threading.Lock()
 
 
+def backend() -> str:
+    """Which processes run the parts: ``PLAST_WORKERS`` = ``pipes`` (default: the
+    subprocesses here) or ``pool`` (:mod:`plastcli.engine.pool`), read at each call."""
+    name = os.environ.get("PLAST_WORKERS", "pipes")
+    if name not in ("pipes", "pool"):
+        raise ValueError(f"PLAST_WORKERS={name!r}: expected 'pipes' or 'pool'")
+    return name
+
+
 def shutdown(busy: bool = False) -> None:
     """Stop the worker processes (they are started again when next needed)."""
     while _workers:
         _workers.pop().close(busy)
+    if "plastcli.engine.pool" in sys.modules:
+        sys.modules["plastcli.engine.pool"].shutdown(busy)
 
 
 atexit.register(shutdown)
@@ -263,16 +276,24 @@ def serve(reply_fd: int) -> None:
         replies.close()
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory in MiB. On Linux from VmHWM: getrusage's
-    ru_maxrss of a worker would include the parent's memory at the time it was forked."""
+def _vm_hwm_mib(pid: int | str) -> float | None:
+    """A process's peak resident memory in MiB from Linux's /proc (None elsewhere)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB. On Linux from VmHWM: getrusage's
+    ru_maxrss of a worker would include the parent's memory at the time it was forked."""
+    peak = _vm_hwm_mib("self")
+    if peak is not None:
+        return peak
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -281,6 +302,11 @@ def peak_rss_mib() -> float:
 
 def peak_rss_all_mib() -> float:
     """Peak resident memory of this process plus every worker now running, in MiB."""
+    pool = sys.modules.get("plastcli.engine.pool")
+    pids = [w.proc.pid for w in _workers] + (pool.workers() if pool else [])
+    peaks = [_vm_hwm_mib(pid) for pid in pids]
+    if None not in peaks:
+        return peak_rss_mib() + sum(peaks)
     return sum(run_parts(peak_rss_mib, [()] * (len(_workers) + 1)))
 
 
@@ -302,6 +328,10 @@ def run_parts(fn: Callable, calls: list[tuple]) -> list:
     if len(calls) == 1 or not _lock.acquire(blocking=False):
         return [fn(*args) for args in calls]
     try:
+        if backend() == "pool":
+            from plastcli.engine import pool
+
+            return pool.run_parts(fn, calls)
         while len(_workers) < len(calls) - 1:
             _workers.append(_Worker())
         busy = _workers[: len(calls) - 1]
