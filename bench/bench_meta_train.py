@@ -5,13 +5,8 @@ Prints the median seconds per episode of recipes/bio.yaml at each population siz
 seconds per member-episode, how many processes shared the population (one per core
 torch may use; see plastcli/engine/workers.py) and their peak memory, summed.
 Options: --sizes 1 16  --episodes 5  --device cpu|cuda  --recipe recipes/bio.yaml
-
-``--compare-workers``: the two worker backends (``PLAST_WORKERS=pipes|pool``, see
-plastcli/engine/workers.py) side by side in one process at P = the last of --sizes (default
-16, the default split): two trainers with the same seeds, one per backend, run --blocks
-blocks of --episodes episodes each, alternating which backend goes first, so both see the
-same load. Prints each backend's seconds per member-episode per block, the ratio pool /
-pipes per block and its median and range, and checks the two trainers end bit-identical.
+(The worker processes' process pool replaced hand-made pipes after an alternating
+comparison of the two, ``--compare-workers`` at commit 57f285f; see the README.)
 """
 
 from __future__ import annotations
@@ -67,73 +62,14 @@ def measure(recipe: str, P: int, episodes: int, device: str, sets: tuple = ()) -
     return out
 
 
-def compare_workers(recipe: str, P: int, blocks: int, episodes: int) -> None:
-    """Alternate blocks of episodes between the two worker backends (see the docstring)."""
-    import os
-    import time
-
-    import torch
-
-    from plastcli.data import TaskSampler, load_dataset
-    from plastcli.engine.meta import MetaConfig, MetaTrainer
-    from plastcli.engine.workers import processes_for
-    from plastcli.recipes import load_recipe
-
-    r = load_recipe(recipe, [f"population.seeds={P}"])
-    d = load_dataset(r.dataset.name, r.dataset.split)
-    s = TaskSampler(d, r.task.classes, r.task.train_per_class, r.task.query_per_class,
-                    r.dataset.per_class_cap, r.dataset.cap_seed)
-    backends = ("pipes", "pool")
-    trainers = {b: MetaTrainer(MetaConfig.from_recipe(r, P), s, list(range(P)),
-                               torch.device("cpu")) for b in backends}
-
-    def block(b: str, n: int) -> float:
-        os.environ["PLAST_WORKERS"] = b
-        t0 = time.perf_counter()
-        for _ in range(n):
-            trainers[b].run_episode()
-        return (time.perf_counter() - t0) / (n * P)
-
-    for b in backends:
-        block(b, 1)  # warm-up: starts the backend's workers
-    print(f"P = {P}, {processes_for(P, 'cpu')} processes, {torch.get_num_threads()} threads; "
-          f"{blocks} blocks of {episodes} episodes per backend, alternating")
-    print(f"{'block':>5} {'first':>6} {'pipes s/m-ep':>13} {'pool s/m-ep':>12} {'pool/pipes':>11}")
-    rows = []
-    for i in range(blocks):
-        order = backends if i % 2 == 0 else backends[::-1]
-        t = {b: block(b, episodes) for b in order}
-        rows.append((t["pipes"], t["pool"], t["pool"] / t["pipes"]))
-        print(f"{i:>5} {order[0]:>6} {t['pipes']:>13.4f} {t['pool']:>12.4f} "
-              f"{t['pool'] / t['pipes']:>11.3f}", flush=True)
-    for j, name in enumerate(("pipes s/member-episode", "pool s/member-episode",
-                              "ratio pool/pipes")):
-        col = [row[j] for row in rows]
-        print(f"{name}: median {statistics.median(col):.4f} (range {min(col):.4f} - "
-              f"{max(col):.4f})")
-    same = all(torch.equal(a, b) for a, b in zip(trainers["pipes"].params,
-                                                  trainers["pool"].params, strict=True))
-    print(f"the two trainers' theta after {1 + blocks * episodes} episodes: "
-          f"{'bit-identical' if same else 'DIFFERENT'}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--recipe", default=str(REPO / "recipes/bio.yaml"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--episodes", type=int, default=9)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--compare-workers", action="store_true",
-                    help="alternate the pipes and pool worker backends at P = last of --sizes")
-    ap.add_argument("--blocks", type=int, default=10, help="with --compare-workers")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.compare_workers:
-        print(f"machine: {platform.processor() or platform.machine()}, "
-              f"{__import__('os').cpu_count()} cores; recipe {a.recipe}")
-        compare_workers(a.recipe, a.sizes[-1], a.blocks,
-                        a.episodes)
-        return
     if a.child is not None:
         print(json.dumps(measure(a.recipe, a.child, a.episodes, a.device)))
         return

@@ -1,4 +1,5 @@
-"""Population parts in worker processes: same numbers, errors surface, tensors survive."""
+"""Population parts in worker processes: same numbers, errors surface, tensors survive,
+a small /dev/shm falls back to one process."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from test_engine import _adjoint_args, _assert_same_meta_outputs
 
 from plastcli.core.network import Net
-from plastcli.engine import parallel, workers
+from plastcli.engine import parallel, pool, workers
+from plastcli.experiments import meta_train
+from plastcli.recipes import load_recipe
+from plastcli.results.store import read_store
 
 
 def test_split_is_contiguous_and_nearly_equal():
@@ -33,14 +39,18 @@ def test_processes_follow_threads_and_part_size(monkeypatch):
 
 
 def test_tensors_and_nested_objects_round_trip_through_a_worker():
-    net = Net(W=[torch.arange(6.0).view(1, 2, 3)], Bf=None)
+    net = Net(W=[torch.arange(6.0).view(1, 2, 3)[..., 1:]], Bf=None)  # a view, not contiguous
     args = ((torch.tensor([1, 2, 3]), torch.zeros(0), net, torch.ones(2, dtype=torch.float64)),)
-    out = workers.run_parts(copy.copy, [args, args])  # a function the worker can import
+    out = workers.run_parts(copy.copy, [args, args, args])  # a function the worker can import
     for got in out:
         assert torch.equal(got[0], args[0][0]) and got[0].dtype == torch.int64
         assert got[1].shape == (0,)
         assert torch.equal(got[2].W[0], net.W[0]) and got[2].Bf is None
         assert got[3].dtype == torch.float64
+
+
+def test_workers_run_one_thread():
+    assert workers.run_parts(torch.get_num_threads, [(), (), ()])[1:] == [1, 1]
 
 
 def test_a_failing_worker_raises_here_and_the_next_call_starts_afresh():
@@ -70,7 +80,9 @@ def test_replies_are_copies_that_later_calls_cannot_overwrite():
     first = workers.run_parts(copy.copy, [(small,), (small,)])
     big = {"a": torch.full((300_000,), 7.0)}  # a bigger reply: the worker's block is replaced
     workers.run_parts(copy.copy, [(big,), (big,)])
+    again = workers.run_parts(copy.copy, [(big,), ({"a": torch.zeros(2)},)])  # block reused
     assert torch.equal(first[1]["a"], torch.ones(4))
+    assert torch.equal(again[1]["a"], torch.zeros(2))
 
 
 def test_unpicklable_result_is_reported_as_the_workers_error():
@@ -93,105 +105,9 @@ def test_nested_or_concurrent_calls_run_here_one_after_another():
 
 
 def test_too_little_shared_memory_falls_back_to_one_process(monkeypatch):
-    def full(self, size):
-        raise workers.ShmTooSmall("shared memory cannot hold 1 MiB (No space left on device)")
-
-    workers.shutdown()
-    monkeypatch.setattr(workers._Channel, "_create", full)
-    with pytest.warns(UserWarning, match="running the population in one process"):
-        out = workers.run_parts(copy.copy, [((torch.ones(3),),), ((torch.zeros(3),),)])
-    assert torch.equal(out[1][0], torch.zeros(3))
-
-
-# --- the pool backend (PLAST_WORKERS=pool, plastcli/engine/pool.py) -----------------------
-
-TINY_META = ["network.layers=[784,32,24,47]", "task.classes=3", "task.train_per_class=4",
-             "task.query_per_class=2", "population.seeds=8", "meta.episodes=2",
-             "run.checkpoint_every=2", "run.device=cpu"]
-
-
-def _meta_train_arrays(tmp_path, name: str) -> dict:
-    from conftest import REPO
-
-    from plastcli.experiments import meta_train
-    from plastcli.recipes import load_recipe
-    from plastcli.results.store import read_store
-
-    meta_train.run(load_recipe(REPO / "recipes/bio.yaml", TINY_META), tmp_path / f"{name}.h5")
-    st = read_store(tmp_path / f"{name}.h5")
-    assert st.complete
-    return {k: v for k, v in st.arrays.items()
-            if k.startswith("episodes/") and k != "episodes/seconds"}
-
-
-def test_pool_backend_meta_trains_bit_identically_to_pipes_and_to_one_process(
-        tmp_path, monkeypatch):
-    """P = 8 in 2 processes (4 members each) through both backends, and the same parts
-    run one after another in this process on one thread: the same numbers bit for bit."""
-    import numpy as np
-
-    from plastcli.engine import pool
-
-    monkeypatch.setattr(workers, "processes_for", lambda P, device: 2)
-    runs = {}
-    for backend in ("pipes", "pool"):
-        monkeypatch.setenv("PLAST_WORKERS", backend)
-        runs[backend] = _meta_train_arrays(tmp_path, backend)
-    assert pool.workers()  # the pool ran the second part
-
-    def here(fn, calls):  # each part alone with one thread, in this process
-        with workers._threads(1):
-            return [fn(*args) for args in calls]
-
-    monkeypatch.setattr(workers, "run_parts", here)
-    runs["one process"] = _meta_train_arrays(tmp_path, "here")
-    ref = runs["pipes"]
-    assert "episodes/theta" in ref and ref["episodes/theta"].shape == (8, 2, 3)
-    for name, got in runs.items():
-        assert set(got) == set(ref), name
-        for k in ref:
-            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{name}: {k}")
-
-
-def test_pool_backend_round_trips_and_reports_a_workers_error(monkeypatch):
-    monkeypatch.setenv("PLAST_WORKERS", "pool")
-    net = Net(W=[torch.arange(6.0).view(1, 2, 3)[..., 1:]], Bf=None)  # a view, not contiguous
-    args = ((torch.tensor([1, 2, 3]), torch.zeros(0), net, torch.ones(2, dtype=torch.float64)),)
-    out = workers.run_parts(copy.copy, [args, args, args])
-    for got in out:
-        assert torch.equal(got[0], args[0][0]) and got[0].dtype == torch.int64
-        assert got[1].shape == (0,) and got[3].dtype == torch.float64
-        assert torch.equal(got[2].W[0], net.W[0]) and got[2].Bf is None
-    assert workers.run_parts(torch.get_num_threads, [(), (), ()])[1:] == [1, 1]
-    assert workers.peak_rss_all_mib() > 3 * 50  # this process and two workers
-    t0 = time.perf_counter()
-    with pytest.raises(RuntimeError, match="math domain error"):  # raised, not a hang
-        workers.run_parts(math.sqrt, [(4.0,), (-1.0,), (9.0,)])
-    with pytest.raises(RuntimeError, match="pickle"):
-        workers.run_parts(threading.Lock, [(), ()])
-    with pytest.raises(TypeError):  # here; the sleeping worker is terminated, not awaited
-        workers.run_parts(time.sleep, [("not a number",), (30,)])
-    assert time.perf_counter() - t0 < 25  # each error restarts the pool (a spawn)
-    assert workers.run_parts(math.sqrt, [(9.0,), (4.0,)]) == [3.0, 2.0]
-
-
-def test_pool_replies_are_copies_and_a_bigger_request_grows_the_block(monkeypatch):
-    monkeypatch.setenv("PLAST_WORKERS", "pool")
-    first = workers.run_parts(copy.copy, [({"a": torch.ones(4)},), ({"a": torch.ones(4)},)])
-    big = {"a": torch.full((300_000,), 7.0)}
-    workers.run_parts(copy.copy, [(big,), (big,)])
-    again = workers.run_parts(copy.copy, [(big,), ({"a": torch.zeros(2)},)])
-    assert torch.equal(first[1]["a"], torch.ones(4))
-    assert torch.equal(again[1]["a"], torch.zeros(2))
-
-
-def test_pool_with_too_little_shared_memory_falls_back_to_one_process(monkeypatch):
-    from plastcli.engine import pool
-
     def full(nbytes):
         raise workers.ShmTooSmall("shared memory cannot hold 1 MiB (No space left on device)")
 
-    monkeypatch.setenv("PLAST_WORKERS", "pool")
     workers.shutdown()
     monkeypatch.setattr(pool, "_shared_block", full)
     with pytest.warns(UserWarning, match="running the population in one process"):
@@ -199,7 +115,79 @@ def test_pool_with_too_little_shared_memory_falls_back_to_one_process(monkeypatc
     assert torch.equal(out[1][0], torch.zeros(3))
 
 
-def test_an_unknown_backend_is_refused(monkeypatch):
-    monkeypatch.setenv("PLAST_WORKERS", "threads")
-    with pytest.raises(ValueError, match="PLAST_WORKERS"):
-        workers.run_parts(math.sqrt, [(4.0,), (9.0,)])
+
+TINY_META = ["network.layers=[784,32,24,47]", "task.classes=3", "task.train_per_class=4",
+             "task.query_per_class=2", "population.seeds=8", "meta.episodes=2",
+             "run.checkpoint_every=2", "run.device=cpu"]
+
+
+def _meta_train_arrays(path) -> dict:
+    meta_train.run(load_recipe(REPO / "recipes/bio.yaml", TINY_META), path)
+    st = read_store(path)
+    assert st.complete
+    return {k: v for k, v in st.arrays.items()
+            if k.startswith("episodes/") and k != "episodes/seconds"}
+
+
+def test_meta_training_in_worker_processes_gives_the_numbers_of_one_process(
+        tmp_path, monkeypatch):
+    """P = 8 in 2 processes (4 members each), and the same parts run one after another in
+    this process on one thread: the same numbers bit for bit. (At 57f285f the pool and the
+    hand-made pipes it replaced gave the same bits too.)"""
+    monkeypatch.setattr(workers, "processes_for", lambda P, device: 2)
+    workers.shutdown()
+    split = _meta_train_arrays(tmp_path / "split.h5")
+    assert pool.workers()  # a worker ran the second part
+
+    def here(fn, calls):  # each part alone with one thread, in this process
+        with pool._threads(1):
+            return [fn(*args) for args in calls]
+
+    monkeypatch.setattr(workers, "run_parts", here)
+    one = _meta_train_arrays(tmp_path / "here.h5")
+    assert "episodes/theta" in one and one["episodes/theta"].shape == (8, 2, 3)
+    assert set(split) == set(one)
+    for k in one:
+        np.testing.assert_array_equal(split[k], one[k], err_msg=k)
+
+
+CTRL_C = """
+import math, sys, time
+from plastcli.engine import pool, workers
+workers.run_parts(math.sqrt, [(4.0,), (9.0,), (1.0,)])  # two workers; one stays idle
+print(*pool.workers(), flush=True)
+try:
+    workers.run_parts(time.sleep, [(60,), (60,)])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_the_run_and_its_workers_quietly():
+    """SIGINT to the whole process group (a terminal's Ctrl-C) while a worker is busy:
+    the parent gets the KeyboardInterrupt, the workers (busy or idle) neither print a
+    traceback nor outlive it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", CTRL_C], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        pids = [int(x) for x in p.stdout.readline().split()]
+        assert pids, p.stderr.read()
+        time.sleep(1.0)  # the parent is in the second call now
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and "interrupted" in out
+    assert not err.strip(), err  # not even "Process SpawnProcess-2:" of a worker cut short
+    deadline = time.time() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)

@@ -1,5 +1,5 @@
-"""The ``pool`` backend of :func:`plastcli.engine.workers.run_parts`: the population's parts
-in a :class:`concurrent.futures.ProcessPoolExecutor` with a ``torch.multiprocessing``
+"""The worker processes of :func:`plastcli.engine.workers.run_parts`: the population's
+parts in a :class:`concurrent.futures.ProcessPoolExecutor` with a ``torch.multiprocessing``
 spawn context.
 
 Workers are spawned processes (so they re-import the main script, as multiprocessing's
@@ -20,21 +20,58 @@ import os
 import pickle
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 
 import torch
 import torch.multiprocessing as tmp
 
-from plastcli.engine.workers import _ONE_THREAD, ShmTooSmall, _exit_with_parent, _threads
+# Environment of a worker: one thread for every BLAS a torch build may use.
+_ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                "VECLIB_MAXIMUM_THREADS")}
 
 _executor: ProcessPoolExecutor | None = None
 _size = 0
 _blocks: dict[int, torch.Tensor] = {}  # the request block of each part, reused
 _replies: dict[int, torch.Tensor] = {}  # in a worker: its reply blocks by part, reused
 _held: dict[str, torch.Tensor] = {}  # the last block each side got from the other
+
+
+class ShmTooSmall(RuntimeError):
+    """The shared-memory filesystem cannot hold a request (e.g. a small /dev/shm)."""
+
+
+def _forget() -> None:
+    """In a forked child: the parent's pool and blocks are not this process's."""
+    global _executor, _size
+    _executor, _size = None, 0
+    _blocks.clear()
+    _replies.clear()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget)
+
+
+@contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _init(parent: int) -> None:
@@ -154,7 +191,8 @@ def _result(future):
 
 
 def run_parts(fn: Callable, calls: list[tuple]) -> list:
-    """:func:`plastcli.engine.workers.run_parts` on the pool (the caller holds the lock)."""
+    """:func:`plastcli.engine.workers.run_parts` (whose caller holds the lock): the first
+    call here with one thread, the others in the pool, their replies copied out."""
     global _executor, _size
     if _executor is None or _size < len(calls) - 1:
         shutdown()
