@@ -190,8 +190,9 @@ def recipe_show(recipe: Path = recipe_arg("recipes/2022/fig4-pool.yaml"),
 def recipe_keys_cmd(experiment: str = typer.Argument(
         ..., metavar="[" + "|".join(EXPERIMENTS) + "]", help="The experiment kind.",
         autocompletion=lambda: list(EXPERIMENTS), show_default=False)) -> None:
-    """Every key of an experiment's recipe with its type, default and allowed values (a
-    list of mappings shows its items' keys as key.N.sub, the form --set takes)."""
+    """Every key of an experiment's recipe with its type, default, allowed values and
+    meaning, read off the schema (a list of mappings shows its items' keys as key.N.sub, the
+    form --set takes)."""
     from plastcli.recipes import SCHEMAS
     from plastcli.recipes.keys import keys
 
@@ -199,9 +200,9 @@ def recipe_keys_cmd(experiment: str = typer.Argument(
         raise PlastError(f"experiment '{experiment}' is not allowed; allowed: "
                          f"{', '.join(SCHEMAS)}")
     t = Table(title=f"plast {experiment} recipe keys", title_justify="left")
-    for col in ("key", "type", "default", "allowed"):
+    for col in ("key", "type", "default", "allowed", "meaning"):
         t.add_column(col)
-    for row in keys(experiment):
+    for row in keys(experiment, meaning=True):
         t.add_row(*(escape(c) for c in row))
     out_console.print(t)
 

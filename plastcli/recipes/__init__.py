@@ -1,9 +1,13 @@
-"""Recipes: one YAML file per experiment, read into a schema dataclass or refused with one
-line naming the file, the key and what is allowed. Nothing here touches tensors.
+"""Recipes: one YAML file per experiment, read into a pydantic v2 model (strict types, no
+unknown keys) or refused with one line naming the file, the key and what is allowed.
+Nothing here touches tensors.
 
-- :mod:`~plastcli.recipes.fields`: the walker (field metadata, parsing, ``--set``, errors);
+- :mod:`~plastcli.recipes.fields`: the base models (a section; a whole recipe, whose
+  cross-field checks run as a model validator), the value types (numbers, names, choices as
+  ``Literal``, bounds), ``--set`` and :class:`~plastcli.recipes.fields.Where`;
 - :mod:`~plastcli.recipes.meta`: the meta-training schemas and their cross-field checks;
 - :mod:`~plastcli.recipes.online`: the online schemas;
+- :mod:`~plastcli.recipes.messages`: validation, and pydantic's errors as plast's one line;
 - :mod:`~plastcli.recipes.load`: files in, resolved YAML out;
 - :mod:`~plastcli.recipes.keys`: every key for ``plast recipe keys`` and the JSON Schema.
 

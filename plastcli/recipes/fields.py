@@ -1,19 +1,21 @@
-"""The recipe walker: schema dataclass fields with their validation metadata, the parser
-that turns a YAML mapping into a schema dataclass, ``--set key=value`` overrides, and
-:class:`Where`, which names the file and key in every error. Nothing here touches tensors.
+"""The recipe schema's building blocks on pydantic v2: the strict base model of every
+section and of a whole recipe (whose cross-field checks run as a model validator), the value
+types that keep plast's rules (numbers, names, choices, bounds), :class:`Where`, which names
+the file and key in every error, ``--set key=value`` overrides, and the type names that
+messages and ``plast recipe keys`` print. Nothing here touches tensors.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 import typing
-from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 from plastcli.core.vocabulary import (  # the names of the core layer; no torch there either
     DATASETS,
@@ -26,17 +28,51 @@ DATASET_SHAPES = {name: (n_in, classes, tuple(splits))
                   for name, (n_in, classes, splits) in DATASETS.items()}
 
 
-def _meta(choices=None, minimum=None, doc=""):
-    return {"choices": choices, "min": minimum, "doc": doc}
+class Schema(BaseModel):
+    """A recipe section: strict types (true/false is no integer, 1.0 no integer, 3 no
+    string) and no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def spec(default=dataclasses.MISSING, *, choices=None, minimum=None, doc="", factory=None):
-    """A dataclass field with validation metadata (allowed values, minimum)."""
-    md = _meta(choices, minimum, doc)
-    if factory is not None:
-        return field(default_factory=factory, metadata=md)
-    return field(default=default, metadata=md)
+def choice(names: tuple[str, ...] | list[str]) -> Any:
+    """``Literal[names]``: one of a vocabulary's names (plastcli.core.vocabulary)."""
+    return Literal.__getitem__(tuple(names))
 
+
+def as_number(value: Any) -> float:
+    """A number as a finite float: an integer is accepted, and so is a numeric string
+    (PyYAML reads 1.0e4, with no exponent sign, as a string); true/false is not a number;
+    NaN, infinity and integers too large for a float are refused."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("plast", "expected a number, got {got}", {"got": repr(value)})
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise PydanticCustomError("plast", "{got} is not a finite number", {"got": repr(value)})
+    return out
+
+
+# A float field (its messages are plast's own: see as_number).
+Number = Annotated[float, BeforeValidator(as_number)]
+
+
+def at_least(tp: Any, minimum: float) -> Any:
+    """``tp`` with a lower bound where a field's own ``Field(ge=...)`` does not reach: list
+    items, and a :data:`Number` inside ``X | None`` (its bound goes under the conversion,
+    so that the JSON Schema states it as ``minimum``)."""
+    if tp is Number:
+        return Annotated[float, Field(ge=minimum), BeforeValidator(as_number)]
+    return Annotated[tp, Field(ge=minimum)]
+# A mapping's key where any name is allowed: YAML's 3: or null: becomes '3' or 'None'.
+Name = Annotated[str, BeforeValidator(str)]
 
 
 class Where:
@@ -49,111 +85,71 @@ class Where:
         raise PlastError(f"{self.path}: key '{key}': {message}")
 
 
-# --------------------------------------------------------------------------- parsing
+def where_of(info: ValidationInfo) -> Where:
+    """The :class:`Where` a model validator reports to: the validation context's
+    ``where`` (``model_validate(raw, context={"where": ...})``), else ``<recipe>``."""
+    context = getattr(info, "context", None) or {}
+    return context.get("where") or Where("<recipe>")
+
+
+# The keys every recipe has.
+EXPERIMENT = "the experiment kind: the plast command that runs the recipe"
+NAME = "the recipe's name in stores, tables and progress lines"
+PAPER = "the paper it belongs to (2022 or 2024): plast reproduce --paper runs it"
+DESCRIPTION = "what it is, in prose (left out of plast reproduce's cache key)"
+
+
+class Recipe(Schema):
+    """A whole recipe: its sections, then :meth:`check`, the cross-field checks, once every
+    field is right (the recipe file comes in the validation context: see where_of)."""
+
+    @model_validator(mode="after")
+    def _cross_field(self, info: ValidationInfo) -> Recipe:
+        self.check(where_of(info))
+        return self
+
+    def check(self, where: Where) -> None:
+        """The checks that read more than one field; PlastError naming ``where``."""
+
+
+# --------------------------------------------------------------------------- type names
+
+
+def strip(tp: Any) -> Any:
+    """The type under ``Annotated[...]``."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
 def describe(tp: Any) -> str:
+    """A type as messages and ``plast recipe keys`` name it: 'list of integer',
+    'mapping of name to number', 'mapping', 'string or null'."""
+    tp = strip(tp)
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+    if is_union(tp):
         return " or ".join(describe(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return describe(type(typing.get_args(tp)[0]))
     if origin is list:
         return f"list of {describe(typing.get_args(tp)[0])}"
     if origin is dict:
         return f"mapping of name to {describe(typing.get_args(tp)[1])}"
-    if dataclasses.is_dataclass(tp):
+    if is_model(tp):
         return "mapping"
     return {int: "integer", float: "number", str: "string", bool: "true/false",
             type(None): "null"}.get(tp, str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str, md: dict, where: Where) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key, md, where)
-            except PlastError:
-                if len(args) == 2 and type(None) in args:
-                    raise
-        where.fail(key, f"expected {describe(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            where.fail(key, f"expected a mapping, got {value!r}")
-        return parse_dataclass(tp, value, where, prefix=key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            where.fail(key, f"expected {describe(tp)}, got {value!r}")
-        (arg,) = typing.get_args(tp)
-        return [_convert(v, arg, f"{key}[{i}]", md, where) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            where.fail(key, f"expected {describe(tp)}, got {value!r}")
-        _, vt = typing.get_args(tp)
-        out = {}
-        for k, v in value.items():
-            if md.get("choices") and k not in md["choices"]:
-                where.fail(f"{key}.{k}", f"unknown name '{k}'; allowed: {', '.join(md['choices'])}")
-            out[str(k)] = _convert(v, vt, f"{key}.{k}", {}, where)
-        return out
-    if tp is bool:
-        if not isinstance(value, bool):
-            where.fail(key, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            where.fail(key, f"expected an integer, got {value!r}")
-    elif tp is float:
-        if isinstance(value, str):  # PyYAML reads 1.0e4 (no exponent sign) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            where.fail(key, f"expected a number, got {value!r}")
-        value = _finite(value, key, where)
-    elif tp is str:
-        if not isinstance(value, str):
-            where.fail(key, f"expected a string, got {value!r}")
-    choices = md.get("choices")
-    if choices is not None and value not in choices:
-        where.fail(key, f"'{value}' is not allowed; allowed: {', '.join(map(str, choices))}")
-    minimum = md.get("min")
-    if minimum is not None and isinstance(value, (int, float)) and value < minimum:
-        where.fail(key, f"{value} is below the minimum {minimum}")
-    return value
-
-
-def _finite(value: int | float, key: str, where: Where) -> float:
-    """A number as a float; NaN, infinity and ints too large for a float are refused."""
-    try:
-        out = float(value)
-    except OverflowError:
-        out = math.inf
-    if not math.isfinite(out):
-        where.fail(key, f"{value!r} is not a finite number")
-    return out
-
-
-def parse_dataclass(cls: type, data: dict, where: Where, prefix: str = "") -> Any:
-    """Build ``cls`` from ``data``, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            where.fail(prefix + str(key), f"unknown key; allowed: {', '.join(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], prefix + name, dict(f.metadata), where)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        where.fail(prefix.rstrip(".") or "<root>", str(exc))
+# --------------------------------------------------------------------------- --set
 
 
 def apply_override(raw: dict, assignment: str, where: Where) -> None:

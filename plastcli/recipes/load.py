@@ -3,7 +3,6 @@ validation, and the resolved recipe as YAML for stores (and back)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ from plastcli.core.vocabulary import (  # the names of the core layer; no torch 
     REGISTRY,
 )
 from plastcli.errors import PlastError
-from plastcli.recipes.fields import Where, apply_override, parse_dataclass
+from plastcli.recipes.fields import Where, apply_override
+from plastcli.recipes.messages import parse
 from plastcli.recipes.meta import AblateLayersRecipe, MetaTrainRecipe
 from plastcli.recipes.online import BaselineRecipe, InitStudyRecipe, RnnMemoryRecipe
 
@@ -52,7 +52,7 @@ def read_recipe_yaml(path: Path) -> dict:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                 expected: str | None = None) -> Any:
-    """Read, override and validate a recipe; return its schema dataclass.
+    """Read, override and validate a recipe; return its schema model.
 
     Raises PlastError (one line: file, key, allowed values) on any problem.
     """
@@ -66,9 +66,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         where.fail("experiment", f"{kind!r} is not an experiment; allowed: {', '.join(SCHEMAS)}")
     if expected is not None and kind != expected:
         where.fail("experiment", f"this recipe is for 'plast {kind}', not 'plast {expected}'")
-    recipe = parse_dataclass(SCHEMAS[kind], raw, where)
-    recipe.validate(where)
-    return recipe
+    return parse(SCHEMAS[kind], raw, where)
 
 
 def recipe_needs(recipes_dir: Path) -> dict[str, list[str]]:
@@ -90,16 +88,13 @@ def recipe_needs(recipes_dir: Path) -> dict[str, list[str]]:
 
 def recipe_to_yaml(recipe: Any) -> str:
     """The resolved recipe (defaults filled in) as YAML, for provenance."""
-    return yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False)
+    return yaml.safe_dump(recipe.model_dump(), sort_keys=False)
 
 
 def recipe_from_yaml(text: str, where: str = "<store>") -> Any:
     """Rebuild a recipe from the YAML stored in a result file."""
     raw = yaml.safe_load(text)
-    w = Where(where)
-    recipe = parse_dataclass(SCHEMAS[raw["experiment"]], raw, w)
-    recipe.validate(w)
-    return recipe
+    return parse(SCHEMAS[raw["experiment"]], raw, Where(where))
 
 
 # Keys that never change a run's numbers: how often it saves itself (resume is exact). A

@@ -2,10 +2,9 @@
 cross-field checks: layer sizes against the data set, the rule and pool, the meta
 settings and the population grid."""
 
-from __future__ import annotations
-
 import math
-from dataclasses import dataclass
+
+from pydantic import Field
 
 from plastcli.core import terms as term_grammar
 from plastcli.core.terms import TERM_NAMES  # the engine's names; plastcli.core.terms needs no torch
@@ -15,127 +14,156 @@ from plastcli.core.vocabulary import (  # the names of the core layer; no torch 
     GRID_KEYS,
     INITS,
 )
-from plastcli.recipes.fields import DATASET_SHAPES, DEVICES, Where, spec
+from plastcli.recipes.fields import (
+    DATASET_SHAPES,
+    DESCRIPTION,
+    DEVICES,
+    EXPERIMENT,
+    NAME,
+    PAPER,
+    Name,
+    Number,
+    Recipe,
+    Schema,
+    Where,
+    at_least,
+    choice,
+)
 
 # --------------------------------------------------------------------------- schema
 
 
-@dataclass
-class DatasetSpec:
-    name: str = spec("emnist-bymerge", choices=tuple(DATASET_SHAPES))
-    split: str = spec("test", choices=("train", "test"))
-    # A fixed, seeded subset of at most this many images per class (None: all).
-    per_class_cap: int | None = spec(400, minimum=1)
-    cap_seed: int = spec(0, minimum=0)
+class DatasetSpec(Schema):
+    name: choice(DATASET_SHAPES) = Field("emnist-bymerge", description="the data set tasks "
+                                         "are drawn from")
+    split: choice(("train", "test")) = Field("test", description="its split (emnist-bymerge "
+                                             "and -byclass: test only)")
+    per_class_cap: int | None = Field(400, ge=1, description="a fixed, seeded subset of at "
+                                      "most this many images per class (null: all)")
+    cap_seed: int = Field(0, ge=0, description="seed of that subset")
 
 
-@dataclass
-class TaskSpec:
-    classes: int = spec(5, minimum=2)
-    train_per_class: int = spec(50, minimum=1)
-    query_per_class: int = spec(10, minimum=1)
+class TaskSpec(Schema):
+    classes: int = Field(5, ge=2, description="classes per episode (M-way)")
+    train_per_class: int = Field(50, ge=1, description="images per class the rule learns "
+                                 "from, one at a time")
+    query_per_class: int = Field(10, ge=1, description="images per class the meta-loss is "
+                                 "measured on")
 
 
-@dataclass
-class NetworkSpec:
-    layers: list[int] = spec(factory=lambda: [784, 170, 130, 100, 70, 47], minimum=1)
-    init: str = spec("xavier", choices=INITS)
-    beta: float = spec(10.0, minimum=1e-6)
+class NetworkSpec(Schema):
+    layers: list[at_least(int, 1)] = Field(
+        default_factory=lambda: [784, 170, 130, 100, 70, 47], description="layer sizes, "
+        "input first (the image size) and output last (at least the classes)")
+    init: choice(INITS) = Field("xavier", description="initial weights: xavier U(-a, a), "
+                                "a = sqrt(6 / (n_in + n_out)), or naive N(0, 0.01^2)")
+    beta: Number = Field(10.0, ge=1e-6, description="softplus sharpness: "
+                         "log(1 + exp(beta z)) / beta")
 
 
-@dataclass
-class TermSpec:
+class TermSpec(Schema):
     """A term declared by a recipe: ``F = sign · s · a bᵀ`` (plastcli/core/terms.py lists the
     allowed values; ASCII spellings such as ``1^T y_post`` are accepted)."""
 
-    a: str | None = spec(None, doc="left factor: e_post, y_post or ones")
-    b: str | None = spec(None, doc="right factor: y_pre, e_pre, ones or y_pre - M^T y_post")
-    s: str = spec("1", doc="scalar: 1, 1^T y_post, y_post^T M e_pre or e_post^T M y_pre")
-    sign: float = spec(1.0, doc="-1 or +1")
+    a: str | None = Field(None, description="left factor: e_post, y_post or ones")
+    b: str | None = Field(None, description="right factor: y_pre, e_pre, ones or "
+                          "y_pre - M^T y_post")
+    s: str = Field("1", description="scalar: 1, 1^T y_post, y_post^T M e_pre or "
+                   "e_post^T M y_pre")
+    sign: Number = Field(1.0, description="-1 or +1")
 
 
-@dataclass
-class RuleSpec:
-    # Term names (built in, declared under `define`, or g_<a>_<b>[_<s>] grammar terms), or
-    # 'grammar': every term of the grammar (plastcli/core/terms.py).
-    terms: list[str] | str = spec(factory=lambda: ["pseudo_grad"])
-    # Initial coefficient per term; terms not named start at 0.
-    init: dict[str, float] = spec(factory=dict)
-    # Optional per-layer restriction: one list of term names per layer (P1 Table 1).
-    layers: list[list[str]] | None = spec(None)
-    # New terms by name: {a, b, s, sign} in the grammar F = sign · s · a bᵀ.
-    define: dict[str, TermSpec] = spec(factory=dict)
+class RuleSpec(Schema):
+    terms: list[str] | str = Field(
+        default_factory=lambda: ["pseudo_grad"],
+        description="term names (built in, declared under define, or g_<a>_<b>[_<s>] grammar "
+        "terms), or 'grammar': every term of the grammar (plastcli/core/terms.py)")
+    init: dict[Name, Number] = Field(default_factory=dict, description="initial coefficient "
+                                     "per term; terms not named start at 0")
+    layers: list[list[str]] | None = Field(None, description="optional per-layer restriction: "
+                                           "one list of term names per layer (P1 Table 1)")
+    define: dict[Name, TermSpec] = Field(default_factory=dict, description="new terms by "
+                                         "name: {a, b, s, sign} in the grammar "
+                                         "F = sign · s · a bᵀ")
 
 
-@dataclass
-class MetaSpec:
-    episodes: int = spec(500, minimum=1)
-    lr: float = spec(1e-3, minimum=0.0)
-    l1: float = spec(0.0, minimum=0.0)
-    grad_clip: float | None = spec(None, minimum=0.0)
-    sym_grad_through_feedback: bool = spec(False)
-    # auto: the hand-written reverse pass (plastcli/engine/adjoint.py) where it applies,
-    # else autograd
-    gradient: str = spec("auto", choices=("auto", "autograd"))
-    # subgradient: lambda*sign(theta) joins the gradient Adam normalises (the authors' code);
-    # proximal [choice]: Adam steps on the CE alone, then soft-thresholds each coefficient by
-    # lambda times its Adam step size, so a dropped term is exactly 0 instead of oscillating.
-    l1_mode: str = spec("subgradient", choices=("subgradient", "proximal"))
-    # Stabiliser (off unless named): project theta into [low, high] per term after every
-    # step; null = unbounded on that side.
-    bounds: dict[str, list[float | None]] = spec(factory=dict)
-    # Cross-machine stand-in: multiply each member's initial theta by (1 + jitter * N(0,1)),
-    # a draw keyed on the member's seed (0 = off).
-    theta_jitter: float = spec(0.0, minimum=0.0)
-    # Episodes above chance (ln M) after learning that flag a member as collapsed.
-    collapse_window: int = spec(25, minimum=1)
-    # ...or whose mean meta-accuracy over decline_window episodes falls more than
-    # decline_drop below the best such mean it had reached (null: no decline rule).
-    decline_window: int = spec(50, minimum=1)
-    decline_drop: float | None = spec(0.2, minimum=0.0)
-    # Stabiliser (off at 0): after a non-finite episode, roll the member back to its state
-    # before its last step (theta and Adam moments), scale its lr by rollback_lr_factor and
-    # go on; only the (rollback + 1)-th non-finite episode marks it diverged.
-    rollback: int = spec(0, minimum=0)
-    rollback_lr_factor: float = spec(0.5, minimum=0.0)
+class MetaSpec(Schema):
+    episodes: int = Field(500, ge=1, description="meta-training episodes (one task each)")
+    lr: Number = Field(1e-3, ge=0.0, description="Adam's learning rate on the coefficients")
+    l1: Number = Field(0.0, ge=0.0, description="L1 penalty lambda on the coefficients "
+                       "(the pool search; see l1_mode)")
+    grad_clip: at_least(Number, 0.0) | None = Field(None, description="clip each member's "
+                                                    "meta-gradient to this norm (null: no "
+                                                    "clipping)")
+    sym_grad_through_feedback: bool = Field(False, description="with sym feedback (B = W^T): "
+                                            "let the meta-gradient flow through B too")
+    gradient: choice(("auto", "autograd")) = Field(
+        "auto", description="auto: the hand-written reverse pass (plastcli/engine/adjoint.py) "
+        "where it applies, else autograd")
+    l1_mode: choice(("subgradient", "proximal")) = Field(
+        "subgradient", description="subgradient: lambda*sign(theta) joins the gradient Adam "
+        "normalises (the authors' code); proximal: Adam steps on the CE alone, then "
+        "soft-thresholds each coefficient by lambda times its Adam step size, so a dropped "
+        "term is exactly 0 instead of oscillating")
+    bounds: dict[Name, list[Number | None]] = Field(
+        default_factory=dict, description="stabiliser (off unless named): project theta into "
+        "[low, high] per term after every step; null = unbounded on that side")
+    theta_jitter: Number = Field(0.0, ge=0.0, description="cross-machine stand-in: multiply "
+                                 "each member's initial theta by (1 + jitter * N(0,1)), a "
+                                 "draw keyed on the member's seed (0 = off)")
+    collapse_window: int = Field(25, ge=1, description="episodes above chance (ln M) after "
+                                 "learning that flag a member as collapsed")
+    decline_window: int = Field(50, ge=1, description="...or whose mean meta-accuracy over "
+                                "decline_window episodes falls more than decline_drop below "
+                                "the best such mean it had reached")
+    decline_drop: at_least(Number, 0.0) | None = Field(0.2, description="see decline_window "
+                                                       "(null: no decline rule)")
+    rollback: int = Field(0, ge=0, description="stabiliser (off at 0): after a non-finite "
+                          "episode, roll the member back to its state before its last step "
+                          "(theta and Adam moments), scale its lr by rollback_lr_factor and go "
+                          "on; only the (rollback + 1)-th non-finite episode marks it diverged")
+    rollback_lr_factor: Number = Field(0.5, ge=0.0, description="factor on a member's lr "
+                                       "after each rollback, in (0, 1]")
 
 
-@dataclass
-class PopulationSpec:
-    seeds: int = spec(1, minimum=1)
-    seed: int = spec(0, minimum=0)
+class PopulationSpec(Schema):
+    seeds: int = Field(1, ge=1, description="members (runs), each with its own seed")
+    seed: int = Field(0, ge=0, description="first seed; the members take seed, seed + 1, ...")
 
 
-@dataclass
 class MetaPopulationSpec(PopulationSpec):
-    # Members = every combination of the grid (in key order) x seeds; each grid point
-    # sees the same seeds, hence the same tasks. Keys: meta.l1, meta.lr, rule.init.<term>.
-    grid: dict[str, list[float]] = spec(factory=dict)
+    grid: dict[Name, list[Number]] = Field(
+        default_factory=dict, description="members = every combination of the grid (in key "
+        "order) x seeds; each grid point sees the same seeds, hence the same tasks. Keys: "
+        "meta.l1, meta.lr, rule.init.<term>")
 
 
-@dataclass
-class RunSpec:
-    checkpoint_every: int = spec(25, minimum=1)
-    device: str = spec("auto", choices=DEVICES)
+class RunSpec(Schema):
+    checkpoint_every: int = Field(25, ge=1, description="episodes between checkpoints "
+                                  "(--resume continues from the last)")
+    device: choice(DEVICES) = Field("auto", description="auto: cuda when there is one")
 
 
-@dataclass
-class MetaTrainRecipe:
-    experiment: str = spec("meta-train", choices=("meta-train",))
-    name: str = spec("meta-train")
-    paper: int | None = spec(None)
-    description: str = spec("")
-    dataset: DatasetSpec = spec(factory=DatasetSpec)
-    task: TaskSpec = spec(factory=TaskSpec)
-    network: NetworkSpec = spec(factory=NetworkSpec)
-    feedback: str = spec("fixed", choices=FEEDBACK_MODES)
-    rule: RuleSpec = spec(factory=RuleSpec)
-    feedback_rule: RuleSpec | None = spec(None)
-    meta: MetaSpec = spec(factory=MetaSpec)
-    population: MetaPopulationSpec = spec(factory=MetaPopulationSpec)
-    run: RunSpec = spec(factory=RunSpec)
+class MetaTrainRecipe(Recipe):
+    experiment: choice(("meta-train",)) = Field("meta-train", description=EXPERIMENT)
+    name: str = Field("meta-train", description=NAME)
+    paper: int | None = Field(None, description=PAPER)
+    description: str = Field("", description=DESCRIPTION)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    feedback: choice(FEEDBACK_MODES) = Field(
+        "fixed", description="the backward path: sym (B = W^T, backprop), fixed (random B, "
+        "FA), direct (DFA; not for meta-train) or plastic (B learns by feedback_rule)")
+    rule: RuleSpec = Field(default_factory=RuleSpec)
+    feedback_rule: RuleSpec | None = Field(None, description="the rule of the feedback "
+                                           "matrices (with feedback: plastic; its keys as "
+                                           "rule's)")
+    meta: MetaSpec = Field(default_factory=MetaSpec)
+    population: MetaPopulationSpec = Field(default_factory=MetaPopulationSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
 
-    def validate(self, where: Where) -> None:
+    def check(self, where: Where) -> None:
         check_dataset_network(self.dataset, self.network, where)
         defined = declared_terms([(self.rule, "rule"), (self.feedback_rule, "feedback_rule")],
                                  where)
@@ -295,25 +323,25 @@ def layer_names(n_layers: int) -> list[str]:
     return [f"W{l - 1}{l}" for l in range(1, n_layers + 1)]
 
 
-@dataclass
-class AssignmentSpec:
+class AssignmentSpec(Schema):
     """One row of P1 Table 1: the layers that add ``ablation.added_terms`` to the base rule."""
 
-    name: str = spec(doc="row label, e.g. 'W01+W12'")
-    layers: list[str] = spec(factory=list, doc="layer names W01, W12, ... (empty: base only)")
+    name: str = Field(description="row label, e.g. 'W01+W12'")
+    layers: list[str] = Field(default_factory=list, description="layer names W01, W12, ... "
+                              "(empty: base only)")
 
 
-@dataclass
-class AblationSpec:
-    # Terms of rule.terms that act only on an assignment's layers; the other terms of
-    # rule.terms (the base rule) act on every layer.
-    added_terms: list[str] = spec(factory=lambda: ["err_hebb"])
-    assignments: list[AssignmentSpec] = spec(factory=list)
-    # Angles are averaged over episodes burn_in..end (P1 Table 1: 100..500).
-    burn_in: int = spec(100, minimum=0)
+class AblationSpec(Schema):
+    added_terms: list[str] = Field(
+        default_factory=lambda: ["err_hebb"], description="terms of rule.terms that act only "
+        "on an assignment's layers; the other terms of rule.terms (the base rule) act on "
+        "every layer")
+    assignments: list[AssignmentSpec] = Field(default_factory=list, description="the rows "
+                                              "of the table (at least one)")
+    burn_in: int = Field(100, ge=0, description="angles are averaged over episodes "
+                         "burn_in..end (P1 Table 1: 100..500)")
 
 
-@dataclass
 class AblateLayersRecipe(MetaTrainRecipe):
     """A meta-train recipe whose members are assignments x seeds (P1 Table 1).
 
@@ -321,12 +349,12 @@ class AblateLayersRecipe(MetaTrainRecipe):
     same seeds, so all assignments see the same tasks and initial weights.
     """
 
-    experiment: str = spec("ablate-layers", choices=("ablate-layers",))
-    network: NetworkSpec = spec(factory=lambda: NetworkSpec(layers=[784, 130, 70, 47]))
-    ablation: AblationSpec = spec(factory=AblationSpec)
+    experiment: choice(("ablate-layers",)) = Field("ablate-layers", description=EXPERIMENT)
+    network: NetworkSpec = Field(default_factory=lambda: NetworkSpec(layers=[784, 130, 70, 47]))
+    ablation: AblationSpec = Field(default_factory=AblationSpec)
 
-    def validate(self, where: Where) -> None:
-        super().validate(where)
+    def check(self, where: Where) -> None:
+        super().check(where)
         names = layer_names(len(self.network.layers) - 1)
         if self.rule.layers is not None:
             where.fail("rule.layers", "not allowed here: ablation.assignments sets the layers")
@@ -356,5 +384,3 @@ class AblateLayersRecipe(MetaTrainRecipe):
         if self.ablation.burn_in >= self.meta.episodes:
             where.fail("ablation.burn_in", f"{self.ablation.burn_in} leaves no episodes to "
                        f"average (meta.episodes = {self.meta.episodes})")
-
-

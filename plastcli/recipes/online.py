@@ -1,8 +1,6 @@
 """The online recipe schemas (``baseline``, ``init-study``, ``rnn-memory``)."""
 
-from __future__ import annotations
-
-from dataclasses import dataclass
+from pydantic import Field
 
 from plastcli.core.terms import TERM_NAMES  # the engine's names; plastcli.core.terms needs no torch
 from plastcli.core.vocabulary import (  # the names of the core layer; no torch there either
@@ -10,7 +8,19 @@ from plastcli.core.vocabulary import (  # the names of the core layer; no torch 
     RECURRENT_INITS,
     SIGMAS,
 )
-from plastcli.recipes.fields import DEVICES, Where, spec
+from plastcli.recipes.fields import (
+    DESCRIPTION,
+    DEVICES,
+    EXPERIMENT,
+    NAME,
+    PAPER,
+    Number,
+    Recipe,
+    Schema,
+    Where,
+    at_least,
+    choice,
+)
 from plastcli.recipes.meta import (
     DatasetSpec,
     NetworkSpec,
@@ -25,71 +35,73 @@ from plastcli.recipes.meta import (
 ONLINE_DATASETS = ("mnist", "fashion-mnist", "emnist-balanced")
 
 
-@dataclass
-class OnlineRunSpec:
-    checkpoint_every: int = spec(1000, minimum=1, doc="samples (rnn-memory: sequences) "
-                                 "between checkpoints of the population in training "
-                                 "(--resume continues from the last)")
-    device: str = spec("auto", choices=DEVICES)
+class OnlineRunSpec(Schema):
+    checkpoint_every: int = Field(1000, ge=1, description="samples (rnn-memory: sequences) "
+                                  "between checkpoints of the population in training "
+                                  "(--resume continues from the last)")
+    device: choice(DEVICES) = Field("auto", description="auto: cuda when there is one")
 
 
-@dataclass
-class OnlineDatasetSpec:
+class OnlineDatasetSpec(Schema):
     """Online data: the stream comes from the train split, validation curves from the test
     split, and grid-search selection from a held-out part of the train split."""
 
-    name: str = spec("mnist", choices=ONLINE_DATASETS)
+    name: choice(ONLINE_DATASETS) = Field("mnist", description="the data set streamed")
 
 
-@dataclass
-class ConditionSpec:
+class ConditionSpec(Schema):
     """One learning rule of an online comparison: feedback path, terms and coefficient grid."""
 
-    name: str = spec(doc="label used in stores, tables and legends, e.g. 'BP+Oja'")
-    feedback: str = spec("sym", choices=("sym", "fixed", "direct"))
-    terms: list[str] = spec(factory=lambda: ["pseudo_grad"], choices=TERM_NAMES)
-    # Candidate values per term (every term needs a non-empty list); the grid is their
-    # Cartesian product. A single value per term means no search.
-    grid: dict[str, list[float]] = spec(factory=dict, choices=TERM_NAMES)
+    name: str = Field(description="label used in stores, tables and legends, e.g. 'BP+Oja'")
+    feedback: choice(("sym", "fixed", "direct")) = Field(
+        "sym", description="the backward path: sym (BP), fixed (FA) or direct (DFA)")
+    terms: list[choice(TERM_NAMES)] = Field(default_factory=lambda: ["pseudo_grad"],
+                                            description="the rule's terms, e.g. [pseudo_grad, "
+                                            "oja] = BP+Oja")
+    grid: dict[choice(TERM_NAMES), list[Number]] = Field(
+        default_factory=dict, description="candidate values per term (every term needs a "
+        "non-empty list); the grid is their Cartesian product. A single value per term means "
+        "no search")
 
 
-@dataclass
-class OnlineSpec:
-    samples: int = spec(5000, minimum=1, doc="online training samples per run")
-    eval_every: int = spec(100, minimum=1, doc="evaluate every this many samples")
-    val_size: int = spec(1000, minimum=1, doc="fixed validation subset of the TEST split")
-    update_norm_samples: int = spec(16, minimum=1,
-                                    doc="validation images used for the update norms")
-    recon_images: int = spec(4, minimum=1, doc="validation images reconstructed at the end")
+class OnlineSpec(Schema):
+    samples: int = Field(5000, ge=1, description="online training samples per run")
+    eval_every: int = Field(100, ge=1, description="evaluate every this many samples")
+    val_size: int = Field(1000, ge=1, description="fixed validation subset of the TEST split")
+    update_norm_samples: int = Field(16, ge=1, description="validation images used for the "
+                                     "update norms")
+    recon_images: int = Field(4, ge=1, description="validation images reconstructed at the "
+                              "end")
 
 
-@dataclass
-class SelectionSpec:
+class SelectionSpec(Schema):
     """Grid search: grid points x seeds trained on the stream, scored on a held-out part
     of the TRAIN split that the stream never shows (and that is not the validation set)."""
 
-    heldout: int = spec(5000, minimum=1, doc="train-split images set aside for selection")
-    seeds: int = spec(3, minimum=1)
-    seed: int = spec(1000, minimum=0, doc="first seed of the grid stage (distinct from runs)")
-    samples: int | None = spec(None, minimum=1, doc="online samples in the grid stage "
-                               "(default: online.samples)")
+    heldout: int = Field(5000, ge=1, description="train-split images set aside for selection")
+    seeds: int = Field(3, ge=1, description="seeds per grid point")
+    seed: int = Field(1000, ge=0, description="first seed of the grid stage (distinct from "
+                      "runs)")
+    samples: int | None = Field(None, ge=1, description="online samples in the grid stage "
+                                "(default: online.samples)")
 
 
-@dataclass
-class BaselineRecipe:
-    experiment: str = spec("baseline", choices=("baseline",))
-    name: str = spec("baseline")
-    paper: int | None = spec(None)
-    description: str = spec("")
-    dataset: OnlineDatasetSpec = spec(factory=OnlineDatasetSpec)
-    network: NetworkSpec = spec(factory=lambda: NetworkSpec(layers=[784, 170, 130, 100, 70, 10]))
-    conditions: list[ConditionSpec] = spec(factory=list)
-    online: OnlineSpec = spec(factory=OnlineSpec)
-    selection: SelectionSpec = spec(factory=SelectionSpec)
-    population: PopulationSpec = spec(factory=lambda: PopulationSpec(seeds=20, seed=0))
-    run: OnlineRunSpec = spec(factory=OnlineRunSpec)
+class BaselineRecipe(Recipe):
+    experiment: choice(("baseline",)) = Field("baseline", description=EXPERIMENT)
+    name: str = Field("baseline", description=NAME)
+    paper: int | None = Field(None, description=PAPER)
+    description: str = Field("", description=DESCRIPTION)
+    dataset: OnlineDatasetSpec = Field(default_factory=OnlineDatasetSpec)
+    network: NetworkSpec = Field(
+        default_factory=lambda: NetworkSpec(layers=[784, 170, 130, 100, 70, 10]))
+    conditions: list[ConditionSpec] = Field(default_factory=list, description="the rules "
+                                            "compared (at least one)")
+    online: OnlineSpec = Field(default_factory=OnlineSpec)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    population: PopulationSpec = Field(default_factory=lambda: PopulationSpec(seeds=20, seed=0))
+    run: OnlineRunSpec = Field(default_factory=OnlineRunSpec)
 
-    def validate(self, where: Where) -> None:
+    def check(self, where: Where) -> None:
         check_dataset_network(DatasetSpec(name=self.dataset.name, split="train"), self.network,
                               where)
         if not self.conditions:
@@ -117,96 +129,97 @@ class BaselineRecipe:
             where.fail("online.recon_images", f"exceeds online.val_size ({self.online.val_size})")
 
 
-
-
-@dataclass
 class InitStudyRecipe(BaselineRecipe):
     """A baseline whose conditions are each run with every initialiser in ``inits``
     (P2 Fig 5: naive N(0, 0.01^2) vs xavier); network.init is ignored."""
 
-    experiment: str = spec("init-study", choices=("init-study",))
-    inits: list[str] = spec(factory=lambda: ["naive", "xavier"], choices=INITS)
+    experiment: choice(("init-study",)) = Field("init-study", description=EXPERIMENT)
+    inits: list[choice(INITS)] = Field(default_factory=lambda: ["naive", "xavier"],
+                                       description="the initialisers each condition runs "
+                                       "under")
 
-    def validate(self, where: Where) -> None:
-        super().validate(where)
+    def check(self, where: Where) -> None:
+        super().check(where)
         if not self.inits:
             where.fail("inits", f"must list at least one initialiser; allowed: {', '.join(INITS)}")
         if len(set(self.inits)) != len(self.inits):
             where.fail("inits", "an initialiser is named twice")
 
 
-
-
 # --------------------------------------------------------------------------- rnn-memory (issue 5)
 
 
-@dataclass
-class RnnDatasetSpec:
+class RnnDatasetSpec(Schema):
     """Stream from the train split, selection from a held-out part of it, validation curves
     from a fixed subset of the test split (as in ``plast baseline``)."""
 
-    name: str = spec("mnist", choices=("mnist", "fashion-mnist"))
+    name: choice(("mnist", "fashion-mnist")) = Field("mnist", description="the data set "
+                                                     "streamed")
 
 
-@dataclass
-class RnnNetworkSpec:
-    # One or more hidden sizes; each is run (grid search included) as its own population.
-    hidden: list[int] = spec(factory=lambda: [100], minimum=1)
-    init: str = spec("xavier", choices=INITS)
-    beta: float = spec(10.0, minimum=1e-6)
-    # W_h alone (P2 Fig 7 factors): its initialisation ('same' = init) and a gain on it
-    init_recurrent: str = spec("same", choices=RECURRENT_INITS)
-    gain: float = spec(1.0, minimum=0.0)
-    # softplus (with beta) or tanh (a reference; beta unused)
-    sigma: str = spec("softplus", choices=SIGMAS)
+class RnnNetworkSpec(Schema):
+    hidden: list[at_least(int, 1)] = Field(
+        default_factory=lambda: [100], description="one or more hidden sizes; each is run "
+        "(grid search included) as its own population")
+    init: choice(INITS) = Field("xavier", description="initial weights: xavier or naive "
+                                "N(0, 0.01^2)")
+    beta: Number = Field(10.0, ge=1e-6, description="softplus sharpness")
+    init_recurrent: choice(RECURRENT_INITS) = Field(
+        "same", description="W_h alone (P2 Fig 7 factors): its initialisation ('same' = init)")
+    gain: Number = Field(1.0, ge=0.0, description="a gain on W_h alone")
+    sigma: choice(SIGMAS) = Field("softplus", description="softplus (with beta) or tanh (a "
+                                  "reference; beta unused)")
 
 
-@dataclass
-class RnnTaskSpec:
-    T: int = spec(50, minimum=1, doc="sequence length (classification at step T)")
-    present: int = spec(5, minimum=1, doc="the image is the input at steps 1..present")
+class RnnTaskSpec(Schema):
+    T: int = Field(50, ge=1, description="sequence length (classification at step T)")
+    present: int = Field(5, ge=1, description="the image is the input at steps 1..present")
 
 
-@dataclass
-class RnnConditionSpec:
+class RnnConditionSpec(Schema):
     """One learning rule: BPTT with coefficient grid ``bptt`` (theta_1) and Oja on W_h with
-    grid ``oja`` (theta_2; [0.0] = plain BPTT). The grid is their Cartesian product."""
+    grid ``oja`` (theta_2; [0.0] = plain BPTT). The grid is their Cartesian product.
+    ``gain`` and ``init_recurrent`` set this condition's W_h (default: the network's), so
+    that one run, one population, can vary them (the Fig 7 study's phase diagram)."""
 
-    name: str = spec(doc="label, e.g. 'BPTT+Oja'")
-    bptt: list[float] = spec(factory=lambda: [0.01], minimum=0.0)
-    oja: list[float] = spec(factory=lambda: [0.0], minimum=0.0)
-    # W_h factors of this condition's members (default: network's), so that one run, one
-    # population, can vary them (the Fig 7 study's phase diagram over the gain)
-    gain: float | None = spec(None, minimum=0.0, doc="gain on W_h (default: network.gain)")
-    init_recurrent: str | None = spec(None, choices=RECURRENT_INITS,
-                                      doc="W_h initialiser (default: network.init_recurrent)")
-
-
-@dataclass
-class RnnOnlineSpec:
-    samples: int = spec(5000, minimum=1, doc="training sequences per run (one per update)")
-    eval_every: int = spec(250, minimum=1, doc="evaluate every this many sequences")
-    val_size: int = spec(1000, minimum=1, doc="fixed validation subset of the TEST split")
+    name: str = Field(description="label, e.g. 'BPTT+Oja'")
+    bptt: list[at_least(Number, 0.0)] = Field(default_factory=lambda: [0.01],
+                                              description="candidate values of theta_1, the "
+                                              "BPTT coefficient")
+    oja: list[at_least(Number, 0.0)] = Field(default_factory=lambda: [0.0],
+                                             description="candidate values of theta_2, Oja's "
+                                             "coefficient on W_h (0 = plain BPTT)")
+    gain: at_least(Number, 0.0) | None = Field(None, description="gain on W_h (default: "
+                                               "network.gain)")
+    init_recurrent: choice(RECURRENT_INITS) | None = Field(
+        None, description="W_h initialiser (default: network.init_recurrent)")
 
 
-@dataclass
-class RnnMemoryRecipe:
-    experiment: str = spec("rnn-memory", choices=("rnn-memory",))
-    name: str = spec("rnn-memory")
-    paper: int | None = spec(None)
-    description: str = spec("")
-    dataset: RnnDatasetSpec = spec(factory=RnnDatasetSpec)
-    network: RnnNetworkSpec = spec(factory=RnnNetworkSpec)
-    task: RnnTaskSpec = spec(factory=RnnTaskSpec)
-    # Oja's presynaptic factor: 'z' = u_t z_t^T as P2 prints it; 'sigma' = u_t sigma(z_t)^T.
-    oja_pre: str = spec("z", choices=("z", "sigma"))
-    conditions: list[RnnConditionSpec] = spec(factory=list)
-    online: RnnOnlineSpec = spec(factory=RnnOnlineSpec)
-    selection: SelectionSpec = spec(factory=SelectionSpec)
-    population: PopulationSpec = spec(factory=lambda: PopulationSpec(seeds=10, seed=0))
-    run: OnlineRunSpec = spec(factory=OnlineRunSpec)
+class RnnOnlineSpec(Schema):
+    samples: int = Field(5000, ge=1, description="training sequences per run (one per update)")
+    eval_every: int = Field(250, ge=1, description="evaluate every this many sequences")
+    val_size: int = Field(1000, ge=1, description="fixed validation subset of the TEST split")
 
-    def validate(self, where: Where) -> None:
+
+class RnnMemoryRecipe(Recipe):
+    experiment: choice(("rnn-memory",)) = Field("rnn-memory", description=EXPERIMENT)
+    name: str = Field("rnn-memory", description=NAME)
+    paper: int | None = Field(None, description=PAPER)
+    description: str = Field("", description=DESCRIPTION)
+    dataset: RnnDatasetSpec = Field(default_factory=RnnDatasetSpec)
+    network: RnnNetworkSpec = Field(default_factory=RnnNetworkSpec)
+    task: RnnTaskSpec = Field(default_factory=RnnTaskSpec)
+    oja_pre: choice(("z", "sigma")) = Field("z", description="Oja's presynaptic factor: 'z' = "
+                                            "u_t z_t^T as P2 prints it; 'sigma' = "
+                                            "u_t sigma(z_t)^T")
+    conditions: list[RnnConditionSpec] = Field(default_factory=list, description="the "
+                                               "rules compared (at least one)")
+    online: RnnOnlineSpec = Field(default_factory=RnnOnlineSpec)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    population: PopulationSpec = Field(default_factory=lambda: PopulationSpec(seeds=10, seed=0))
+    run: OnlineRunSpec = Field(default_factory=OnlineRunSpec)
+
+    def check(self, where: Where) -> None:
         if self.task.T < self.task.present:
             where.fail("task.T", f"T = {self.task.T} is shorter than the presentation length "
                        f"task.present = {self.task.present}; need T >= present")
@@ -225,5 +238,3 @@ class RnnMemoryRecipe:
                 if not getattr(c, key):
                     where.fail(f"conditions[{i}].{key}", "needs a non-empty list of values "
                                "(one value: no search)")
-
-
