@@ -183,3 +183,15 @@ def test_no_import_runs_upward():
                 bad.append(f"{name} ({layer}, torch-free) imports {dep}")
     assert not bad, "\n".join(bad)
     assert used == KNOWN_VIOLATIONS, f"fixed now, remove them: {KNOWN_VIOLATIONS - used}"
+
+
+def test_the_readme_design_map_names_every_module():
+    """The README's one-screen map of the layers matches the tree: every module of every
+    subpackage (and every top-level module) is named in it."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("one-screen map of its layers", 1)[1].split("```", 2)[1]
+    words = {w.strip(",;:()+") for w in block.split()}
+    missing = [str(p.relative_to(REPO)) for p in sorted((REPO / "plastcli").rglob("*.py"))
+               if p.stem not in ("__init__", "__main__")
+               and not ({p.stem, p.name, f"{p.stem}/"} & words)]
+    assert not missing, f"not in the README's design map: {missing}"
