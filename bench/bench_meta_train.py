@@ -7,12 +7,25 @@ torch may use; see plastcli/engine/workers.py) and their peak memory, summed.
 Options: --sizes 1 16  --episodes 5  --device cpu|cuda  --recipe recipes/bio.yaml
 (The worker processes' process pool replaced hand-made pipes after an alternating
 comparison of the two, ``--compare-workers`` at commit 57f285f; see the README.)
+
+Then, on one thread at P = 1 (bench/reference.py), blocks of --block-episodes episodes
+(--blocks of them) of each --rule (bio: recipes/bio.yaml, bp: recipes/2022/fig3-bp.yaml),
+and after each block the yardsticks of bench/calibrate.py: plast's time per episode in
+units of a fixed calibration workload timed in the same run (a number to carry across
+machines), and as a multiple of a roofline bound (bytes per online step over this machine's
+measured L2 bandwidth). With ``--against-reference DIR`` (a checkout of the paper's code,
+NeuralDynamicsAndComputing/MetaLearning-Plasticity; the shims it needs are built in) the
+reference runs too, its blocks alternating with plast's, and the ratio reference / plast is
+printed block by block (median and range). ``--sizes`` with no number skips the table;
+``--blocks 0`` skips the one-thread part.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -65,16 +78,49 @@ def measure(recipe: str, P: int, episodes: int, device: str, sets: tuple = ()) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--recipe", default=str(REPO / "recipes/bio.yaml"))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1, 16])
     ap.add_argument("--episodes", type=int, default=9)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--against-reference", metavar="DIR", default=None,
+                    help="a checkout of the paper's code, run alternating with plast")
+    ap.add_argument("--rule", choices=["bio", "bp", "both"], default=None,
+                    help="the one-thread comparison's rule(s); default both with a "
+                         "reference, else bio")
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--block-episodes", type=int, default=2)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child is not None:
         print(json.dumps(measure(a.recipe, a.child, a.episodes, a.device)))
         return
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{__import__('os').cpu_count()} cores; recipe {a.recipe}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=REPO).stdout.strip()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), None) if Path("/proc/cpuinfo").exists() \
+        else None
+    print(f"machine: {cpu or platform.processor() or platform.machine()}, {os.cpu_count()} "
+          f"cores; {datetime.date.today()}; commit {commit}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if a.sizes:
+        table(a)
+    if a.blocks > 0:
+        one_thread(a)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def one_thread(a) -> None:
+    from reference import compare, report
+
+    rule = a.rule or ("both" if a.against_reference else "bio")
+    for r in (["bio", "bp"] if rule == "both" else [rule]):
+        print(f"one thread, P = 1, rule {r}" + (f", reference {a.against_reference}"
+                                                if a.against_reference else "") + ":")
+        res = compare(r, a.against_reference, a.blocks, a.block_episodes)
+        print("\n".join(report(res)), flush=True)
+
+
+def table(a) -> None:
+    print(f"recipe {a.recipe}")
     print(f"{'P':>6} {'s/episode':>10} {'(min - max)':>15} {'s/member-episode':>17} "
           f"{'processes':>10} {'peak RSS MiB':>13}")
     for P in a.sizes:
