@@ -1,6 +1,7 @@
 """Do two commits give the same numbers? Tiny runs of every committed recipe, bit for bit.
 
     PLAST_DATA=../shared/data python tools/same_numbers.py --base REV [RECIPE ...] [--jobs 2]
+        [--threads 2 --set population.seeds=8]
 
 For each recipe (default: every experiment recipe under recipes/), a tiny version (a few
 episodes, samples and seeds; the recipe's own network, rule and grid otherwise; see TINY)
@@ -41,14 +42,16 @@ TINY["init-study"] = TINY["baseline"]
 SKIP = ("seconds", "wall", "elapsed")  # timings differ run to run
 
 
-def run(tree: Path, recipe: Path, out: Path) -> str | None:
-    """Run ``recipe`` tiny with the code in ``tree``; None if it worked, else the error."""
+def run(tree: Path, recipe: Path, out: Path, extra: list[str], threads: int) -> str | None:
+    """Run ``recipe`` tiny (then ``extra`` arguments) with the code in ``tree`` on
+    ``threads`` threads (2: a meta-train population of 8 or more splits across two
+    processes); None if it worked, else the error."""
     kind = yaml.safe_load(recipe.read_text())["experiment"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": str(tree), "MPLBACKEND": "Agg"}
     done = subprocess.run([sys.executable, "-m", "plastcli", kind, str(recipe.resolve()),
-                           "--out", str(out), "--overwrite", "--device", "cpu", *TINY[kind]],
-                          cwd=tree, env=env, capture_output=True, text=True)
+                           "--out", str(out), "--overwrite", "--device", "cpu", *TINY[kind],
+                           *extra], cwd=tree, env=env, capture_output=True, text=True)
     return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
 
 
@@ -78,9 +81,10 @@ def compare(a: Path, b: Path) -> str:
     return "; ".join(notes)
 
 
-def check(base: Path, recipe: Path, work: Path) -> tuple[str, bool]:
+def check(base: Path, recipe: Path, work: Path, extra: list[str], threads: int
+          ) -> tuple[str, bool]:
     a, b = work / f"{recipe.stem}.base.h5", work / f"{recipe.stem}.here.h5"
-    ea, eb = run(base, recipe, a), run(REPO, recipe, b)
+    ea, eb = run(base, recipe, a, extra, threads), run(REPO, recipe, b, extra, threads)
     if ea or eb:
         same_error = ea == eb
         return (f"both fail: {ea}" if same_error else f"base: {ea or 'ok'}; here: {eb or 'ok'}",
@@ -94,12 +98,16 @@ def main() -> int:
     ap.add_argument("recipes", nargs="*", type=Path)
     ap.add_argument("--base", required=True, help="the commit to compare against")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="threads per run (default 1)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override added to every run, e.g. population.seeds=8")
     args = ap.parse_args()
     recipes = args.recipes or sorted(
         p for p in (REPO / "recipes").rglob("*.yaml")
         if (yaml.safe_load(p.read_text()) or {}).get("experiment") in TINY)
     here = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                           capture_output=True, text=True).stdout.strip()
+    extra = [a for kv in args.sets for a in ("--set", kv)]
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
@@ -110,7 +118,8 @@ def main() -> int:
                   flush=True)
             with ThreadPoolExecutor(args.jobs) as pool:
                 for recipe, (verdict, bad) in zip(recipes, pool.map(
-                        lambda r: check(base, r, Path(tmp)), recipes), strict=True):
+                        lambda r: check(base, r, Path(tmp), extra, args.threads), recipes),
+                        strict=True):
                     failed |= bad
                     print(f"{recipe.relative_to(REPO) if recipe.is_absolute() else recipe}: "
                           f"{verdict}", flush=True)
