@@ -45,8 +45,18 @@ def condition_rows(st) -> list[dict]:
                      "seeds": st["members/seed"][m], "acc": st["members/final_val_accuracy"][m],
                      "theta_bptt": float(st["members/theta_bptt"][m][0]),
                      "theta_oja": float(st["members/theta_oja"][m][0]),
-                     "diverged": diverged(st, m)})
+                     "diverged": diverged(st, m),
+                     # at the end of training: ‖σ(z_T)‖ at the readout step, W_h's top
+                     # singular value; medians over the seeds where they are finite
+                     "state_norm_T": _finite_median(st["curves/hidden_norm"][m, -1, -1]),
+                     "top_sv": _finite_median(st["members/wh_singular_after"][m][:, 0])})
     return rows
+
+
+def _finite_median(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else float("nan")
 
 
 def gain_rows(stores: list) -> list[dict]:

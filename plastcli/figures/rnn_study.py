@@ -93,8 +93,12 @@ def factors_markdown(rows: list[dict]) -> str:
              "with 98% bootstrap CI; the paired difference over common seeds decides "
              f"\"exceeds\"; \"above chance\": CI low > {ABOVE_CHANCE}; diverged: W_h "
              "non-finite at the end.", "",
+             "‖σ(z_T)‖: the state's norm at the readout step after training, and W_h's top "
+             "singular value after training (medians over finite seeds; before training "
+             "xavier's is about 2).", "",
              "| factor | setting | store | BPTT (θ1) | BPTT+Oja (θ1, θ2) | Oja − BPTT "
-             "[98% CI] | BPTT+Oja | diverged (BPTT, Oja) |", "|---|---|---|---|---|---|---|---|"]
+             "[98% CI] | BPTT+Oja | diverged (BPTT, Oja) | ‖σ(z_T)‖ (BPTT, Oja) | "
+             "top s.v. of W_h (BPTT, Oja) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bp, oja, (d, dlo, dhi, verdict) = r["bp"], r["oja"], r["diff"]
         cell = []
@@ -105,5 +109,7 @@ def factors_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['factor']} | {r['setting']} | `{r['store']}` | {cell[0]} "
                      f"({bp['theta_bptt']:g}) | {cell[1]} ({oja['theta_bptt']:g}, "
                      f"{oja['theta_oja']:g}) | {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}] | "
-                     f"{verdict} BPTT, {above} | {bp['diverged']}, {oja['diverged']} |")
+                     f"{verdict} BPTT, {above} | {bp['diverged']}, {oja['diverged']} | "
+                     f"{bp['state_norm_T']:.2f}, {oja['state_norm_T']:.2f} | "
+                     f"{bp['top_sv']:.3g}, {oja['top_sv']:.3g} |")
     return "\n".join(lines) + "\n"
