@@ -169,3 +169,26 @@ def test_help_reads_as_paragraphs_at_80_columns(command):
     orphans = [ln for ln in lines if ln.isalpha() and len(ln) <= 6 and ln.islower()]
     assert not orphans, orphans
     assert "//" not in r.output.replace("https://", "")  # a <placeholder> eaten as HTML
+
+
+def test_resume_refuses_fewer_episodes_overwrite_and_names_the_changed_key(tmp_path):
+    """A resumed run may extend meta.episodes, never shrink it below what the store holds
+    (its recipe would then contradict its data); --resume with --overwrite is refused; a
+    changed recipe is refused with the key that changed. The store is left as it was."""
+    runner = CliRunner()
+    out = tmp_path / "r.h5"
+    args = ["meta-train", str(REPO / "recipes/bio.yaml"), "--out", str(out)]
+    for s in TINY:
+        args += ["--set", s]
+    assert runner.invoke(app, [*args, "--episodes", "3"]).exit_code == 0
+    before = h5py.File(out, "r").attrs["recipe_yaml"]
+    r = runner.invoke(app, [*args, "--episodes", "1", "--resume"])
+    assert r.exit_code == 2 and "meta.episodes = 1 is less than the 3" in r.output, r.output
+    r = runner.invoke(app, [*args, "--episodes", "4", "--resume", "--overwrite"])
+    assert r.exit_code == 2 and "give one of them" in r.output, r.output
+    r = runner.invoke(app, [*args, "--episodes", "4", "--resume", "--set", "meta.lr=0.5"])
+    assert r.exit_code == 2 and "at 'meta.lr'" in r.output, r.output
+    with h5py.File(out, "r") as f:
+        assert f.attrs["recipe_yaml"] == before and f["episodes/meta_loss"].shape[1] == 3
+    assert runner.invoke(app, [*args, "--episodes", "4", "--resume"]).exit_code == 0
+    assert read_store(out)["episodes/meta_loss"].shape[1] == 4

@@ -43,6 +43,25 @@ def _comparable(recipe_yaml: str, ignore: tuple[str, ...]) -> dict:
     return drop_keys(raw, (*ignore, *NOT_IN_RESULTS))
 
 
+def _value(raw: dict, dotted: str):
+    for part in dotted.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def first_difference(a, b, prefix: str = "") -> str:
+    """The first dotted key (list items as key.N) where two YAML trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            if a.get(k) != b.get(k):
+                return first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return first_difference(x, y, f"{prefix}{i}.")
+    return prefix.rstrip(".") or "<root>"
+
+
 @dataclass
 class Run:
     """An open run: its store, device, dataset and (on resume) checkpoint state."""
@@ -61,6 +80,9 @@ def open_run(recipe: Any, out: Path, datasets: list[Dataset], *, resume: bool, o
 
     ``may_grow`` names recipe keys that may differ on resume (e.g. 'meta.episodes').
     """
+    if resume and overwrite:
+        raise PlastError("--resume continues a store and --overwrite replaces it; give one "
+                         "of them")
     out = check_store_out(out)
     device = resolve_device(device_name or recipe.run.device)
     lock.acquire(out)
@@ -88,9 +110,17 @@ def _reopen(recipe: Any, out: Path, device, may_grow: tuple[str, ...]) -> Run:
     if stored.complete and not may_grow:
         raise PlastError(f"--resume: {out} is already complete")
     old = stored.attrs.get("recipe_yaml", "")
-    if _comparable(old, may_grow) != _comparable(text, may_grow):
-        raise PlastError(f"--resume: the recipe differs from the one {out} was made with "
-                         f"(only {', '.join(may_grow) or 'nothing'} may change)")
+    then, now = _comparable(old, may_grow), _comparable(text, may_grow)
+    if then != now:
+        key = first_difference(then, now)
+        raise PlastError(f"--resume: the recipe differs from the one {out} was made with at "
+                         f"'{key}' (only {', '.join(may_grow) or 'nothing'} may change)")
+    for key in may_grow:  # they may grow, never shrink below what the store holds
+        before, after = _value(yaml.safe_load(old) or {}, key), _value(
+            yaml.safe_load(text), key)
+        if isinstance(before, int | float) and isinstance(after, int | float) and after < before:
+            raise PlastError(f"--resume: {key} = {after} is less than the {before} that {out} "
+                             f"was made with; a resumed run may only extend it")
     store = Store(out)
     state = store.read_checkpoint()
     store.set_attrs(recipe_yaml=text, status="running")
