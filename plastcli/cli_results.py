@@ -199,10 +199,24 @@ def recipe_keys_cmd(experiment: str = typer.Argument(
     if experiment not in SCHEMAS:
         raise PlastError(f"experiment '{experiment}' is not allowed; allowed: "
                          f"{', '.join(SCHEMAS)}")
+    rows = keys(experiment, meaning=True)
+    if out_console.width < 140:  # too narrow for five columns: one key per block, uncut
+        out_console.print(f"plast {experiment} recipe keys (key: type; default; allowed; "
+                          "then its meaning)\n", highlight=False)
+        for key, kind, default, allowed, meaning in rows:
+            facts = "; ".join(x for x in (kind, f"default {default}",
+                                          f"allowed {allowed}" if allowed else "") if x)
+            out_console.print(f"[bold]{escape(key)}[/]: {escape(facts)}", highlight=False,
+                              soft_wrap=True)
+            if meaning:
+                out_console.print(f"    {escape(meaning)}", highlight=False)
+        return
     t = Table(title=f"plast {experiment} recipe keys", title_justify="left")
-    for col in ("key", "type", "default", "allowed", "meaning"):
-        t.add_column(col)
-    for row in keys(experiment, meaning=True):
+    # nothing is cut: keys keep their full width, the other columns fold onto more lines
+    t.add_column("key", no_wrap=True, min_width=max(len(r[0]) for r in rows))
+    for col in ("type", "default", "allowed", "meaning"):
+        t.add_column(col, overflow="fold")
+    for row in rows:
         t.add_row(*(escape(c) for c in row))
     out_console.print(t)
 
@@ -223,8 +237,13 @@ def recipe_schema(out: Path | None = typer.Option(None, "--out", help="Write it 
         return
     from plastcli.paths import ensure_out_dir
 
+    if out.is_dir():
+        raise PlastError(f"--out {out} is a directory; give a file, e.g. {out / 'plast.json'}")
     ensure_out_dir(out.parent)
-    out.write_text(text, encoding="utf-8")
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise PlastError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
     err_console.print(f"wrote {out}", highlight=False)
 
 

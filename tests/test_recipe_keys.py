@@ -75,3 +75,20 @@ def test_recipe_commands_print_and_refuse_in_one_line(tmp_path):
     assert r.exit_code == 2 and "allowed: meta-train" in r.output
     r = CliRunner().invoke(app, ["recipe", "show", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_recipe_keys_prints_every_key_uncut_at_any_width(width):
+    from plastcli.recipes.keys import keys
+
+    r = CliRunner().invoke(app, ["recipe", "keys", "meta-train"], env={"COLUMNS": str(width)},
+                           terminal_width=width)
+    assert r.exit_code == 0, r.output
+    missing = [k for k, *_ in keys("meta-train") if k not in r.output]
+    assert not missing and "…" not in r.output, missing
+
+
+def test_recipe_schema_out_a_directory_is_one_line_and_exit_2(tmp_path):
+    r = CliRunner().invoke(app, ["recipe", "schema", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory" in r.output
+    assert len(r.output.strip().splitlines()) == 1
