@@ -76,7 +76,8 @@ SeedsOpt = typer.Option(None, "--seeds", min=1, help="Number of seeds (populatio
 DeviceOpt = choice_option(None, "--device", DEVICES, "Overrides run.device.")
 OutOpt = typer.Option(None, "--out", help="Result store path [default: results/PAPER/NAME.h5].")
 SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a recipe key, e.g. "
-                      "--set meta.lr=3e-3 (repeatable).")
+                      "--set population.seeds=3 (repeatable; plast recipe keys KIND lists "
+                      "the keys).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue a killed or extended "
                          "run from its last checkpoint; gives the same numbers as an "
                          "uninterrupted run.")

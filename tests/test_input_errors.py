@@ -235,3 +235,16 @@ def test_validation_happens_before_torch_is_imported():
     assert "plastcli.recipes" in imported
     assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
     assert "h5py" not in imported
+
+
+@pytest.mark.parametrize("text, says", [
+    ("experiment: meta-train\nname: a\nname: b\n", "(line 3): key 'name' is given twice"),
+    ("experiment: meta-train\nmeta: {lr: 0.1, lr: 0.2}\n", "key 'lr' is given twice"),
+    ("experiment: meta-train\nmeta: {lr: [1,\n", "not valid YAML (line 3): expected"),
+])
+def test_a_repeated_key_or_broken_yaml_says_where_and_why(tmp_path, text, says):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    r = CliRunner().invoke(app, ["recipe", "show", str(path)])
+    assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, \
+        r.output

@@ -114,8 +114,8 @@ RNN = {"experiment": "rnn-memory", "conditions": [{"name": "BPTT"}]}
      "string, got ['oja', 3]"),
     (META, {"rule": {"init": []}}, "key 'rule.init': expected mapping of name to number, "
      "got []"),
-    (RNN, {"conditions": [{"bptt": [0.1]}]}, "key 'conditions[0]': RnnConditionSpec.__init__() "
-     "missing 1 required positional argument: 'name'"),
+    (RNN, {"conditions": [{"bptt": [0.1]}]}, "key 'conditions[0].name': required: this key "
+     "has no default; give it a value"),
     # the first problem a reader meets: unknown keys of a mapping before its fields, fields in
     # the schema's order, depth first, a missing key after the mapping's fields
     (META, {"run": {"device": "gpu"}, "task": {"classes": "x"}, "zzz": 1}, "key 'zzz'"),

@@ -23,6 +23,22 @@ SCHEMAS: dict[str, type] = {"meta-train": MetaTrainRecipe, "ablate-layers": Abla
                             "rnn-memory": RnnMemoryRecipe}
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the safe loader keeps
+    the last one silently, so a repeated ``meta:`` block would drop the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice in one mapping",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_recipe_yaml(path: Path) -> dict:
     """The recipe file's YAML mapping; PlastError if it is missing, a directory,
     unreadable, not UTF-8 text, not YAML or not a mapping."""
@@ -38,11 +54,12 @@ def read_recipe_yaml(path: Path) -> dict:
     except OSError as exc:
         raise PlastError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
-        raise PlastError(f"{path}: not valid YAML{at}") from None
+        why = f": {exc.problem}" if getattr(exc, "problem", None) else ""
+        raise PlastError(f"{path}: not valid YAML{at}{why}") from None
     except RecursionError:
         raise PlastError(f"{path}: not valid YAML (nested too deeply)") from None
     if not isinstance(raw, dict):

@@ -30,10 +30,11 @@ def parse(cls: type, raw: dict, where: Where) -> Any:
         errors = exc.errors(include_url=False)
     found = [(_explain_safely(e, cls, raw), e) for e in errors]
     (_, key, message), first = min(found, key=lambda f: f[0][0])
-    if first["type"] == "missing":  # every missing key of that mapping, as Python names them
-        names = [e["loc"][-1] for e in errors
-                 if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
-        message = message.split(" missing ")[0] + " " + _missing(names)
+    if first["type"] == "missing":  # name the mapping's other missing keys too
+        others = [str(e["loc"][-1]) for e in errors if e["type"] == "missing"
+                  and e["loc"][:-1] == first["loc"][:-1] and e is not first]
+        if others:
+            message += f" (also missing: {', '.join(others)})"
     where.fail(key, message)
 
 
@@ -42,14 +43,6 @@ def _explain_safely(err: dict, cls: type, raw: Any) -> tuple[list, str, str]:
         return explain(err, cls, raw)
     except Exception:  # a loc this walk does not know: still one line, never a traceback
         return [], ".".join(map(str, err["loc"])) or "<root>", err["msg"]
-
-
-def _missing(names: list) -> str:
-    quoted = [f"'{n}'" for n in names]
-    if len(quoted) > 2:
-        quoted = [", ".join(quoted[:-1]) + ",", quoted[-1]]
-    plural = "s" if len(names) > 1 else ""
-    return f"missing {len(names)} required positional argument{plural}: " + " and ".join(quoted)
 
 
 def explain(err: dict, cls: type, raw: Any) -> tuple[list, str, str]:
@@ -71,8 +64,8 @@ def explain(err: dict, cls: type, raw: Any) -> tuple[list, str, str]:
                     f"unknown key; allowed: {', '.join(names)}"
             if kind == "missing" and i == len(loc) - 1:  # reported on the mapping, after it
                 order.append((2, names.index(part)))
-                return order, parent or "<root>", \
-                    f"{tp.__name__}.__init__() {_missing([part])}"
+                return order, f"{parent}.{part}" if parent else str(part), \
+                    "required: this key has no default; give it a value"
             order.append((1, names.index(part)))
             tp, node = tp.model_fields[part].annotation, _get(node, part)
         elif origin is list:

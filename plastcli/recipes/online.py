@@ -134,6 +134,7 @@ class InitStudyRecipe(BaselineRecipe):
     (P2 Fig 5: naive N(0, 0.01^2) vs xavier); network.init is ignored."""
 
     experiment: choice(("init-study",)) = Field("init-study", description=EXPERIMENT)
+    name: str = Field("init-study", description=NAME)
     inits: list[choice(INITS)] = Field(default_factory=lambda: ["naive", "xavier"],
                                        description="the initialisers each condition runs "
                                        "under")
