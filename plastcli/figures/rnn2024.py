@@ -17,7 +17,7 @@ FIG7_DELAYS = ("fig7-rnn-delay10", "fig7-rnn-delay20")  # the task with T = 10, 
 FIG7_STUDY = ("fig7-rnn-tanh-orthogonal", "fig7-rnn-tanh-xavier",
               "fig7-rnn-softplus-orthogonal", "fig7-rnn-tanh-xavier-h25",
               "fig7-rnn-tanh-xavier-oja-sigma", "fig7-rnn-softplus-beta1",
-              "fig7-rnn-tanh-xavier-60k",
+              "fig7-rnn-tanh-xavier-epoch",
               "fig7-rnn-tanh-xavier-fashion")  # the chosen recipe on Fashion-MNIST
 
 

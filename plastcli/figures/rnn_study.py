@@ -31,7 +31,7 @@ FACTORS = (
     ("oja_pre", "σ(z_t) instead of z_t", "fig7-rnn-tanh-xavier-oja-sigma", "BPTT",
      "BPTT+Oja"),
     ("hidden", "25", "fig7-rnn-tanh-xavier-h25", "BPTT", "BPTT+Oja"),
-    ("budget", "60,000 sequences (one epoch)", "fig7-rnn-tanh-xavier-60k", "BPTT",
+    ("budget", "58,000 sequences (one epoch)", "fig7-rnn-tanh-xavier-epoch", "BPTT",
      "BPTT+Oja"),
     ("data", "Fashion-MNIST", "fig7-rnn-tanh-xavier-fashion", "BPTT", "BPTT+Oja"),
 )
