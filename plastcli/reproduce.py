@@ -322,6 +322,9 @@ def run_live(jobs: list[Job], what: str, n_jobs: int, backend: str, address: str
     cores = default_jobs()
     n_jobs = max(1, min(n_jobs or cores, len(jobs)))
     threads = max(1, cores // n_jobs)
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    if asked.isdigit() and int(asked) >= 1:  # the user's choice, e.g. 1 on a shared host
+        threads = min(threads, int(asked))
     title = (f"{what}, {sum(j.action == 'cached' for j in jobs)} cached; {n_jobs} at a time, "
              f"{threads} thread(s) each, backend {backend}")
     with Live(_table(jobs, title), console=console, refresh_per_second=2,

@@ -3,6 +3,9 @@ the summary (also through plast show FOLDER) and one-line errors."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import REPO
@@ -97,3 +100,22 @@ def test_the_example_sweep_loads_every_point():
     jobs = sweep.plan(s, REPO / "results")
     assert len(jobs) == 6 and jobs[-1].store.name == "p005.h5"
     assert "meta.lr=0.003" in jobs[-1].sets and "rule.init.oja=0.003" in jobs[-1].sets
+
+
+def test_the_runs_respect_omp_num_threads(monkeypatch):
+    """On a shared host OMP_NUM_THREADS=1 is the user's way to ask for one thread per run;
+    the orchestrator gives its children no more than that."""
+    from plastcli import reproduce
+
+    seen = {}
+    monkeypatch.setattr(reproduce, "default_jobs", lambda: 8)
+    monkeypatch.setattr(reproduce, "run_backend",
+                        lambda jobs, n_jobs, threads, *a, **k: seen.update(threads=threads))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    from rich.console import Console
+
+    job = reproduce.Job(Path("r.yaml"), "2022", "r", "meta-train", Path("r.h5"), [],
+                        Path("r.log"))
+    reproduce.run_live([job], "x", 1, "local", None, None, False,
+                       Console(file=open(os.devnull, "w")))
+    assert seen["threads"] == 1
