@@ -46,6 +46,15 @@ def test_baseline_cli_writes_a_complete_store(tmp_path):
     assert "final val. accuracy" in res.output
     st = read_store(out)
     assert st.complete
+    shown = CliRunner().invoke(app, ["show", str(out)], env={"COLUMNS": "200"},
+                               terminal_width=200).output
+    # members are told apart by condition, and each condition gets its mean and CI
+    assert "condition" in shown and "FA+Oja" in shown and "mean [98% CI]" in shown, shown
+    acc = st["curves/val_accuracy"][:, -1]
+    from plastcli.results.statistics import bootstrap_ci
+
+    m, lo, hi = bootstrap_ci(acc[st["members/condition"] == 1][:, None])
+    assert f"{m[0]:.4f} [{lo[0]:.4f}, {hi[0]:.4f}]" in shown
     P, S = 9, 4  # 3 conditions x 3 seeds; evaluations at 0, 20, 40, 60
     assert st["curves/val_accuracy"].shape == (P, S)
     np.testing.assert_array_equal(st["curves/samples_seen"][0], [0, 20, 40, 60])

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.lock import holder
-from plastcli.results.statistics import TAIL, final_window
+from plastcli.results.statistics import TAIL, bootstrap_ci, final_window
 from plastcli.results.store import read_store
 
 
@@ -60,6 +60,7 @@ def store_summary(path: str | Path) -> list:
                          title="resolved recipe"))
 
     seeds = s.arrays.get("members/seed")
+    labels = member_labels(s)
     for group in ("episodes", "curves"):
         scalars = {k.split("/", 1)[1]: v for k, v in s.arrays.items()
                    if k.startswith(group + "/") and v.ndim == 2 and k != "curves/samples_seen"}
@@ -67,17 +68,23 @@ def store_summary(path: str | Path) -> list:
             continue
         n = next(iter(scalars.values())).shape[1]
         what = f"mean of last {min(TAIL, n)} finite" if group == "episodes" else "last value"
-        t = Table(title=f"{group}: {n} recorded, per member ({what})")
+        t = Table(title=f"{group}: {n} {'episodes' if group == 'episodes' else 'evaluations'}"
+                        f", per member ({what})")
         t.add_column("member", justify="right")
+        for name in labels:
+            t.add_column(name)
         if seeds is not None:
             t.add_column("seed", justify="right")
         for k in scalars:
             t.add_column(k, justify="right")
         finals = {k: final_values(v, group) for k, v in scalars.items()}
         for i in range(len(next(iter(finals.values())))):
-            row = [str(i)] + ([str(seeds[i])] if seeds is not None else [])
+            row = [str(i), *(str(v[i]) for v in labels.values())] + \
+                ([str(seeds[i])] if seeds is not None else [])
             t.add_row(*row, *[f"{finals[k][i]:.4g}" for k in scalars])
         out.append(t)
+        if group == "curves" and "val_accuracy" in finals and labels:
+            out.append(group_table(labels, finals["val_accuracy"]))
 
     for key, names_attr in (("episodes/theta", "term_names"),
                             ("episodes/theta_feedback", "feedback_term_names")):
@@ -100,6 +107,41 @@ def store_summary(path: str | Path) -> list:
     if grid_keys:
         out.append(grid_table(s, grid_keys))
     return out
+
+
+def member_labels(s) -> dict[str, list[str]]:
+    """What tells members apart besides their seed, ``[P]`` each: the condition (online
+    stores), the hidden size (several in one rnn-memory store), the layer assignment
+    (ablate-layers)."""
+    out: dict[str, list[str]] = {}
+    if "members/condition_name" in s:
+        out["condition"] = [v.decode() if isinstance(v, bytes) else str(v)
+                            for v in s["members/condition_name"]]
+    elif "members/condition" in s and s.json_attr("condition_names"):
+        names = s.json_attr("condition_names")
+        out["condition"] = [names[int(c)] for c in s["members/condition"]]
+    if "members/hidden" in s and len(set(s["members/hidden"].tolist())) > 1:
+        out["hidden"] = [str(h) for h in s["members/hidden"]]
+    if "members/assignment" in s:
+        out["assignment"] = [v.decode() if isinstance(v, bytes) else str(v)
+                             for v in s["members/assignment"]]
+    return out
+
+
+def group_table(labels: dict[str, list[str]], final: np.ndarray) -> Table:
+    """Per group of members with the same labels: final validation accuracy, mean over its
+    seeds with the 98% bootstrap CI (as the run's own table and the figures give it)."""
+    keys = list(zip(*labels.values(), strict=True))
+    t = Table(title="final validation accuracy per group: mean [98% CI] over seeds")
+    for name in labels:
+        t.add_column(name)
+    t.add_column("seeds", justify="right")
+    t.add_column("mean [98% CI]", justify="right")
+    for key in dict.fromkeys(keys):
+        vals = final[[k == key for k in keys]]
+        m, lo, hi = bootstrap_ci(vals[:, None])
+        t.add_row(*key, str(len(vals)), f"{m[0]:.4f} [{lo[0]:.4f}, {hi[0]:.4f}]")
+    return t
 
 
 def grid_table(s, grid_keys: list[str]) -> Table:
