@@ -249,3 +249,16 @@ def test_a_swallowed_terminated_is_not_printed_but_other_unraisables_are():
         assert sys.unraisablehook == seen.append
     finally:
         sys.unraisablehook = before
+
+
+def test_a_truncated_store_is_called_unreadable_not_busy(tmp_path):
+    """HDF5's 'truncated file ... sblock->base_addr' is no lock: the store is damaged."""
+    import shutil
+
+    bad = tmp_path / "t.h5"
+    shutil.copy(REPO / "results/2024/fig8-bp.h5", bad)
+    with open(bad, "r+b") as f:
+        f.truncate(20000)
+    r = CliRunner().invoke(app, ["show", str(bad)])
+    assert r.exit_code == 2 and "not a readable HDF5 store" in r.output
+    assert "truncated" in r.output and "another program" not in r.output

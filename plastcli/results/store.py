@@ -208,8 +208,9 @@ def _fsync(path: Path) -> None:
 
 def _lock_refused(exc: OSError) -> bool:
     """Whether h5py refused to open a file because another process holds its HDF5 lock."""
-    text = str(exc).lower()
-    return "lock" in text or getattr(exc, "errno", None) in (11, 35)  # EAGAIN/EWOULDBLOCK
+    text = str(exc).lower()  # HDF5: "unable to lock file, errno = 11" (not "sblock->...")
+    return "unable to lock" in text or "file locking" in text or \
+        getattr(exc, "errno", None) in (11, 35)  # EAGAIN/EWOULDBLOCK
 
 
 def open_for_reading(path: str | Path) -> h5py.File:
@@ -223,7 +224,10 @@ def open_for_reading(path: str | Path) -> h5py.File:
             raise PlastError(f"{path}: not a readable HDF5 store ({exc})") from None
     try:
         return h5py.File(path, "r", locking=False)
-    except OSError:
+    except OSError as exc:
+        if "truncated" in str(exc):
+            raise PlastError(f"{path}: truncated (a partial copy or download?): "
+                             f"{exc}") from None
         raise PlastError(f"{path}: another program holds it open for writing and it cannot "
                          f"be read now; try again when it has closed it") from None
 
