@@ -43,9 +43,11 @@ def _help(path) -> str:
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "plast")
 def test_help_shows_no_type_placeholders(path):
-    """Flags render as flags and values by what they are: no <bool>, <list[str]>, <str>."""
+    """Flags render as flags and values by what they are: no <bool>, <list[str]>, <str>,
+    <path>, <int range>; arguments by their names in capitals, not {recipe}."""
     text = _help(path)
-    assert not re.findall(r"<(bool|list\[\w+\]|str)>", text), text
+    assert not re.findall(r"<(bool|list\[\w+\]|str|path|int[^>]*|float[^>]*|text)>", text), text
+    assert not re.findall(r"\{[a-z_]+\}", text), text
 
 
 def test_choices_are_listed_and_a_value_outside_them_is_one_line_and_exit_2():
