@@ -16,7 +16,13 @@ from plastcli.errors import PlastError
 def default_out(recipe: Any, results_dir: str | Path = "results") -> Path:
     """results/<paper>/<name>.h5 (or results/<name>.h5 for a recipe without a paper)."""
     sub = str(recipe.paper) if getattr(recipe, "paper", None) else ""
-    return Path(results_dir) / sub / f"{recipe.name}.h5"
+    name = str(recipe.name)
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        from plastcli.errors import PlastError
+
+        raise PlastError(f"recipe name '{name}' cannot name a store file (no '/', '\\', "
+                         f"'.' or '..'); give --out, or a plain name")
+    return Path(results_dir) / sub / f"{name}.h5"
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -47,11 +47,15 @@ def meta_train_table(recipe, res) -> ResultTable:
                      f"{res.final['meta_accuracy'][i]:.3f}",
                      f"{res.final['meta_loss'][i]:.3f}", *theta,
                      "-" if d < 0 else str(d), "-" if c < 0 else str(c)])
+    from plastcli.results.statistics import TAIL
+
+    tail = min(TAIL, res.episodes)
     return ResultTable(
-        f"meta-train {recipe.name}: {res.episodes} episodes -> {res.out}", columns, rows,
-        caption="meta-acc, meta-loss: mean of the last 50 finite episodes (a diverged member: "
-                "the 50 before it diverged); diverged, collapsed: the episode it happened "
-                "(- = never)")
+        f"meta-train {recipe.name}: {res.episodes} episode{'s' * (res.episodes != 1)} -> "
+        f"{res.out}", columns, rows,
+        caption=f"meta-acc, meta-loss: mean of the last {tail} finite episodes (a diverged "
+                f"member: the {tail} before it diverged); diverged, collapsed: the episode it "
+                "happened (- = never)")
 
 
 def ablate_layers_table(recipe, res) -> ResultTable:
