@@ -183,7 +183,8 @@ def test_resume_refuses_fewer_episodes_overwrite_and_names_the_changed_key(tmp_p
     assert runner.invoke(app, [*args, "--episodes", "3"]).exit_code == 0
     before = h5py.File(out, "r").attrs["recipe_yaml"]
     r = runner.invoke(app, [*args, "--episodes", "1", "--resume"])
-    assert r.exit_code == 2 and "meta.episodes = 1 is less than the 3" in r.output, r.output
+    assert r.exit_code == 2 and "meta.episodes = 1 is fewer than the 3 episodes" in r.output, \
+        r.output
     r = runner.invoke(app, [*args, "--episodes", "4", "--resume", "--overwrite"])
     assert r.exit_code == 2 and "give one of them" in r.output, r.output
     r = runner.invoke(app, [*args, "--episodes", "4", "--resume", "--set", "meta.lr=0.5"])

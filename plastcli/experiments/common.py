@@ -115,12 +115,12 @@ def _reopen(recipe: Any, out: Path, device, may_grow: tuple[str, ...]) -> Run:
         key = first_difference(then, now)
         raise PlastError(f"--resume: the recipe differs from the one {out} was made with at "
                          f"'{key}' (only {', '.join(may_grow) or 'nothing'} may change)")
-    for key in may_grow:  # they may grow, never shrink below what the store holds
-        before, after = _value(yaml.safe_load(old) or {}, key), _value(
-            yaml.safe_load(text), key)
-        if isinstance(before, int | float) and isinstance(after, int | float) and after < before:
-            raise PlastError(f"--resume: {key} = {after} is less than the {before} that {out} "
-                             f"was made with; a resumed run may only extend it")
+    held = max((v.shape[1] for k, v in stored.arrays.items()
+                if k.startswith("episodes/") and v.ndim >= 2), default=0)
+    after = _value(yaml.safe_load(text), "meta.episodes")
+    if "meta.episodes" in may_grow and isinstance(after, int) and after < held:
+        raise PlastError(f"--resume: meta.episodes = {after} is fewer than the {held} episodes "
+                         f"{out} already holds; a resumed run may only extend it")
     store = Store(out)
     state = store.read_checkpoint()
     store.set_attrs(recipe_yaml=text, status="running")
