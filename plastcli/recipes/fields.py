@@ -101,7 +101,14 @@ DESCRIPTION = "what it is, in prose (left out of plast reproduce's cache key)"
 
 class Recipe(Schema):
     """A whole recipe: its sections, then :meth:`check`, the cross-field checks, once every
-    field is right (the recipe file comes in the validation context: see where_of)."""
+    field is right (the recipe file comes in the validation context: see where_of). Every
+    kind starts with the same four keys; a kind narrows ``experiment`` and names its own
+    default ``name`` (a field redeclared in a subclass keeps its place)."""
+
+    experiment: str = Field(description=EXPERIMENT)
+    name: str = Field(description=NAME)
+    paper: int | None = Field(None, description=PAPER)
+    description: str = Field("", description=DESCRIPTION)
 
     @model_validator(mode="after")
     def _cross_field(self, info: ValidationInfo) -> Recipe:

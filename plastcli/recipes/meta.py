@@ -16,11 +16,9 @@ from plastcli.core.vocabulary import (  # the names of the core layer; no torch 
 )
 from plastcli.recipes.fields import (
     DATASET_SHAPES,
-    DESCRIPTION,
     DEVICES,
     EXPERIMENT,
     NAME,
-    PAPER,
     Name,
     Number,
     Recipe,
@@ -147,8 +145,6 @@ class RunSpec(Schema):
 class MetaTrainRecipe(Recipe):
     experiment: choice(("meta-train",)) = Field("meta-train", description=EXPERIMENT)
     name: str = Field("meta-train", description=NAME)
-    paper: int | None = Field(None, description=PAPER)
-    description: str = Field("", description=DESCRIPTION)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     task: TaskSpec = Field(default_factory=TaskSpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
@@ -350,6 +346,7 @@ class AblateLayersRecipe(MetaTrainRecipe):
     """
 
     experiment: choice(("ablate-layers",)) = Field("ablate-layers", description=EXPERIMENT)
+    name: str = Field("ablate-layers", description=NAME)
     network: NetworkSpec = Field(default_factory=lambda: NetworkSpec(layers=[784, 130, 70, 47]))
     ablation: AblationSpec = Field(default_factory=AblationSpec)
 

@@ -9,11 +9,9 @@ from plastcli.core.vocabulary import (  # the names of the core layer; no torch 
     SIGMAS,
 )
 from plastcli.recipes.fields import (
-    DESCRIPTION,
     DEVICES,
     EXPERIMENT,
     NAME,
-    PAPER,
     Number,
     Recipe,
     Schema,
@@ -89,8 +87,6 @@ class SelectionSpec(Schema):
 class BaselineRecipe(Recipe):
     experiment: choice(("baseline",)) = Field("baseline", description=EXPERIMENT)
     name: str = Field("baseline", description=NAME)
-    paper: int | None = Field(None, description=PAPER)
-    description: str = Field("", description=DESCRIPTION)
     dataset: OnlineDatasetSpec = Field(default_factory=OnlineDatasetSpec)
     network: NetworkSpec = Field(
         default_factory=lambda: NetworkSpec(layers=[784, 170, 130, 100, 70, 10]))
@@ -205,8 +201,6 @@ class RnnOnlineSpec(Schema):
 class RnnMemoryRecipe(Recipe):
     experiment: choice(("rnn-memory",)) = Field("rnn-memory", description=EXPERIMENT)
     name: str = Field("rnn-memory", description=NAME)
-    paper: int | None = Field(None, description=PAPER)
-    description: str = Field("", description=DESCRIPTION)
     dataset: RnnDatasetSpec = Field(default_factory=RnnDatasetSpec)
     network: RnnNetworkSpec = Field(default_factory=RnnNetworkSpec)
     task: RnnTaskSpec = Field(default_factory=RnnTaskSpec)
