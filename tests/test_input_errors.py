@@ -248,3 +248,20 @@ def test_a_repeated_key_or_broken_yaml_says_where_and_why(tmp_path, text, says):
     r = CliRunner().invoke(app, ["recipe", "show", str(path)])
     assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, \
         r.output
+
+
+@pytest.mark.parametrize("override, key", [
+    ("meta.lr=abc", "meta.lr"), ("meta.lrr=1", "meta.lrr"), ("meta.episodes=0", "meta.episodes"),
+    ("meta={episodes: -1}", "meta.episodes")])
+def test_a_bad_value_from_set_names_the_set_it_came_from(override, key):
+    r = CliRunner().invoke(app, ["recipe", "show", str(REPO / "recipes/bio.yaml"), "--set",
+                                 override])
+    assert r.exit_code == 2 and f"key '{key}'" in r.output, r.output
+    assert f"(from --set {override})" in " ".join(r.output.split()), r.output
+
+
+def test_a_bad_value_in_the_file_names_no_set(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("experiment: meta-train\nmeta: {lr: abc}\n")
+    r = CliRunner().invoke(app, ["recipe", "show", str(path), "--set", "meta.episodes=3"])
+    assert r.exit_code == 2 and "key 'meta.lr'" in r.output and "from --set" not in r.output

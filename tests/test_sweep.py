@@ -45,7 +45,16 @@ def test_each_point_is_the_run_alone_cached_then_and_shown(tmp_path, monkeypatch
     for i, lr in enumerate([1e-3, 3e-3]):
         alone = load_recipe(REPO / "recipes/bio.yaml",
                             [*FIXED, f"meta.lr={lr}", "population.seeds=1"])
-        meta_train.run(alone, tmp_path / f"alone{i}.h5")
+        # alone with the point's own thread count (it decides the rounding): this process's
+        # torch read OMP_NUM_THREADS before the test set it
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(read_store(folder / f"p{i:03d}.h5").attrs["torch_threads"]))
+        try:
+            meta_train.run(alone, tmp_path / f"alone{i}.h5")
+        finally:
+            torch.set_num_threads(before)
         got, want = episode_arrays(folder / f"p{i:03d}.h5"), episode_arrays(tmp_path /
                                                                            f"alone{i}.h5")
         assert set(got) == set(want)

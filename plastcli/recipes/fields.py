@@ -8,6 +8,7 @@ messages and ``plast recipe keys`` print. Nothing here touches tensors.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -76,13 +77,24 @@ Name = Annotated[str, BeforeValidator(str)]
 
 
 class Where:
-    """Names the recipe file in error messages."""
+    """Names the recipe file in error messages, and the ``--set`` a bad value came from."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
         self.path = str(path)
+        self.overrides = [a for a in overrides if "=" in a]
 
     def fail(self, key: str, message: str) -> typing.NoReturn:
-        raise PlastError(f"{self.path}: key '{key}': {message}")
+        raise PlastError(f"{self.path}: key '{key}': {message}{self._source(key)}")
+
+    def _source(self, key: str) -> str:
+        """' (from --set K=V)' when ``key`` is, or lies under, an overridden key (the last
+        such --set wins, as it does for the value)."""
+        dotted = re.sub(r"\[(\d+)\]", r".\1", key)
+        for assignment in reversed(self.overrides):
+            k = assignment.split("=", 1)[0].strip()
+            if dotted == k or dotted.startswith(k + "."):
+                return f" (from --set {assignment})"
+        return ""
 
 
 def where_of(info: ValidationInfo) -> Where:

@@ -74,7 +74,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     Raises PlastError (one line: file, key, allowed values) on any problem.
     """
     path = Path(path)
-    where = Where(path)
+    where = Where(path, overrides)
     raw = read_recipe_yaml(path)
     for assignment in overrides:
         apply_override(raw, assignment, where)
