@@ -280,6 +280,12 @@ def data_check(
     from plastcli.recipes import recipe_needs
 
     root = resolve_data_dir(data_dir)
+    if root.exists() and not root.is_dir():
+        raise PlastError(f"--data-dir {root} is a file, not a directory")
+    if not root.exists():  # say so once, not once per missing file
+        err_console.print(f"[yellow]{escape(str(root))} does not exist[/]: every file below is "
+                          "missing; set --data-dir or $PLAST_DATA, or run 'plast data fetch'",
+                          highlight=False, soft_wrap=True)
     rows = check_all(root)
     needs = recipe_needs(recipes or _recipes_dir())
     table = Table(title=f"data files in {root}")
@@ -293,7 +299,8 @@ def data_check(
     out_console.print(table)
     blocked = [(rel, needs[rel]) for rel, status, _ in rows if status == "missing" and rel in needs]
     for rel, users in blocked:
-        err_console.print(f"[yellow]missing[/] {rel} blocks {', '.join(users)}; "
+        shown = ", ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+        err_console.print(f"[yellow]missing[/] {rel} blocks {shown}; "
                           f"{how_to_get(rel, root)}", highlight=False, soft_wrap=True)
     if blocked or any(s == "corrupt" for _, s, _ in rows):
         raise typer.Exit(1)

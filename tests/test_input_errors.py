@@ -265,3 +265,13 @@ def test_a_bad_value_in_the_file_names_no_set(tmp_path):
     path.write_text("experiment: meta-train\nmeta: {lr: abc}\n")
     r = CliRunner().invoke(app, ["recipe", "show", str(path), "--set", "meta.episodes=3"])
     assert r.exit_code == 2 and "key 'meta.lr'" in r.output and "from --set" not in r.output
+
+
+def test_data_check_says_once_that_the_data_dir_does_not_exist(tmp_path):
+    r = invoke("data", "check", "--data-dir", str(tmp_path / "none"))
+    assert r.exit_code == 1
+    assert r.output.count("does not exist") == 1, r.output
+    assert all(ln.count(".yaml") <= 3 for ln in r.output.splitlines() if ln.startswith("missing"))
+    (tmp_path / "f").write_text("x")
+    line = one_error_line(invoke("data", "check", "--data-dir", str(tmp_path / "f")))
+    assert "is a file, not a directory" in line

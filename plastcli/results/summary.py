@@ -62,8 +62,10 @@ def store_summary(path: str | Path) -> list:
     seeds = s.arrays.get("members/seed")
     labels = member_labels(s)
     for group in ("episodes", "curves"):
+        # episodes/seconds is the whole population's wall time per episode: said once below
         scalars = {k.split("/", 1)[1]: v for k, v in s.arrays.items()
-                   if k.startswith(group + "/") and v.ndim == 2 and k != "curves/samples_seen"}
+                   if k.startswith(group + "/") and v.ndim == 2
+                   and k not in ("curves/samples_seen", "episodes/seconds")}
         if not scalars:
             continue
         n = next(iter(scalars.values())).shape[1]
@@ -103,6 +105,12 @@ def store_summary(path: str | Path) -> list:
             if (d >= 0).any():
                 out.append(f"[yellow]{what} members: "
                            f"{', '.join(f'{i} at episode {e}' for i, e in enumerate(d) if e >= 0)}")
+    if "episodes/seconds" in s and s["episodes/seconds"].size:
+        sec = s["episodes/seconds"][0]
+        sec = sec[np.isfinite(sec)]
+        if sec.size:
+            out.append(f"wall time: {sec.sum():.1f} s for {sec.size} episodes of the whole "
+                       f"population (median {np.median(sec):.3g} s per episode)")
     grid_keys = s.json_attr("grid_keys", [])
     if grid_keys:
         out.append(grid_table(s, grid_keys))
