@@ -18,8 +18,6 @@ def default_out(recipe: Any, results_dir: str | Path = "results") -> Path:
     sub = str(recipe.paper) if getattr(recipe, "paper", None) else ""
     name = str(recipe.name)
     if not name or name in (".", "..") or "/" in name or "\\" in name:
-        from plastcli.errors import PlastError
-
         raise PlastError(f"recipe name '{name}' cannot name a store file (no '/', '\\', "
                          f"'.' or '..'); give --out, or a plain name")
     return Path(results_dir) / sub / f"{name}.h5"

@@ -162,7 +162,9 @@ def point_finals(store_path: Path) -> dict[str, float]:
     if names is None:
         groups = {"": slice(None)}
     else:
-        text = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in names])
+        from plastcli.results.store import text_values
+
+        text = np.array(text_values(names))
         groups = {f" ({c})": text == c for c in dict.fromkeys(text)}
     for key, v in s.arrays.items():
         group, _, name = key.partition("/")

@@ -43,12 +43,6 @@ def _comparable(recipe_yaml: str, ignore: tuple[str, ...]) -> dict:
     return drop_keys(raw, (*ignore, *NOT_IN_RESULTS))
 
 
-def _value(raw: dict, dotted: str):
-    for part in dotted.split("."):
-        raw = raw.get(part) if isinstance(raw, dict) else None
-    return raw
-
-
 def first_difference(a, b, prefix: str = "") -> str:
     """The first dotted key (list items as key.N) where two YAML trees differ."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -117,8 +111,8 @@ def _reopen(recipe: Any, out: Path, device, may_grow: tuple[str, ...]) -> Run:
                          f"'{key}' (only {', '.join(may_grow) or 'nothing'} may change)")
     held = max((v.shape[1] for k, v in stored.arrays.items()
                 if k.startswith("episodes/") and v.ndim >= 2), default=0)
-    after = _value(yaml.safe_load(text), "meta.episodes")
-    if "meta.episodes" in may_grow and isinstance(after, int) and after < held:
+    after = recipe.meta.episodes if "meta.episodes" in may_grow else held
+    if after < held:
         raise PlastError(f"--resume: meta.episodes = {after} is fewer than the {held} episodes "
                          f"{out} already holds; a resumed run may only extend it")
     store = Store(out)

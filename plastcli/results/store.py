@@ -70,6 +70,11 @@ def text_array(strings) -> np.ndarray:
     return np.array([str(s).encode("utf-8") for s in strings], dtype="S")
 
 
+def text_values(array) -> list[str]:
+    """:func:`text_array` read back: ``[P]`` bytes (or str) -> Python strings."""
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array]
+
+
 class Store:
     """Writer for one result file: every write replaces the file atomically."""
 

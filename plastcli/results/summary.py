@@ -12,7 +12,7 @@ from rich.table import Table
 from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.lock import holder
 from plastcli.results.statistics import TAIL, bootstrap_ci, final_window
-from plastcli.results.store import read_store
+from plastcli.results.store import read_store, text_values
 
 
 def final_values(arr: np.ndarray, group: str) -> np.ndarray:
@@ -123,16 +123,14 @@ def member_labels(s) -> dict[str, list[str]]:
     (ablate-layers)."""
     out: dict[str, list[str]] = {}
     if "members/condition_name" in s:
-        out["condition"] = [v.decode() if isinstance(v, bytes) else str(v)
-                            for v in s["members/condition_name"]]
+        out["condition"] = text_values(s["members/condition_name"])
     elif "members/condition" in s and s.json_attr("condition_names"):
         names = s.json_attr("condition_names")
         out["condition"] = [names[int(c)] for c in s["members/condition"]]
     if "members/hidden" in s and len(set(s["members/hidden"].tolist())) > 1:
         out["hidden"] = [str(h) for h in s["members/hidden"]]
     if "members/assignment" in s:
-        out["assignment"] = [v.decode() if isinstance(v, bytes) else str(v)
-                             for v in s["members/assignment"]]
+        out["assignment"] = text_values(s["members/assignment"])
     return out
 
 
