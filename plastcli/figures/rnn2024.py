@@ -196,10 +196,16 @@ def fig7_panels(st):
         col = _rnn_color(name, c)
         lab = f"{name} ({_rnn_coefs(st, m)})"
         ci_band(ax[0], x, st["curves/val_accuracy"][m], lab, col)
-        ci_band(ax[1], x, st["curves/val_loss"][m], lab, col)
+        # a diverged seed (W_h non-finite) has no loss or state norm: the bands are over the
+        # finite seeds, and say how many (its accuracy, a constant guess, stays in panel a)
+        ok = np.isfinite(st["members/wh_singular_after"][m]).all(1) \
+            if "members/wh_singular_after" in st else np.ones(int(m.sum()), bool)
+        note = "" if ok.all() else f"; {int(ok.sum())} of {ok.size} seeds finite"
         norms = st["curves/hidden_norm"][m]  # [runs, S, T+1]
         t = np.arange(norms.shape[2])
-        ci_band(ax[2], t, norms[:, -1], f"{name}, after {x[-1]} sequences", col)
+        if ok.any():
+            ci_band(ax[1], x, st["curves/val_loss"][m][ok], lab + note, col)
+            ci_band(ax[2], t, norms[ok, -1], f"{name}, after {x[-1]} sequences{note}", col)
         if c == 0:  # every condition starts from the same seeds, hence the same weights
             ax[2].plot(t, norms[:, 0].mean(0), color="grey", ls=":", lw=1.4,
                        label="before training (all conditions)")
