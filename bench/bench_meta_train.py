@@ -30,6 +30,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +89,16 @@ def main() -> None:
                          "reference, else bio")
     ap.add_argument("--blocks", type=int, default=4)
     ap.add_argument("--block-episodes", type=int, default=2)
+    ap.add_argument("--members", type=int, default=1,
+                    help="seeds in plast's population for the one-thread comparison "
+                         "(times per member-episode; the paper's code runs one)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="plast's threads in that comparison (the paper's code: one)")
+    ap.add_argument("--reference-path", action="store_true",
+                    help="also run plast on its reference tensor path (PLAST_ENGINE=reference)")
+    ap.add_argument("--cli", type=int, default=0, metavar="N",
+                    help="also time the CLI: `plast meta-train` with 1 and 1 + N episodes, "
+                         "alternating, twice: run-to-first-episode and per-episode time")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child is not None:
@@ -105,6 +116,8 @@ def main() -> None:
         table(a)
     if a.blocks > 0:
         one_thread(a)
+    if a.cli:
+        cli_timing(a)
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
@@ -113,10 +126,62 @@ def one_thread(a) -> None:
 
     rule = a.rule or ("both" if a.against_reference else "bio")
     for r in (["bio", "bp"] if rule == "both" else [rule]):
-        print(f"one thread, P = 1, rule {r}" + (f", reference {a.against_reference}"
+        print(f"plast at P = {a.members} on {a.threads} thread(s), rule {r}" + (f", reference {a.against_reference}"
                                                 if a.against_reference else "") + ":")
-        res = compare(r, a.against_reference, a.blocks, a.block_episodes)
+        res = compare(r, a.against_reference, a.blocks, a.block_episodes,
+                      members=a.members, threads=a.threads, reference_path=a.reference_path)
         print("\n".join(report(res)), flush=True)
+
+
+def _cli_run(recipe: str, members: int, episodes: int, threads: int, out: Path) -> dict:
+    """One `plast meta-train` in a fresh process: wall time, when its first episode's
+    progress line came, and the engine's own median seconds per episode (from the store)."""
+    import h5py
+    import numpy as np
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    p = subprocess.Popen(["plast", "meta-train", recipe, "--episodes", str(episodes),
+                          "--set", f"population.seeds={members}", "--out", str(out),
+                          "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env, cwd=REPO)
+    first = None
+    for line in p.stdout:
+        if first is None and f"1/{episodes}" in line:
+            first = time.perf_counter() - t0
+    if p.wait():
+        raise SystemExit(f"plast meta-train failed (exit {p.returncode})")
+    wall = time.perf_counter() - t0
+    with h5py.File(out, "r") as f:
+        engine_s = float(np.median(f["episodes/seconds"][...]))
+        engine = f.attrs.get("engine", "?")
+    return {"wall": wall, "first": first, "engine_s": engine_s, "engine": engine}
+
+
+def cli_timing(a) -> None:
+    """The CLI as a user runs it: 1 and 1 + N episodes, alternating, twice; the difference
+    per added episode is the CLI's per-episode time (checkpoints, progress and all)."""
+    import tempfile
+
+    rule_recipes = {"bio": "recipes/bio.yaml", "bp": "recipes/2022/fig3-bp.yaml"}
+    rule = a.rule or ("both" if a.against_reference else "bio")
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in (["bio", "bp"] if rule == "both" else [rule]):
+            small, big = [], []
+            for k in range(2):
+                pair = [(1, small), (1 + a.cli, big)]
+                for eps, acc in (pair if k % 2 == 0 else pair[::-1]):
+                    acc.append(_cli_run(rule_recipes[r], a.members, eps, a.threads,
+                                        Path(tmp) / f"{r}-{eps}.h5"))
+            per = [(b["wall"] - s["wall"]) / (a.cli * a.members)
+                   for s, b in zip(small, big, strict=True)]
+            first = [x["first"] for x in small + big if x["first"] is not None]
+            eng = [x["engine_s"] / a.members for x in big]
+            print(f"CLI, {rule_recipes[r]}, P = {a.members}, {a.threads} thread(s), engine "
+                  f"{big[0]['engine']}: first episode done {min(first):.2f}-{max(first):.2f} s "
+                  f"after launch; per member-episode {min(per):.3f}-{max(per):.3f} s (CLI, "
+                  f"from 1 vs {1 + a.cli} episodes) against {min(eng):.3f}-{max(eng):.3f} s "
+                  "(the engine's own, from the store)", flush=True)
 
 
 def table(a) -> None:

@@ -120,26 +120,30 @@ def load_original(checkout: str | Path) -> types.ModuleType:
 
 # --------------------------------------------------------------------------- the two programs
 
-def _recipe_and_sampler(rule: str):
+def _recipe_and_sampler(rule: str, members: int = 1):
     from plastcli.data import TaskSampler, load_dataset
     from plastcli.recipes import load_recipe
 
-    r = load_recipe(str(REPO / RULES[rule]["recipe"]), ["population.seeds=1"])
+    r = load_recipe(str(REPO / RULES[rule]["recipe"]), [f"population.seeds={members}"])
     d = load_dataset(r.dataset.name, r.dataset.split)
     return r, TaskSampler(d, r.task.classes, r.task.train_per_class, r.task.query_per_class,
                           r.dataset.per_class_cap, r.dataset.cap_seed)
 
 
 class PlastProgram:
-    def __init__(self, rule: str, seed: int):
+    """plast's MetaTrainer at P = ``members`` (seeds seed, seed + 1, ...), on the engine
+    PLAST_ENGINE names (fused by default), with the threads its environment allows."""
+
+    def __init__(self, rule: str, seed: int, members: int = 1):
         import torch
 
         from plastcli.engine.meta import MetaConfig, MetaTrainer
 
-        r, sampler = _recipe_and_sampler(rule)
+        r, sampler = _recipe_and_sampler(rule, members)
         self.layers = tuple(r.network.layers)
-        self.trainer = MetaTrainer(MetaConfig.from_recipe(r, 1), sampler, [seed],
-                                   torch.device("cpu"))
+        self.trainer = MetaTrainer(MetaConfig.from_recipe(r, members), sampler,
+                                   list(range(seed, seed + members)), torch.device("cpu"))
+        self.engine, self.threads = self.trainer.engine, self.trainer.threads
 
     def run(self, n: int) -> float:
         t0 = time.perf_counter()
@@ -186,17 +190,18 @@ class OriginalProgram:
             return time.perf_counter() - t0
 
 
-def serve(program: str, rule: str, seed: int, checkout: str) -> None:
+def serve(program: str, rule: str, seed: int, checkout: str, members: int = 1) -> None:
     """A child process: build one program, warm it up, then answer JSON lines on stdin."""
     import torch
     from calibrate import yardsticks
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     reply, sys.stdout = sys.stdout, sys.stderr  # anything else printed goes to stderr
-    prog = PlastProgram(rule, seed) if program == "plast" else \
-        OriginalProgram(rule, seed, checkout)
+    prog = OriginalProgram(rule, seed, checkout) if program == "reference" else \
+        PlastProgram(rule, seed, members)
     prog.run(1)  # warm-up
-    answer = {"ready": True, "threads": torch.get_num_threads(), "layers": prog.layers}
+    answer = {"ready": True, "threads": getattr(prog, "threads", torch.get_num_threads()),
+              "engine": getattr(prog, "engine", "original"), "layers": prog.layers}
     print(json.dumps(answer), file=reply, flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -213,15 +218,22 @@ def serve(program: str, rule: str, seed: int, checkout: str) -> None:
             return
 
 
+# The programs: plast on its default engine (the fused kernel where it builds), plast on the
+# reference tensor path, and the paper's code.
+PROGRAMS = {"plast": {}, "plast-reference": {"PLAST_ENGINE": "reference"}, "reference": {}}
+
+
 class Child:
-    def __init__(self, program: str, rule: str, seed: int, checkout: str | None):
+    def __init__(self, program: str, rule: str, seed: int, checkout: str | None,
+                 members: int = 1, threads: int = 1):
         self.program = program
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               **PROGRAMS[program]}
         self.err = tempfile.TemporaryFile("w+")
         self.p = subprocess.Popen(
             [sys.executable, __file__, "--serve", program, "--rule", rule, "--seed", str(seed),
-             "--checkout", checkout or ""], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.err, text=True, env=env, cwd=REPO)
+             "--checkout", checkout or "", "--members", str(members)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.err, text=True, env=env, cwd=REPO)
         self.hello = self._read()
 
     def _read(self) -> dict:
@@ -244,9 +256,15 @@ class Child:
 
 
 def compare(rule: str, checkout: str | None, blocks: int, n: int, seed: int = 0,
-            log=print) -> dict:
-    """Alternate blocks of ``n`` episodes of plast and (with ``checkout``) the reference."""
-    kids = {"plast": Child("plast", rule, seed, None)}
+            log=print, members: int = 1, threads: int = 1,
+            reference_path: bool = False) -> dict:
+    """Alternate blocks of ``n`` episodes of plast, (``reference_path``) plast on its
+    reference tensor path, and (with ``checkout``) the paper's code, one thread each
+    except plast's ``threads``; plast's programs run ``members`` seeds (times are per
+    member-episode), the paper's code one."""
+    kids = {"plast": Child("plast", rule, seed, None, members, threads)}
+    if reference_path:
+        kids["plast-reference"] = Child("plast-reference", rule, seed, None, members, threads)
     if checkout:
         kids["reference"] = Child("reference", rule, seed, checkout)
     per: dict[str, list[float]] = {k: [] for k in kids}
@@ -254,7 +272,8 @@ def compare(rule: str, checkout: str | None, blocks: int, n: int, seed: int = 0,
     for b in range(blocks):
         order = list(kids) if b % 2 == 0 else list(kids)[::-1]
         for k in order:
-            per[k].append(kids[k].ask(cmd="run", n=n)["seconds"] / n)
+            m = 1 if k == "reference" else members
+            per[k].append(kids[k].ask(cmd="run", n=n)["seconds"] / (n * m))
         yard.append(kids["plast"].ask(cmd="yardsticks"))
         log(f"  block {b + 1}/{blocks} ({' then '.join(order)}): " + ", ".join(
             f"{k} {per[k][-1]:.3f}" for k in kids) + " s/episode; calibration "
@@ -262,7 +281,9 @@ def compare(rule: str, checkout: str | None, blocks: int, n: int, seed: int = 0,
     peaks = {k: c.close()["peak_rss_MiB"] for k, c in kids.items()}
     return {"rule": rule, "per_episode": per, "yardsticks": yard, "peak_rss_MiB": peaks,
             "threads": {k: c.hello["threads"] for k, c in kids.items()},
-            "layers": tuple(kids["plast"].hello["layers"]), "blocks": blocks, "n": n}
+            "engine": {k: c.hello["engine"] for k, c in kids.items()},
+            "layers": tuple(kids["plast"].hello["layers"]), "blocks": blocks, "n": n,
+            "members": members}
 
 
 def spread(xs: list[float], fmt: str = ".3f") -> str:
@@ -275,15 +296,20 @@ def report(res: dict) -> list[str]:
 
     per, yard, layers = res["per_episode"], res["yardsticks"], res["layers"]
     info = RULES[res["rule"]]
-    out = [f"{info['name']} ({info['recipe']}, {'-'.join(map(str, layers))}, P = 1), one "
-           f"thread each, {res['blocks']} blocks of {res['n']} episodes, order alternating:"]
+    P = res.get("members", 1)
+    unit = "s/episode" if P == 1 else "s/member-episode"
+    out = [f"{info['name']} ({info['recipe']}, {'-'.join(map(str, layers))}, plast at P = {P},"
+           f" the paper's code at one seed), {res['blocks']} blocks of {res['n']} episodes, "
+           "order alternating:"]
     for k, xs in per.items():
-        out.append(f"  {k:<9} s/episode {spread(xs)}; peak RSS "
-                   f"{res['peak_rss_MiB'][k]:.0f} MiB; torch threads {res['threads'][k]}")
+        out.append(f"  {k:<15} {unit if k != 'reference' else 's/episode'} {spread(xs)}; "
+                   f"peak RSS {res['peak_rss_MiB'][k]:.0f} MiB; engine "
+                   f"{res.get('engine', {}).get(k, '?')}, threads {res['threads'][k]}")
     p = per["plast"]
-    if "reference" in per:
-        ratio = [o / q for o, q in zip(per["reference"], p, strict=True)]
-        out.append(f"  reference / plast per block: {spread(ratio, '.2f')}")
+    for k in ("reference", "plast-reference"):
+        if k in per:
+            ratio = [o / q for o, q in zip(per[k], p, strict=True)]
+            out.append(f"  {k} / plast per block: {spread(ratio, '.2f')}")
     cal = [y["calibration_s"] for y in yard]
     units = [q / c for q, c in zip(p, cal, strict=True)]
     out.append(f"  calibration workload (bench/calibrate.py): {spread(cal)} s; plast per "
@@ -305,9 +331,10 @@ def report(res: dict) -> list[str]:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="a child of bench_meta_train.py (internal)")
-    ap.add_argument("--serve", choices=["plast", "reference"], required=True)
+    ap.add_argument("--serve", choices=list(PROGRAMS), required=True)
     ap.add_argument("--rule", choices=list(RULES), required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkout", default="")
+    ap.add_argument("--members", type=int, default=1)
     a = ap.parse_args()
-    serve(a.serve, a.rule, a.seed, a.checkout)
+    serve(a.serve, a.rule, a.seed, a.checkout, a.members)

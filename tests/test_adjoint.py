@@ -10,14 +10,16 @@ from test_engine import _adjoint_args, _assert_same_meta_outputs, _config, _tiny
 from plastcli.core.network import init_net
 from plastcli.core.rules import LayerCoefficients, layer_mask
 from plastcli.core.terms import BUILTIN_POOL, TERM_NAMES
-from plastcli.engine import adjoint, input_layer, parallel
+from plastcli.engine import adjoint, fused, input_layer, parallel
 from plastcli.engine.meta import MetaTrainer
 
 SMALL = {"quad_1", "quad_2", "quad_3", "sum_post_grad"}  # large values blow the net up
 
 
-def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1, pool=BUILTIN_POOL):
-    """(autograd grad, adjoint grad, autograd CE, adjoint CE) in float64."""
+def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1, pool=BUILTIN_POOL,
+                    engine="reference"):
+    """(autograd grad, adjoint grad, autograd CE, adjoint CE) in float64; ``engine``: the
+    hand-written reverse pass on tensors ('reference') or the fused kernel ('fused')."""
     torch.set_default_dtype(torch.float64)
     min_defer = adjoint.MIN_DEFER_SIZE
     adjoint.MIN_DEFER_SIZE = 0  # the tiny layers defer too when chunk > 1
@@ -43,7 +45,8 @@ def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1, pool
         active = LayerCoefficients.build(full.detach(), tr.mask, pool).active
         ce, _, cg = parallel.meta_loss_and_coef_grad(net, ep.x_train, ep.y_train, ep.x_query,
                                                     ep.y_query, coef.detach(), active, 10.0,
-                                                    feedback, chunk=chunk, pool=pool)
+                                                    feedback, chunk=chunk, pool=pool,
+                                                    engine=engine)
         got = torch.autograd.grad(coef, theta, cg)[0]
         return ref, got, ce_ref.detach(), ce
     finally:
@@ -51,22 +54,27 @@ def _both_gradients(terms, feedback, per_layer=None, seeds=(7, 8), chunk=1, pool
         adjoint.MIN_DEFER_SIZE = min_defer
 
 
-# chunk 1 applies every update at once; 5 defers them (12 steps: two full chunks and a
-# partial one), exercising the low-rank products and the chunked reads of G
-@pytest.mark.parametrize("chunk", [1, 5])
+# Both engines: on the reference path chunk 1 applies every update at once and 5 defers
+# them (12 steps: two full chunks and a partial one), exercising the low-rank products and
+# the chunked reads of G; the fused kernel has no chunks.
+PATHS = [("reference", 1), ("reference", 5), ("fused", 1)]
+PATH_IDS = ["reference-chunk1", "reference-chunk5", "fused"]
+
+
+@pytest.mark.parametrize(("engine", "chunk"), PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("term", TERM_NAMES)
-def test_each_term_alone_matches_autograd(term, chunk):
+def test_each_term_alone_matches_autograd(term, engine, chunk):
     terms = ["pseudo_grad"] if term == "pseudo_grad" else ["pseudo_grad", term]
-    ref, got, ce_ref, ce = _both_gradients(terms, "fixed", chunk=chunk)
+    ref, got, ce_ref, ce = _both_gradients(terms, "fixed", chunk=chunk, engine=engine)
     torch.testing.assert_close(ce, ce_ref, rtol=1e-12, atol=1e-12)
     assert ref.abs().max() > 1e-3  # a gradient worth comparing
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("chunk", [1, 5])
+@pytest.mark.parametrize(("engine", "chunk"), PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("feedback", ["fixed", "sym"])
-def test_whole_pool_matches_autograd(feedback, chunk):
-    ref, got, _, _ = _both_gradients(list(TERM_NAMES), feedback, chunk=chunk)
+def test_whole_pool_matches_autograd(feedback, engine, chunk):
+    ref, got, _, _ = _both_gradients(list(TERM_NAMES), feedback, chunk=chunk, engine=engine)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
@@ -78,18 +86,20 @@ def test_pool_without_decay_defers_updates_and_matches_autograd(feedback):
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
-def test_strong_decay_keeps_weight_copies_and_matches_autograd(monkeypatch):
+@pytest.mark.parametrize("engine", ["reference", "fused"])
+def test_strong_decay_keeps_weight_copies_and_matches_autograd(engine, monkeypatch):
     """Below MIN_REBUILD_FACTOR a decay layer restores stored copies instead of dividing."""
     monkeypatch.setattr(adjoint, "MIN_REBUILD_FACTOR", 2.0)  # every decay layer keeps copies
-    ref, got, _, _ = _both_gradients(["pseudo_grad", "decay", "oja"], "fixed")
+    monkeypatch.setattr(fused, "MIN_REBUILD_FACTOR", 2.0)
+    ref, got, _, _ = _both_gradients(["pseudo_grad", "decay", "oja"], "fixed", engine=engine)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("chunk", [1, 5])
-def test_per_layer_mask_matches_autograd(chunk):
+@pytest.mark.parametrize(("engine", "chunk"), PATHS, ids=PATH_IDS)
+def test_per_layer_mask_matches_autograd(engine, chunk):
     terms = ["pseudo_grad", "err_hebb", "oja"]
     per_layer = [["pseudo_grad", "err_hebb"], ["pseudo_grad"], ["pseudo_grad", "oja"]]
-    ref, got, _, _ = _both_gradients(terms, "fixed", per_layer, chunk=chunk)
+    ref, got, _, _ = _both_gradients(terms, "fixed", per_layer, chunk=chunk, engine=engine)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
@@ -137,13 +147,14 @@ def test_input_layer_path_needs_oja_and_plain_terms():
 
 # chunk 1 applies every update at once; 5 defers them (and, for declarations the chunked
 # input layer takes, runs layer 1 in chunks of basis products)
-@pytest.mark.parametrize("chunk", [1, 5])
+@pytest.mark.parametrize(("engine", "chunk"), PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize(("term", "pool"), DECLARED, ids=IDS)
-def test_every_declared_term_matches_autograd(term, pool, chunk):
+def test_every_declared_term_matches_autograd(term, pool, engine, chunk):
     """The reverse pass against autograd in float64 for every declaration (the grammar and
     the recipe-declared terms), each next to pseudo_grad, with fixed feedback."""
     terms = ["pseudo_grad"] if term.name == "pseudo_grad" else ["pseudo_grad", term.name]
-    ref, got, ce_ref, ce = _both_gradients(terms, "fixed", chunk=chunk, pool=pool)
+    ref, got, ce_ref, ce = _both_gradients(terms, "fixed", chunk=chunk, pool=pool,
+                                           engine=engine)
     assert torch.isfinite(ce_ref).all()
     torch.testing.assert_close(ce, ce_ref, rtol=1e-10, atol=1e-12)
     assert ref.abs().max() > 1e-4  # a gradient worth comparing
@@ -167,9 +178,11 @@ def test_declared_terms_on_the_chunked_input_layer_match_autograd(term, pool, mo
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("engine", ["reference", "fused"])
 @pytest.mark.parametrize("feedback", ["fixed", "sym"])
-def test_recipe_terms_with_the_whole_pool_match_autograd(feedback):
-    ref, got, _, _ = _both_gradients(RECIPE_POOL.names, feedback, chunk=5, pool=RECIPE_POOL)
+def test_recipe_terms_with_the_whole_pool_match_autograd(feedback, engine):
+    ref, got, _, _ = _both_gradients(RECIPE_POOL.names, feedback, chunk=5, pool=RECIPE_POOL,
+                                     engine=engine)
     torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-10)
 
 
@@ -205,7 +218,8 @@ def test_unsupported_configurations_fall_back_to_autograd():
 def test_groups_of_members_give_the_same_numbers_as_one_batch():
     """Members are independent: running them in groups (as on the CPU) changes nothing."""
     args = _adjoint_args([3, 4, 5])
-    out = {g: parallel.meta_loss_and_coef_grad(*args, group=g) for g in (1, 2, 3)}
+    out = {g: parallel.meta_loss_and_coef_grad(*args, group=g, engine="reference")
+           for g in (1, 2, 3)}
     for g in (1, 2):
         _assert_same_meta_outputs(out[g], out[3])
 

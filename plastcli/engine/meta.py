@@ -17,7 +17,7 @@ from plastcli.core.network import Net, forward, init_net
 from plastcli.core.rules import LayerCoefficients, layer_mask, selection_matrix
 from plastcli.core.terms import BUILTIN_POOL, Pool, recipe_pool
 from plastcli.data import Episode, TaskSampler, generator_for
-from plastcli.engine import adjoint, diagnostics, parallel
+from plastcli.engine import adjoint, diagnostics, fused, parallel, workers
 from plastcli.engine.inner import Adam, run_inner_loop
 from plastcli.results.collapse import DECLINE_DROP, DECLINE_WINDOW, CollapseDetector, chance_loss
 from plastcli.results.collapse import WINDOW as COLLAPSE_WINDOW
@@ -159,6 +159,12 @@ class MetaTrainer:
         self.l1 = _member_values(cfg.l1, device)
         self.bounds = _bounds(cfg.terms, cfg.bounds, device)
         self.params = [self.theta]
+        # decided once, before our own threads count as load (a member's numbers do not
+        # depend on them); the fused kernel is built here on first use
+        self.threads = workers.threads_for(P, device)
+        self.engine = ("fused" if self.uses_adjoint and fused.ready(device, cfg.feedback,
+                                                                     len(cfg.layers) - 1)
+                       else "reference")
         if cfg.fb_terms is not None:
             self.fb_mask = cfg.fb_mask.to(device)
             self.fb_S = selection_matrix(cfg.fb_terms, device, cfg.pool)
@@ -238,7 +244,8 @@ class MetaTrainer:
                             self.cfg.feedback, self.device)
             ce, net, coef_grad = parallel.meta_loss_and_coef_grad(
                 net0, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef.detach(), active,
-                self.cfg.beta, self.cfg.feedback, pool=self.cfg.pool)
+                self.cfg.beta, self.cfg.feedback, pool=self.cfg.pool, engine=self.engine,
+                threads=self.threads)
             l1 = params[0].abs().sum(1)
             loss = ce + self.l1 * l1.detach()
             surrogate = (coef * coef_grad).sum() + (self._l1_gradient_weight() * l1).sum()

@@ -1,5 +1,7 @@
-"""The population split of the fast meta-gradient, and its policy: members are independent,
-so a population runs across single-threaded processes (:mod:`plastcli.engine.workers`),
+"""The population split of the fast meta-gradient, and its policy: members are independent.
+On the CPU the fused kernel (:mod:`plastcli.engine.fused`) runs the whole population in one
+call, its members shared among threads. On the reference path a population runs across
+single-threaded processes (:mod:`plastcli.engine.workers`),
 within a process in groups that keep their weights in cache, and on the CPU with deferred
 updates in chunks of steps. Any split gives the same numbers up to float rounding.
 """
@@ -10,7 +12,7 @@ import torch
 
 from plastcli.core.network import Net
 from plastcli.core.terms import BUILTIN_POOL, Pool
-from plastcli.engine import workers
+from plastcli.engine import fused, workers
 from plastcli.engine.adjoint import run_group
 
 # Bytes of W, B and G the members of one CPU group may hold (see group_size): with
@@ -46,7 +48,8 @@ def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
                             xq: torch.Tensor, yq: torch.Tensor, coef: torch.Tensor,
                             active: list[tuple[int, ...]], beta: float, feedback: str,
                             chunk: int | None = None, group: int | None = None,
-                            processes: int | None = None, pool: Pool = BUILTIN_POOL):
+                            processes: int | None = None, pool: Pool = BUILTIN_POOL,
+                            engine: str | None = None, threads: int | None = None):
     """Run the inner loop and return (query CE ``[P]``, final Net, dCE_sum/dcoef ``[P, L, R]``).
 
     x ``[P, T, n_0]``, labels ``[P, T]``, xq ``[P, Q, n_0]``, yq ``[P, Q]``; coef ``[P, L, R]``
@@ -56,8 +59,19 @@ def meta_loss_and_coef_grad(net: Net, x: torch.Tensor, labels: torch.Tensor,
     ``group`` (default :func:`group_size`). ``chunk``: see :func:`chunk_steps` (the
     default). Any split and chunk give the same numbers up to float rounding, and a
     given split always the same. ``net`` is not modified.
+
+    ``engine``: 'fused' (:mod:`plastcli.engine.fused`: the whole population in one call,
+    shared among ``threads`` threads, default :func:`plastcli.engine.workers.threads_for`;
+    a member's numbers do not depend on the thread count), 'reference' (the tensor path
+    above), or None: fused where it applies and can be built, else the reference path.
     """
     P = x.shape[0]
+    if engine != "reference" and fused.applies(x, feedback, net.n_layers):
+        n_threads = workers.threads_for(P, x.device) if threads is None else threads
+        out = fused.run_group(net, x, labels, xq, yq, coef, active, beta, feedback,
+                              n_threads, pool)
+        if out is not None:
+            return out
     n_proc = workers.processes_for(P, x.device) if processes is None else processes
     if n_proc > 1:
         calls = [(*_members(net, x, labels, xq, yq, coef, sl), active, beta, feedback, chunk,

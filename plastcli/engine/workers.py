@@ -22,6 +22,7 @@ whose memory the next request reuses.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -31,8 +32,8 @@ import torch
 from plastcli.engine import pool
 from plastcli.engine.pool import ShmTooSmall
 
-__all__ = ["MIN_PART", "ShmTooSmall", "peak_rss_all_mib", "peak_rss_mib", "processes_for",
-           "run_parts", "shutdown", "split"]
+__all__ = ["MIN_PART", "ShmTooSmall", "free_cores", "peak_rss_all_mib", "peak_rss_mib",
+           "processes_for", "run_parts", "shutdown", "split", "threads_for"]
 
 # Parts smaller than this are not worth a process (the chunked CPU path needs P >= 4).
 MIN_PART = 4
@@ -47,6 +48,28 @@ def processes_for(P: int, device: torch.device | str) -> int:
     if torch.device(device).type != "cpu":
         return 1
     return max(1, min(torch.get_num_threads(), P // MIN_PART))
+
+
+def free_cores() -> int:
+    """Cores this process may use that no other job holds now: the cores of its affinity
+    mask less the one-minute load average (rounded), at least 1. Call it before starting
+    work: our own threads would count as load afterwards."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        load = 0.0
+    return max(1, min(n or 1, (n or 1) - int(load + 0.5)))
+
+
+def threads_for(P: int, device: torch.device | str) -> int:
+    """Threads that share a population of P members in the fused kernel: one per free
+    core (:func:`free_cores`), at most torch's thread count (``OMP_NUM_THREADS``) and P.
+    On a core that another job holds, a second thread only waits for it, so the cores
+    counted are the free ones, not all of them. 1 off the CPU."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(P, torch.get_num_threads(), free_cores()))
 
 
 def split(P: int, parts: int) -> list[slice]:

@@ -118,6 +118,11 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     if member_masks is not None:
         cfg.mask = torch.as_tensor(member_masks, dtype=torch.float32)
     trainer = MetaTrainer(cfg, sampler, seeds, r.device)
+    # the engine and its threads (plastcli/engine/fused.py; a member's numbers do not
+    # depend on the thread count, on the reference path the process split above decides
+    # float rounding)
+    r.store.set_attrs(engine=trainer.engine, engine_threads=trainer.threads,
+                      **({"processes": 1} if trainer.engine == "fused" else {}))
     total = recipe.meta.episodes
     if r.state is not None:
         trainer.load_state_dict(r.state)

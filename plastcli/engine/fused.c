@@ -1,0 +1,659 @@
+/* The fused inner loop of the fast meta-gradient: one call runs a group's whole episode
+ * (the online steps, the query loss, the reverse pass) with no per-operation dispatch.
+ *
+ * The same algebra as plastcli/engine/adjoint.py, written as loops over rows so that one
+ * pass over a weight matrix does everything that step needs from it:
+ *   forward, per step and layer: z = W p; back = M^T e (M = B or W) fused with
+ *   v = W^T y_post; W q if a term reads y_post^T W e_pre; the update
+ *   W <- kappa W + sum_a a R_a^T, R_a = sum over the layer's groups of K b;
+ *   query: mean cross-entropy of the final weights and G = dCE/dW;
+ *   reverse, per step: G^T a and G R_a (one pass over G); W_t rebuilt from W_{t+1} by
+ *   undoing the update, fused with W vbar and W dd (sym feedback); then W^T zbar fused
+ *   with G_t = kappa G_{t+1} + zbar p^T + y_post r^T and decay's G . W_t.
+ * The terms come in as data (the layer plans of plastcli/core/terms.py, encoded by
+ * plastcli/engine/fused.py), so every term of the grammar runs here.
+ *
+ * Compiled once per machine and element type (-DREAL=float or double) by fused.py.
+ * Members are independent: they are shared among `threads` POSIX threads.
+ * Shapes (per member): W_l [n_l, n_{l-1}] row-major, x [T, n_0], coef [L, R].
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL double
+#endif
+#ifdef REAL_IS_FLOAT
+#define exp expf
+#define log logf
+#define log1p log1pf
+#define fabs fabsf
+#endif
+
+enum { A_E = 0, A_Y = 1, A_ONES = 2 };
+enum { B_Y = 0, B_E = 1, B_ONES = 2, B_OJA = 3 };
+enum { S_ONE = 0, S_SUM = 1, S_YME = 2, S_EMY = 3 };
+#define MAXL 16
+#define MAXG 32
+#define MAXM 8
+
+typedef struct {
+    int a, b, sign, nm;
+    int r[MAXM], s[MAXM];
+} Group;
+
+typedef struct {
+    int ng, decay, needs_v, needs_yme;
+    int has_a[3];
+    Group g[MAXG];
+} Plan;
+
+typedef struct {
+    int P, L, T, Q, R, need_e0, sym, threads;
+    const int *dims;
+    REAL beta, min_rebuild;
+    REAL **W;              /* [L] -> [P, n_l, n_{l-1}], in: W_0; out: undefined */
+    REAL **W_final;        /* [L] -> [P, n_l, n_{l-1}], out: W_T */
+    REAL *const *B;        /* [L] -> fixed feedback, or NULL (sym: B = W by value) */
+    const REAL *x;         /* [P, T, n_0] */
+    const int64_t *y;      /* [P, T] */
+    const REAL *xq;        /* [P, Q, n_0] */
+    const int64_t *yq;     /* [P, Q] */
+    const REAL *coef;      /* [P, L, R] */
+    REAL *ce;              /* [P] out */
+    REAL *grad;            /* [P, L, R] out (zeroed here) */
+    Plan plan[MAXL];
+    int status;
+} Job;
+
+/* ------------------------------------------------------------------ small helpers */
+
+/* Dot product with DOTW independent partial sums: one accumulator would make each row's
+ * product wait on the adder's latency at every vector (four times slower on AVX2). */
+#define DOTW 16
+static inline REAL dot(const REAL *restrict a, const REAL *restrict b, int n) {
+    REAL acc[DOTW] = {0};
+    int j = 0;
+    for (; j + DOTW <= n; j += DOTW) {
+#pragma omp simd
+        for (int k = 0; k < DOTW; k++) acc[k] += a[j + k] * b[j + k];
+    }
+    for (int k = 0; j < n; j++, k++) acc[k] += a[j] * b[j];
+    for (int w = DOTW / 2; w; w /= 2)
+        for (int k = 0; k < w; k++) acc[k] += acc[k + w];
+    return acc[0];
+}
+
+static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int n) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) out[j] += c * a[j];
+}
+
+static inline REAL sigmoid(REAL z) { return (REAL)1 / ((REAL)1 + exp(-z)); }
+
+static inline REAL softplus(REAL z, REAL beta) {
+    REAL bz = beta * z;
+    return bz > 20 ? z : log1p(exp(bz)) / beta;
+}
+
+static void softmax(const REAL *z, REAL *y, int n) {
+    REAL mx = z[0], s = 0;
+    for (int i = 1; i < n; i++) mx = z[i] > mx ? z[i] : mx;
+    for (int i = 0; i < n; i++) { y[i] = exp(z[i] - mx); s += y[i]; }
+    for (int i = 0; i < n; i++) y[i] /= s;
+}
+
+/* ------------------------------------------------------------------ the tape */
+
+/* Offsets of one step's vectors in the tape (one block of `stride` REALs per step). */
+typedef struct {
+    long y[MAXL + 1], z[MAXL + 1], e[MAXL + 1], back[MAXL + 1], v[MAXL + 1], wq[MAXL + 1];
+    long sc[MAXL + 1]; /* 3 scalars per layer: 1^T y, y^T W q, e^T z */
+    long stride;
+} Layout;
+
+static void layout(const Job *J, Layout *o) {
+    long k = 0;
+    const int *n = J->dims;
+    for (int l = 0; l <= J->L; l++) {
+        o->y[l] = o->z[l] = o->e[l] = o->back[l] = o->v[l] = o->wq[l] = o->sc[l] = -1;
+        if (l >= 1) { o->y[l] = k; k += n[l]; o->z[l] = k; k += n[l]; }
+        if (l >= 1 || J->need_e0) { o->e[l] = k; k += n[l]; }
+        if (l >= 1) {
+            const Plan *pl = &J->plan[l - 1];
+            if (l >= 2) { o->back[l] = k; k += n[l - 1]; } /* B_l^T e_l, for e_{l-1}'s reverse */
+            if (pl->needs_v) { o->v[l] = k; k += n[l - 1]; }
+            if (pl->needs_yme) { o->wq[l] = k; k += n[l]; }
+            o->sc[l] = k; k += 3;
+        }
+    }
+    o->stride = k;
+}
+
+/* The vectors of one step of one member, resolved from the tape. */
+typedef struct {
+    const REAL *y[MAXL + 1], *z[MAXL + 1], *e[MAXL + 1], *back[MAXL + 1], *v[MAXL + 1],
+        *wq[MAXL + 1], *sc[MAXL + 1];
+} Step;
+
+static void step_at(const Layout *o, REAL *tape, const REAL *x_t, int L, Step *s) {
+#define AT(f, l) (o->f[l] < 0 ? NULL : tape + o->f[l])
+    for (int l = 0; l <= L; l++) {
+        s->y[l] = l == 0 ? x_t : AT(y, l);
+        s->z[l] = AT(z, l); s->e[l] = AT(e, l); s->back[l] = AT(back, l);
+        s->v[l] = AT(v, l); s->wq[l] = AT(wq, l); s->sc[l] = AT(sc, l);
+    }
+#undef AT
+}
+
+/* The right-hand vector b of a group at layer l (ones -> NULL). */
+static const REAL *right_of(int b, const Step *s, int l) {
+    return b == B_Y || b == B_OJA ? s->y[l - 1] : b == B_E ? s->e[l - 1] : NULL;
+}
+
+static const REAL *left_of(int a, const Step *s, int l) {
+    return a == A_E ? s->e[l] : a == A_Y ? s->y[l] : NULL;
+}
+
+/* K of every group (sign included) and the right factors R_a [3][m] of one layer. */
+static void factors(const Plan *pl, const REAL *c, const Step *s, int l, int m, REAL *K,
+                    REAL *R) {
+    const REAL *sc = s->sc[l];
+    for (int a = 0; a < 3; a++)
+        if (pl->has_a[a]) memset(R + a * m, 0, sizeof(REAL) * m);
+    for (int gi = 0; gi < pl->ng; gi++) {
+        const Group *g = &pl->g[gi];
+        REAL k = 0;
+        for (int i = 0; i < g->nm; i++) k += c[g->r[i]] * (g->s[i] == S_ONE ? 1 : sc[g->s[i] - 1]);
+        k = g->sign < 0 ? -k : k;
+        K[gi] = k;
+        REAL *Ra = R + g->a * m;
+        const REAL *b = right_of(g->b, s, l);
+        if (g->b == B_ONES) {
+            for (int j = 0; j < m; j++) Ra[j] += k;
+        } else if (g->b == B_OJA) {
+            const REAL *v = s->v[l];
+            for (int j = 0; j < m; j++) Ra[j] += k * (b[j] - v[j]);
+        } else {
+            axpy(Ra, k, b, m);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ one member */
+
+/* The G products the reverse pass needs at one step, for every left factor a of a layer:
+ * xbar_a = G^T a ``[m]`` and G R_a ``[n]`` (a != ones), accumulated from one row of G. */
+static inline void row_products(const Plan *pl, const REAL *row, int i, int m,
+                                const REAL *const lv[3], const REAL *Rv, int maxn,
+                                REAL *xbar, REAL *GR) {
+    for (int a = 0; a < 3; a++) {
+        if (!pl->has_a[a]) continue;
+        axpy(xbar + a * maxn, lv[a] ? lv[a][i] : 1, row, m);
+        if (lv[a]) GR[a * maxn + i] = dot(row, Rv + a * m, m);
+    }
+}
+
+static void clear_products(const Plan *pl, int m, int maxn, REAL *xbar) {
+    for (int a = 0; a < 3; a++)
+        if (pl->has_a[a]) memset(xbar + a * maxn, 0, sizeof(REAL) * m);
+}
+
+/* A bump allocator over one malloc'd block. */
+typedef struct { REAL *next; } Arena;
+static REAL *take(Arena *ar, long n) { REAL *p = ar->next; ar->next += n; return p; }
+
+static int run_member(const Job *J, int p) {
+    const int L = J->L, T = J->T, Q = J->Q, R = J->R, *n = J->dims;
+    const REAL beta = J->beta;
+    const REAL *x = J->x + (long)p * T * n[0];
+    const int64_t *lab = J->y + (long)p * T;
+    const REAL *coef = J->coef + (long)p * L * R;
+    REAL *grad = J->grad + (long)p * L * R;
+    REAL *W[MAXL], *Wf[MAXL], *Bm[MAXL], *G[MAXL], *copies[MAXL];
+    REAL kappa[MAXL];
+    int keep[MAXL];
+    int maxn = 0;
+    long wsize[MAXL], total_w = 0, keep_w = 0, sum_n = 0;
+    for (int l = 0; l <= L; l++) { maxn = n[l] > maxn ? n[l] : maxn; sum_n += n[l]; }
+    for (int l = 0; l < L; l++) {
+        wsize[l] = (long)n[l + 1] * n[l];
+        total_w += wsize[l];
+        W[l] = J->W[l] + p * wsize[l];
+        Wf[l] = J->W_final[l] + p * wsize[l];
+        Bm[l] = J->B ? J->B[l] + p * wsize[l] : NULL;
+        const Plan *pl = &J->plan[l];
+        kappa[l] = pl->decay >= 0 ? 1 - coef[l * R + pl->decay] : 1;
+        keep[l] = pl->decay >= 0 && fabs(kappa[l]) < J->min_rebuild;
+        keep_w += keep[l] ? wsize[l] * T : 0;
+    }
+    memset(grad, 0, sizeof(REAL) * L * R);
+    Layout o;
+    layout(J, &o);
+    /* tape, G, kept copies, query activations; per layer: factors R and K of two steps,
+     * the G products xbar and GR, vbar, r; per layer adjoints ybar, ebar, zbar; work */
+    long per_layer = 2 * (3L * maxn + MAXG) + 6L * maxn + 2L * maxn;
+    long total = o.stride * T + total_w + keep_w + 2L * Q * sum_n + (long)Q * maxn + L * per_layer +
+                 3L * (L + 1) * maxn + 4L * maxn;
+    REAL *block = malloc(sizeof(REAL) * total);
+    if (!block) return 1;
+    Arena ar = {block};
+    REAL *tape = take(&ar, o.stride * T);
+    for (int l = 0; l < L; l++) {
+        G[l] = take(&ar, wsize[l]);
+        copies[l] = keep[l] ? take(&ar, wsize[l] * T) : NULL;
+    }
+    REAL *qz = take(&ar, Q * sum_n), *qy = take(&ar, Q * sum_n), *qb = take(&ar, Q * maxn);
+    REAL *Rf[2][MAXL], *Kf[2][MAXL], *xbar[MAXL], *GR[MAXL], *vbar[MAXL], *rvec[MAXL];
+    for (int l = 0; l < L; l++) {
+        for (int b = 0; b < 2; b++) { Rf[b][l] = take(&ar, 3 * maxn); Kf[b][l] = take(&ar, MAXG); }
+        xbar[l] = take(&ar, 3 * maxn); GR[l] = take(&ar, 3 * maxn);
+        vbar[l] = take(&ar, maxn); rvec[l] = take(&ar, maxn);
+    }
+    REAL *ybar[MAXL + 1], *ebar[MAXL + 1], *zbar[MAXL + 1];
+    for (int l = 0; l <= L; l++) {
+        ybar[l] = take(&ar, maxn); ebar[l] = take(&ar, maxn); zbar[l] = take(&ar, maxn);
+    }
+    REAL *dd = take(&ar, maxn), *tmp = take(&ar, maxn), *Rv = take(&ar, 2 * maxn);
+    (void)Rv;
+    REAL *K = Kf[0][0], *Rw = Rf[0][0]; /* forward: factors of the current step */
+
+    /* ---------------------------------------------------------------- forward */
+    Step s, sp;
+    int z1_ready = 0; /* layer 1's z, y, v of this step came with the last step's update */
+    for (int t = 0; t < T; t++) {
+        const REAL *xt = x + (long)t * n[0];
+        REAL *tp = tape + o.stride * t;
+        step_at(&o, tp, xt, L, &s);
+        for (int l = 1; l <= L; l++) { /* z = W p; below the top also v = W^T y_l, same pass */
+            int nn = n[l], m = n[l - 1];
+            if (l == 1 && z1_ready) continue;
+            REAL *z = (REAL *)s.z[l], *yy = (REAL *)s.y[l], *v = (REAL *)s.v[l];
+            const REAL *pv = s.y[l - 1], *Wl = W[l - 1];
+            if (l < L) {
+                if (v) memset(v, 0, sizeof(REAL) * m);
+                for (int i = 0; i < nn; i++) {
+                    const REAL *row = Wl + (long)i * m;
+                    z[i] = dot(row, pv, m);
+                    yy[i] = softplus(z[i], beta);
+                    if (v) axpy(v, yy[i], row, m);
+                }
+            } else {
+                for (int i = 0; i < nn; i++) z[i] = dot(Wl + (long)i * m, pv, m);
+                softmax(z, yy, nn);
+            }
+        }
+        REAL *eL = (REAL *)s.e[L];
+        for (int i = 0; i < n[L]; i++) eL[i] = s.y[L][i] - (lab[t] == i ? 1 : 0);
+        /* errors top-down: back = M^T e_l (M = B, or W by value); at the top also v */
+        for (int l = L; l >= 1; l--) {
+            int nn = n[l], m = n[l - 1];
+            int want_e = l > 1 || J->need_e0;
+            REAL *back = l >= 2 ? (REAL *)s.back[l] : tmp;
+            REAL *v = l == L ? (REAL *)s.v[l] : NULL;
+            const REAL *el = s.e[l], *yl = s.y[l], *Wl = W[l - 1];
+            const REAL *M = J->sym ? Wl : Bm[l - 1];
+            if (want_e) memset(back, 0, sizeof(REAL) * m);
+            if (v) memset(v, 0, sizeof(REAL) * m);
+            for (int i = 0; i < nn; i++) {
+                if (want_e) axpy(back, el[i], M + (long)i * m, m);
+                if (v) axpy(v, yl[i], Wl + (long)i * m, m);
+            }
+            if (want_e) {
+                REAL *eprev = (REAL *)s.e[l - 1];
+                if (l > 1) {
+                    const REAL *zp = s.z[l - 1];
+                    for (int j = 0; j < m; j++) eprev[j] = back[j] * sigmoid(beta * zp[j]);
+                } else {
+                    for (int j = 0; j < m; j++) eprev[j] = back[j] * (1 - exp(-beta * xt[j]));
+                }
+            }
+        }
+        /* the updates: W <- kappa W + sum_a a R_a^T */
+        for (int l = 1; l <= L; l++) {
+            int nn = n[l], m = n[l - 1];
+            const Plan *pl = &J->plan[l - 1];
+            REAL *Wl = W[l - 1], *sc = (REAL *)s.sc[l];
+            const REAL *u = s.y[l], *g = s.e[l], *z = s.z[l];
+            sc[0] = sc[1] = sc[2] = 0;
+            for (int i = 0; i < nn; i++) sc[0] += u[i];
+            if (pl->needs_yme) {
+                REAL *wq = (REAL *)s.wq[l];
+                for (int i = 0; i < nn; i++) wq[i] = dot(Wl + (long)i * m, s.e[l - 1], m);
+                sc[1] = dot(u, wq, nn);
+            }
+            sc[2] = dot(g, z, nn);
+            if (!pl->ng && pl->decay < 0) continue;
+            factors(pl, coef + (l - 1) * R, &s, l, m, K, Rw);
+            if (keep[l - 1]) memcpy(copies[l - 1] + wsize[l - 1] * t, Wl, sizeof(REAL) * wsize[l - 1]);
+            const REAL *lv[3] = {g, u, NULL};
+            REAL kap = kappa[l - 1];
+            /* the inputs are known in advance: layer 1's next z = W x_{t+1} (and y, v) come
+             * from the rows just updated, saving a pass over the largest matrix */
+            int ahead = l == 1 && L > 1 && t + 1 < T;
+            REAL *zn = NULL, *yn = NULL, *vn = NULL;
+            const REAL *xn = x + (long)(t + 1) * n[0];
+            if (ahead) {
+                step_at(&o, tape + o.stride * (t + 1), xn, L, &sp);
+                zn = (REAL *)sp.z[1]; yn = (REAL *)sp.y[1]; vn = (REAL *)sp.v[1];
+                if (vn) memset(vn, 0, sizeof(REAL) * m);
+            }
+            for (int i = 0; i < nn; i++) {
+                REAL *row = Wl + (long)i * m;
+                if (pl->decay >= 0)
+                    for (int j = 0; j < m; j++) row[j] *= kap;
+                for (int a = 0; a < 3; a++)
+                    if (pl->has_a[a]) axpy(row, lv[a] ? lv[a][i] : 1, Rw + a * m, m);
+                if (ahead) {
+                    zn[i] = dot(row, xn, m);
+                    yn[i] = softplus(zn[i], beta);
+                    if (vn) axpy(vn, yn[i], row, m);
+                }
+            }
+            if (l == 1) z1_ready = ahead;
+        }
+        if (J->plan[0].ng == 0 && J->plan[0].decay < 0) z1_ready = 0;
+    }
+    for (int l = 0; l < L; l++) memcpy(Wf[l], W[l], sizeof(REAL) * wsize[l]);
+
+    /* ---------------------------------------------------------------- query */
+    /* Layer by layer over all Q samples, row-outer: each row of W (and G) is read once per
+     * layer while the Q sample vectors stay in cache. qy/qz hold [Q, n_l] per layer. */
+    {
+        const REAL *xq = J->xq + (long)p * Q * n[0];
+        const int64_t *lq = J->yq + (long)p * Q;
+        long off[MAXL + 1];
+        off[0] = 0;
+        for (int l = 1; l <= L; l++) off[l] = off[l - 1] + (long)Q * n[l - 1];
+        memcpy(qy, xq, sizeof(REAL) * Q * n[0]);
+        for (int l = 1; l <= L; l++) {
+            int nn = n[l], m = n[l - 1];
+            const REAL *yp = qy + off[l - 1];
+            REAL *zo = qz + off[l], *yo = qy + off[l];
+            for (int i = 0; i < nn; i++) {
+                const REAL *row = W[l - 1] + (long)i * m;
+                for (int q = 0; q < Q; q++) {
+                    REAL zz = dot(row, yp + (long)q * m, m);
+                    zo[(long)q * nn + i] = zz;
+                    yo[(long)q * nn + i] = l < L ? softplus(zz, beta) : zz;
+                }
+            }
+        }
+        REAL ce = 0;
+        for (int q = 0; q < Q; q++) {
+            const REAL *zl = qz + off[L] + (long)q * n[L];
+            REAL mx = zl[0], se = 0;
+            for (int i = 1; i < n[L]; i++) mx = zl[i] > mx ? zl[i] : mx;
+            for (int i = 0; i < n[L]; i++) se += exp(zl[i] - mx);
+            ce += mx + log(se) - zl[lq[q]];
+        }
+        ce /= Q;
+        J->ce[p] = ce;
+        if (!isfinite(ce)) {
+            free(block);
+            return 0; /* a zero gradient: the caller discards the member */
+        }
+        /* zbar of the top layer [Q, n_L] into qz's top block, then down */
+        for (int q = 0; q < Q; q++) {
+            REAL *zb = qz + off[L] + (long)q * n[L];
+            softmax(zb, tmp, n[L]);
+            for (int i = 0; i < n[L]; i++) zb[i] = (tmp[i] - (lq[q] == i ? 1 : 0)) / Q;
+        }
+        for (int l = L; l >= 1; l--) {
+            int nn = n[l], m = n[l - 1];
+            const REAL *zb = qz + off[l], *yp = qy + off[l - 1];
+            REAL *yb = qb; /* [Q, m] */
+            if (l > 1) memset(yb, 0, sizeof(REAL) * Q * m);
+            for (int i = 0; i < nn; i++) {
+                const REAL *row = W[l - 1] + (long)i * m;
+                REAL *grow = G[l - 1] + (long)i * m;
+                memset(grow, 0, sizeof(REAL) * m);
+                for (int q = 0; q < Q; q++) {
+                    REAL c = zb[(long)q * nn + i];
+                    if (l > 1) axpy(yb + (long)q * m, c, row, m);
+                    axpy(grow, c, yp + (long)q * m, m);
+                }
+            }
+            if (l > 1) { /* zbar_{l-1} = ybar * softplus'(z), written over z_{l-1} */
+                REAL *zp = qz + off[l - 1];
+                for (long k = 0; k < (long)Q * m; k++)
+                    zp[k] = yb[k] * (beta * zp[k] > 20 ? 1 : sigmoid(beta * zp[k]));
+            }
+        }
+    }
+
+    /* ---------------------------------------------------------------- reverse */
+    /* The G products of step t (xbar, GR) are taken in step t+1's pass C, while it writes
+     * G_{t+1} row by row (one pass over G a step); the last step's come from the query's G. */
+    step_at(&o, tape + o.stride * (T - 1), x + (long)(T - 1) * n[0], L, &s);
+    for (int l = 1; l <= L; l++) {
+        const Plan *pl = &J->plan[l - 1];
+        int nn = n[l], m = n[l - 1], b = (T - 1) & 1;
+        if (!pl->ng) continue;
+        factors(pl, coef + (l - 1) * R, &s, l, m, Kf[b][l - 1], Rf[b][l - 1]);
+        const REAL *lv[3] = {s.e[l], s.y[l], NULL};
+        clear_products(pl, m, maxn, xbar[l - 1]);
+        for (int i = 0; i < nn; i++)
+            row_products(pl, G[l - 1] + (long)i * m, i, m, lv, Rf[b][l - 1], maxn,
+                         xbar[l - 1], GR[l - 1]);
+    }
+    for (int t = T - 1; t >= 0; t--) {
+        const REAL *xt = x + (long)t * n[0];
+        const int cur = t & 1, nxt = cur ^ 1;
+        step_at(&o, tape + o.stride * t, xt, L, &s);
+        if (t > 0) step_at(&o, tape + o.stride * (t - 1), x + (long)(t - 1) * n[0], L, &sp);
+        for (int l = 0; l <= L; l++) {
+            memset(ybar[l], 0, sizeof(REAL) * n[l]);
+            memset(ebar[l], 0, sizeof(REAL) * n[l]);
+            memset(zbar[l], 0, sizeof(REAL) * n[l]);
+        }
+        /* A: the updates' adjoints, from the products with G = dLoss/dW_{t+1} */
+        for (int l = 1; l <= L; l++) {
+            int nn = n[l], m = n[l - 1];
+            const Plan *pl = &J->plan[l - 1];
+            const REAL *c = coef + (l - 1) * R, *Kc = Kf[cur][l - 1];
+            REAL *gr = grad + (l - 1) * R, *xb_l = xbar[l - 1], *gr_l = GR[l - 1];
+            memset(vbar[l - 1], 0, sizeof(REAL) * m);
+            memset(rvec[l - 1], 0, sizeof(REAL) * m);
+            if (!pl->ng) continue;
+            if (pl->has_a[A_E]) axpy(ebar[l], 1, gr_l + A_E * maxn, nn);
+            if (pl->has_a[A_Y]) axpy(ybar[l], 1, gr_l + A_Y * maxn, nn);
+            REAL sbar[4] = {0, 0, 0, 0};
+            const REAL *sc = s.sc[l];
+            for (int gi = 0; gi < pl->ng; gi++) {
+                const Group *g = &pl->g[gi];
+                const REAL *xb = xb_l + g->a * maxn, *b = right_of(g->b, &s, l);
+                REAL kb;
+                if (g->b == B_ONES) {
+                    kb = 0;
+                    for (int j = 0; j < m; j++) kb += xb[j];
+                } else if (g->b == B_OJA) {
+                    kb = dot(xb, b, m) - dot(xb, s.v[l], m);
+                } else {
+                    kb = dot(xb, b, m);
+                }
+                kb = g->sign < 0 ? -kb : kb;
+                for (int i = 0; i < g->nm; i++) {
+                    int r = g->r[i], sk = g->s[i];
+                    gr[r] += kb * (sk == S_ONE ? 1 : sc[sk - 1]);
+                    if (sk != S_ONE) sbar[sk] += kb * c[r];
+                }
+                REAL k = Kc[gi];
+                if (g->b == B_Y) axpy(ybar[l - 1], k, xb, m);
+                else if (g->b == B_E) axpy(ebar[l - 1], k, xb, m);
+                else if (g->b == B_OJA) { axpy(ybar[l - 1], k, xb, m); axpy(vbar[l - 1], -k, xb, m); }
+            }
+            if (sbar[S_SUM] != 0)
+                for (int i = 0; i < nn; i++) ybar[l][i] += sbar[S_SUM];
+            if (sbar[S_EMY] != 0) {
+                axpy(ebar[l], sbar[S_EMY], s.z[l], nn);
+                axpy(zbar[l], sbar[S_EMY], s.e[l], nn);
+            }
+            memcpy(rvec[l - 1], vbar[l - 1], sizeof(REAL) * m);
+            if (pl->needs_yme && sbar[S_YME] != 0) {
+                axpy(ybar[l], sbar[S_YME], s.wq[l], nn);
+                axpy(ebar[l - 1], sbar[S_YME], s.v[l], m);
+                axpy(rvec[l - 1], sbar[S_YME], s.e[l - 1], m);
+            }
+        }
+        /* B: W_t rebuilt from W_{t+1}, bottom-up with the error chain (W vbar, M dd) */
+        for (int l = 1; l <= L; l++) {
+            int nn = n[l], m = n[l - 1];
+            const Plan *pl = &J->plan[l - 1];
+            int has_e = s.e[l - 1] != NULL;
+            if (has_e) {
+                if (l > 1) {
+                    const REAL *zp = s.z[l - 1];
+                    for (int j = 0; j < m; j++) dd[j] = ebar[l - 1][j] * sigmoid(beta * zp[j]);
+                } else {
+                    for (int j = 0; j < m; j++) dd[j] = ebar[0][j] * (1 - exp(-beta * xt[j]));
+                }
+            }
+            /* nothing reads W_1 going back unless v, the sym chain or decay does: skip its
+             * rebuild then (W_1 is left at W_T) */
+            int reads_w = l > 1 || pl->needs_v || (has_e && J->sym) || pl->decay >= 0;
+            int restore = (pl->ng || pl->decay >= 0) && reads_w;
+            const REAL *Rc = Rf[cur][l - 1];
+            if (restore && keep[l - 1])
+                memcpy(W[l - 1], copies[l - 1] + wsize[l - 1] * t, sizeof(REAL) * wsize[l - 1]);
+            const REAL *lv[3] = {s.e[l], s.y[l], NULL};
+            REAL ik = 1 / kappa[l - 1];
+            int use_vbar = pl->needs_v, sym_e = has_e && J->sym;
+            for (int i = 0; i < nn; i++) {
+                REAL *row = W[l - 1] + (long)i * m;
+                if (restore && !keep[l - 1]) {
+                    for (int a = 2; a >= 0; a--)
+                        if (pl->has_a[a]) axpy(row, -(lv[a] ? lv[a][i] : 1), Rc + a * m, m);
+                    if (pl->decay >= 0)
+                        for (int j = 0; j < m; j++) row[j] *= ik;
+                }
+                if (use_vbar) ybar[l][i] += dot(row, vbar[l - 1], m);
+                if (sym_e) ebar[l][i] += dot(row, dd, m);
+            }
+            if (has_e && !J->sym)
+                for (int i = 0; i < nn; i++) ebar[l][i] += dot(Bm[l - 1] + (long)i * m, dd, m);
+            if (has_e && l > 1) {
+                const REAL *zp = s.z[l - 1], *bk = s.back[l];
+                for (int j = 0; j < m; j++) {
+                    REAL d = sigmoid(beta * zp[j]);
+                    zbar[l - 1][j] += beta * ebar[l - 1][j] * bk[j] * d * (1 - d);
+                }
+            }
+        }
+        axpy(ybar[L], 1, ebar[L], n[L]);
+        /* C: top-down: zbar; ybar_{l-1} += W_t^T zbar; G_t = kappa G + zbar p^T + u r^T,
+         * and from each new row of G the products step t-1 will need */
+        for (int l = L; l >= 1; l--) {
+            int nn = n[l], m = n[l - 1];
+            const Plan *pl = &J->plan[l - 1];
+            const REAL *yl = s.y[l], *pv = s.y[l - 1];
+            if (l == L) {
+                REAL sy = dot(ybar[L], yl, nn);
+                for (int i = 0; i < nn; i++) zbar[L][i] += yl[i] * (ybar[L][i] - sy);
+            } else {
+                const REAL *zl = s.z[l];
+                for (int i = 0; i < nn; i++) zbar[l][i] += ybar[l][i] * sigmoid(beta * zl[i]);
+            }
+            int prod = t > 0 && pl->ng;
+            const REAL *lvp[3] = {NULL, NULL, NULL};
+            if (prod) {
+                factors(pl, coef + (l - 1) * R, &sp, l, m, Kf[nxt][l - 1], Rf[nxt][l - 1]);
+                lvp[0] = sp.e[l];
+                lvp[1] = sp.y[l];
+                clear_products(pl, m, maxn, xbar[l - 1]);
+            }
+            REAL kap = kappa[l - 1], dk = 0;
+            int has_r = pl->needs_v;
+            for (int i = 0; i < nn; i++) {
+                const REAL *wrow = W[l - 1] + (long)i * m;
+                REAL *grow = G[l - 1] + (long)i * m;
+                if (pl->decay >= 0) {
+                    dk += dot(grow, wrow, m);
+                    for (int j = 0; j < m; j++) grow[j] *= kap;
+                }
+                if (l > 1) axpy(ybar[l - 1], zbar[l][i], wrow, m);
+                axpy(grow, zbar[l][i], pv, m);
+                if (has_r) axpy(grow, yl[i], rvec[l - 1], m);
+                if (prod)
+                    row_products(pl, grow, i, m, lvp, Rf[nxt][l - 1], maxn, xbar[l - 1],
+                                 GR[l - 1]);
+            }
+            if (pl->decay >= 0) grad[(l - 1) * R + pl->decay] -= dk;
+        }
+    }
+    free(block);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ threads */
+
+typedef struct {
+    Job *J;
+    int first, step;
+} Slice;
+
+static void *run_slice(void *arg) {
+    Slice *sl = arg;
+    for (int p = sl->first; p < sl->J->P; p += sl->step)
+        if (run_member(sl->J, p)) sl->J->status = 1;
+    return NULL;
+}
+
+/* plan: per layer [ng, decay, then per group a, b, sign, nm, (r, s) x nm].
+ * Returns 0, or 1 (out of memory), 2 (a plan beyond the fixed limits). */
+int plast_fused_episode(int P, int L, int T, int Q, int R, const int *dims, const int *plan,
+                        REAL beta, REAL min_rebuild, int need_e0, int sym, int threads,
+                        REAL **W, REAL **W_final, REAL *const *B, const REAL *x,
+                        const int64_t *y, const REAL *xq, const int64_t *yq, const REAL *coef,
+                        REAL *ce, REAL *grad) {
+    if (L > MAXL || L < 1) return 2;
+    Job *J = calloc(1, sizeof(Job));
+    if (!J) return 1;
+    *J = (Job){P, L, T, Q, R, need_e0, sym, threads, dims, beta, min_rebuild, W, W_final,
+               sym ? NULL : B, x, y, xq, yq, coef, ce, grad, {{0}}, 0};
+    const int *pp = plan;
+    for (int l = 0; l < L; l++) {
+        Plan *pl = &J->plan[l];
+        pl->ng = *pp++;
+        pl->decay = *pp++;
+        if (pl->ng > MAXG) { free(J); return 2; }
+        for (int gi = 0; gi < pl->ng; gi++) {
+            Group *g = &pl->g[gi];
+            g->a = *pp++; g->b = *pp++; g->sign = *pp++; g->nm = *pp++;
+            if (g->nm > MAXM) { free(J); return 2; }
+            for (int i = 0; i < g->nm; i++) {
+                g->r[i] = *pp++;
+                g->s[i] = *pp++;
+                if (g->s[i] == S_YME) pl->needs_yme = 1;
+            }
+            pl->has_a[g->a] = 1;
+            if (g->b == B_OJA) pl->needs_v = 1;
+        }
+        if (pl->needs_yme) pl->needs_v = 1;
+    }
+    int nt = threads > P ? P : threads;
+    nt = nt < 1 ? 1 : nt;
+    if (nt == 1) {
+        Slice sl = {J, 0, 1};
+        run_slice(&sl);
+    } else {
+        pthread_t th[64];
+        Slice sl[64];
+        nt = nt > 64 ? 64 : nt;
+        for (int k = 0; k < nt; k++) {
+            sl[k] = (Slice){J, k, nt};
+            if (k && pthread_create(&th[k], NULL, run_slice, &sl[k])) sl[k].step = 0;
+        }
+        run_slice(&sl[0]);
+        for (int k = 1; k < nt; k++) {
+            if (sl[k].step) pthread_join(th[k], NULL);
+            else { sl[k].step = nt; run_slice(&sl[k]); }
+        }
+    }
+    int st = J->status;
+    free(J);
+    return st;
+}

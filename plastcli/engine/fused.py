@@ -1,0 +1,221 @@
+"""The fused inner loop: a group's whole episode (online steps, query loss, reverse pass)
+in one call to a small C kernel (``fused.c``), instead of some 280 tensor operations per
+online step (the reference path, :mod:`plastcli.engine.adjoint`).
+
+The kernel is compiled on first use (about 3 s) with the system's C compiler (``$CC``,
+else ``cc``) for this machine and element type, and cached (:func:`cache_dir`) by a hash
+of its source, flags, compiler and CPU. Where it cannot be built, or for a configuration
+it does not cover (a GPU tensor, plastic feedback, more than 16 layers), the reference
+path runs; a failed build says so once, in one line. ``PLAST_ENGINE=reference`` chooses
+the reference path everywhere.
+
+The terms reach the kernel as data: each layer's :class:`plastcli.core.terms.LayerPlan`
+is encoded as ``[groups, decay index, (a, b, sign, members, (index, scalar) ...) ...]``.
+Shapes as in :func:`run_group`: x ``[P, T, n_0]``, coef ``[P, L, R]``, W_l ``[P, n_l, n_{l-1}]``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from plastcli.core import terms
+from plastcli.core.network import Net
+from plastcli.core.terms import BUILTIN_POOL, Pool
+
+SOURCE = Path(__file__).with_name("fused.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared",
+         "-pthread"]
+MAX_LAYERS, MAX_GROUPS, MAX_MEMBERS = 16, 32, 8  # fused.c's MAXL, MAXG, MAXM
+MIN_REBUILD_FACTOR = 0.5  # as adjoint.MIN_REBUILD_FACTOR: below, a layer keeps copies
+
+_A = {terms.E_POST: 0, terms.Y_POST: 1, terms.ONES: 2}
+_B = {terms.Y_PRE: 0, terms.E_PRE: 1, terms.ONES: 2, terms.OJA_PRE: 3}
+_S = {terms.S_ONE: 0, terms.S_SUM: 1, terms.S_YME: 2, terms.S_EMY: 3}
+_CTYPE = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
+
+_libs: dict[torch.dtype, ctypes.CDLL | None] = {}
+_failure: str | None = None
+_noticed = False
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: ``$PLAST_CACHE/fused``, else ``$XDG_CACHE_HOME/plast/fused``
+    (beside the decoded data sets of :mod:`plastcli.data_cache`)."""
+    if os.environ.get("PLAST_CACHE"):
+        return Path(os.environ["PLAST_CACHE"]).expanduser() / "fused"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "plast" / "fused"
+
+
+def _cpu_id() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return cc if shutil.which(cc) else shutil.which("gcc")
+
+
+def _build(real: str) -> Path:
+    """Compile fused.c for ``real`` ('float' or 'double') unless cached; the library path."""
+    cc = _compiler()
+    if cc is None:
+        raise OSError("no C compiler (cc or gcc; set CC)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    defs = [f"-DREAL={real}"] + (["-DREAL_IS_FLOAT"] if real == "float" else [])
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS + defs), version,
+                                    _cpu_id(), platform.machine()]).encode()).hexdigest()[:16]
+    out = cache_dir() / f"fused-{real}-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        r = subprocess.run([cc, *FLAGS, *defs, str(SOURCE), "-o", tmp, "-lm"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            first = (r.stderr.strip().splitlines() or ["(no message)"])[0]
+            raise OSError(f"{Path(cc).name} failed: {first}")
+        os.replace(tmp, out)  # atomic: processes building at once each see a whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def library(dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The kernel for ``dtype`` (built on first use), or None where it cannot be built."""
+    global _failure
+    if dtype not in _CTYPE:
+        return None
+    if dtype not in _libs:
+        real, ct = _CTYPE[dtype]
+        try:
+            lib = ctypes.CDLL(str(_build(real)))
+        except (OSError, subprocess.SubprocessError) as err:
+            _failure = str(err).splitlines()[0] if str(err) else type(err).__name__
+            _libs[dtype] = None
+            return None
+        fn = lib.plast_fused_episode
+        P = ctypes.c_void_p
+        fn.argtypes = [ctypes.c_int] * 5 + [P, P, ct, ct] + [ctypes.c_int] * 3 + [P] * 10
+        fn.restype = ctypes.c_int
+        _libs[dtype] = lib
+    return _libs[dtype]
+
+
+def enabled() -> bool:
+    return os.environ.get("PLAST_ENGINE", "fused").lower() != "reference"
+
+
+def failure() -> str | None:
+    """Why the kernel could not be built (None: it was, or it was not tried)."""
+    return _failure
+
+
+def _notice() -> None:
+    global _noticed
+    if not _noticed and _failure is not None:
+        _noticed = True
+        print(f"plast: note: the fused inner step is not available ({_failure}); "
+              "running the reference path", file=sys.stderr)
+
+
+def ready(device: torch.device | str, feedback: str, n_layers: int,
+          dtype: torch.dtype = torch.float32) -> bool:
+    """Will the fused kernel run a meta-training on ``device``? Builds it on first use;
+    a failed build is told once (one line) and the reference path runs."""
+    x = torch.empty(0, dtype=dtype, device=device)
+    if not applies(x, feedback, n_layers):
+        return False
+    if library(dtype) is None:
+        _notice()
+        return False
+    return True
+
+
+def encode_plans(active: list, pool: Pool) -> list[int] | None:
+    """The layers' plans as the kernel's int list, or None beyond its limits."""
+    out: list[int] = []
+    for on in active:
+        plan = terms.plan(pool, frozenset(on))
+        groups = plan.groups
+        if len(groups) > MAX_GROUPS or any(len(g.members) > MAX_MEMBERS for g in groups):
+            return None
+        out += [len(groups), -1 if plan.decay is None else plan.decay]
+        for g in groups:
+            out += [_A[g.a], _B[g.b], g.sign, len(g.members)]
+            for r, s in g.members:
+                out += [r, _S[s]]
+    return out
+
+
+def applies(x: torch.Tensor, feedback: str, n_layers: int) -> bool:
+    """Can the fused kernel run this group (without building it)?"""
+    return (enabled() and x.device.type == "cpu" and x.dtype in _CTYPE
+            and feedback in ("fixed", "sym") and n_layers <= MAX_LAYERS)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _ptrs(ts: list[torch.Tensor]):
+    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
+
+
+def run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: str,
+              threads: int = 1, pool: Pool = BUILTIN_POOL):
+    """(query CE ``[P]``, final Net, dCE/dcoef ``[P, L, R]``) from the kernel, as
+    :func:`plastcli.engine.adjoint.run_group` gives them; None where it cannot run
+    (the caller then runs the reference path)."""
+    if not applies(x, feedback, net.n_layers):
+        return None
+    plan = encode_plans(active, pool)
+    lib = library(x.dtype)
+    if plan is None or lib is None:
+        _notice()
+        return None
+    P, T, n0 = x.shape
+    L = net.n_layers
+    dt = x.dtype
+    dims = [n0] + [w.shape[1] for w in net.W]
+    W = [w.detach().to(dt).contiguous().clone() for w in net.W]
+    W_final = [torch.empty_like(w) for w in W]
+    B = [b.detach().to(dt).contiguous() for b in net.Bf] if feedback == "fixed" else []
+    x_c, xq_c = x.detach().contiguous(), xq.detach().to(dt).contiguous()
+    lab = labels.to(torch.int64).contiguous()
+    lab_q = yq.to(torch.int64).contiguous()
+    coef_c = coef.detach().to(dt).contiguous()
+    ce = torch.empty(P, dtype=dt)
+    grad = torch.zeros(P, L, coef.shape[-1], dtype=dt)
+    c_dims = (ctypes.c_int * len(dims))(*dims)
+    c_plan = (ctypes.c_int * len(plan))(*plan)
+    need_e0 = int(terms.plan(pool, frozenset(active[0])).reads_pre_error)
+    _, ct = _CTYPE[dt]
+    status = lib.plast_fused_episode(
+        P, L, T, xq.shape[1], coef.shape[-1], c_dims, c_plan, ct(beta),
+        ct(MIN_REBUILD_FACTOR), need_e0, int(feedback == "sym"), max(1, int(threads)),
+        _ptrs(W), _ptrs(W_final), _ptrs(B) if B else None, _ptr(x_c), _ptr(lab),
+        _ptr(xq_c), _ptr(lab_q), _ptr(coef_c), _ptr(ce), _ptr(grad))
+    if status == 1:
+        raise MemoryError("the fused inner step could not allocate its tape")
+    if status:
+        return None
+    return ce, Net(W=W_final, Bf=net.Bf, D=net.D), grad

@@ -1,0 +1,165 @@
+"""The fused kernel (plastcli/engine/fused.py, fused.c) against the reference path.
+
+tests/test_adjoint.py checks both engines against autograd for every term of the grammar;
+here the two engines against each other (float64, every term, both feedbacks, the final
+weights too), the thread split, a member that blows up, and the fallback where the kernel
+cannot be built.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from term_cases import RECIPE_POOL
+from test_engine import _adjoint_args, _assert_same_meta_outputs, _config, _tiny_sampler
+
+from plastcli.core.network import init_net
+from plastcli.core.rules import LayerCoefficients
+from plastcli.core.terms import BUILTIN_POOL, TERM_NAMES
+from plastcli.engine import fused, parallel, workers
+from plastcli.engine.meta import MetaTrainer
+
+
+def _float64_args(terms, feedback, seeds=(3, 4, 5), pool=BUILTIN_POOL, scale=0.05):
+    """meta_loss_and_coef_grad's arguments in float64 with random coefficients."""
+    sampler = _tiny_sampler()
+    cfg = _config(terms, feedback, P=len(seeds), pool=pool)
+    tr = MetaTrainer(cfg, sampler, list(seeds), torch.device("cpu"))
+    ep = sampler.sample(list(seeds), 0, "cpu")
+    g = torch.Generator().manual_seed(11)
+    theta = scale * torch.rand(tr.params[0].shape, generator=g, dtype=torch.float64)
+    full = theta @ tr.S.double()
+    coef = full.unsqueeze(1) * tr.mask.double()
+    active = LayerCoefficients.build(full, tr.mask, pool).active
+    net = init_net(cfg.layers, list(seeds), 0, cfg.init, feedback)
+    net.W = [w.double() for w in net.W]
+    net.Bf = [b.double() for b in net.Bf] if net.Bf else None
+    return (net, ep.x_train.double(), ep.y_train, ep.x_query.double(), ep.y_query, coef,
+            active, 10.0, feedback)
+
+
+def _both(args, pool=BUILTIN_POOL, **kw):
+    return [parallel.meta_loss_and_coef_grad(*args, pool=pool, engine=e, **kw)
+            for e in ("fused", "reference")]
+
+
+@pytest.mark.parametrize("feedback", ["fixed", "sym"])
+@pytest.mark.parametrize("pool", [BUILTIN_POOL, RECIPE_POOL], ids=["builtin", "declared"])
+def test_fused_gives_the_reference_numbers_in_float64(feedback, pool):
+    """Every term of the pool at once (decay, the quadratic scalars, Oja, ones, declared
+    terms): CE, coefficient gradient and final weights agree to float64 rounding."""
+    args = _float64_args(pool.names, feedback, pool=pool, scale=0.01)
+    (ce_f, net_f, g_f), (ce_r, net_r, g_r) = _both(args, pool)
+    assert torch.isfinite(ce_f).all() and g_r.abs().max() > 1e-4
+    torch.testing.assert_close(ce_f, ce_r, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(g_f, g_r, rtol=1e-9, atol=1e-11)
+    for a, b in zip(net_f.W, net_r.W, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    assert net_f.W[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("term", TERM_NAMES)
+def test_fused_per_layer_masks_match_the_reference(term):
+    """A term on the middle layer only, pseudo_grad everywhere (the plans differ by layer)."""
+    from plastcli.core.rules import layer_mask
+
+    terms = ["pseudo_grad"] if term == "pseudo_grad" else ["pseudo_grad", term]
+    args = list(_float64_args(terms, "fixed"))
+    mask = layer_mask(terms, [["pseudo_grad"], terms, ["pseudo_grad"]], 3).double()
+    coef = args[5] * mask
+    args[5] = coef
+    args[6] = LayerCoefficients.build(coef[:, 0], mask.expand(coef.shape[0], 3, -1)).active
+    (_, _, g_f), (_, _, g_r) = _both(args)
+    torch.testing.assert_close(g_f, g_r, rtol=1e-9, atol=1e-11)
+    assert g_f[:, [0, 2]].abs().sum() > 0
+
+
+def test_fused_float32_agrees_with_the_reference_path():
+    (ce_f, net_f, g_f), (ce_r, net_r, g_r) = _both(_adjoint_args([3, 4, 5]))
+    assert g_f.dtype == torch.float32
+    _assert_same_meta_outputs((ce_f, net_f, g_f), (ce_r, net_r, g_r))
+
+
+def test_thread_count_does_not_change_a_members_numbers():
+    args = _adjoint_args([3, 4, 5, 6, 7])
+    one = parallel.meta_loss_and_coef_grad(*args, engine="fused", threads=1)
+    three = parallel.meta_loss_and_coef_grad(*args, engine="fused", threads=3)
+    alone = parallel.meta_loss_and_coef_grad(*_adjoint_args([4]), engine="fused")
+    assert torch.equal(one[0], three[0]) and torch.equal(one[2], three[2])
+    for a, b in zip(one[1].W, three[1].W, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(alone[2][0], one[2][1])  # member 4 alone: the same bits
+
+
+def test_a_member_that_blows_up_gets_a_zero_gradient_and_spares_the_others():
+    args = list(_adjoint_args([3, 4]))
+    args[0].W[0][1, 0, 0] = float("inf")  # member 1's activations overflow
+    ce, _, grad = parallel.meta_loss_and_coef_grad(*args, engine="fused")
+    ref = parallel.meta_loss_and_coef_grad(*_adjoint_args([3]), engine="fused")
+    assert not torch.isfinite(ce[1]) and torch.equal(grad[1], torch.zeros_like(grad[1]))
+    assert torch.equal(ce[:1], ref[0]) and torch.equal(grad[:1], ref[2])
+
+
+@pytest.fixture
+def no_compiler(monkeypatch, tmp_path):
+    """A machine without a C compiler and an empty kernel cache."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(fused.shutil, "which", lambda name: None)
+    monkeypatch.setenv("PLAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fused, "_libs", {})
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr(fused, "_noticed", False)
+
+
+def test_without_a_compiler_the_reference_path_runs_with_one_notice(no_compiler, capsys):
+    args = _adjoint_args([3, 4])
+    got = parallel.meta_loss_and_coef_grad(*args)
+    again = parallel.meta_loss_and_coef_grad(*args)
+    ref = parallel.meta_loss_and_coef_grad(*args, engine="reference")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fused inner step is not available" in err
+    assert "no C compiler" in err and "reference path" in err
+    _assert_same_meta_outputs(got, ref)
+    _assert_same_meta_outputs(again, ref)
+    tr = MetaTrainer(_config(["pseudo_grad"], P=2), _tiny_sampler(), [3, 4],
+                     torch.device("cpu"))
+    assert tr.engine == "reference"
+
+
+def test_a_failing_build_is_reported_and_not_cached(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "cc"
+    bad.write_text("#!/bin/sh\necho 'cc: error: unsupported option' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    monkeypatch.setenv("CC", str(bad))
+    monkeypatch.setenv("PLAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fused, "_libs", {})
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr(fused, "_noticed", False)
+    assert not fused.ready("cpu", "fixed", 3)
+    assert "cc failed: cc: error: unsupported option" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").rglob("*.so"))  # no half-written library
+
+
+def test_the_engine_choice_is_honoured(monkeypatch):
+    cfg = _config(["pseudo_grad", "err_hebb", "oja"], P=2)
+    assert MetaTrainer(cfg, _tiny_sampler(), [3, 4], torch.device("cpu")).engine == "fused"
+    monkeypatch.setenv("PLAST_ENGINE", "reference")
+    assert MetaTrainer(cfg, _tiny_sampler(), [3, 4], torch.device("cpu")).engine == "reference"
+    monkeypatch.delenv("PLAST_ENGINE")
+    cfg.gradient = "autograd"
+    assert MetaTrainer(cfg, _tiny_sampler(), [3, 4], torch.device("cpu")).engine == "reference"
+    assert not fused.applies(torch.empty(0, device="meta"), "fixed", 3)  # not the CPU
+    assert not fused.applies(torch.empty(0), "plastic", 3)
+
+
+def test_threads_come_from_free_cores(monkeypatch):
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(workers.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert workers.free_cores() == 3  # one core held by another job
+    monkeypatch.setattr(workers.os, "getloadavg", lambda: (7.0, 0.0, 0.0))
+    assert workers.free_cores() == 1  # never fewer than one
+    monkeypatch.setattr(workers.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # OMP_NUM_THREADS=2
+    assert workers.threads_for(16, "cpu") == 2
+    assert workers.threads_for(1, "cpu") == 1
+    assert workers.threads_for(16, "meta") == 1
