@@ -2,22 +2,25 @@
 
 Prints the median seconds per episode of recipes/bio.yaml at each population size P
 (each in a fresh subprocess so peak memory is per configuration; min and max too),
-seconds per member-episode, how many processes shared the population (one per core
-torch may use; see plastcli/engine/workers.py) and their peak memory, summed.
-Options: --sizes 1 16  --episodes 5  --device cpu|cuda  --recipe recipes/bio.yaml
+seconds per member-episode, the engine (fused or reference; plastcli/engine/parallel.py),
+how many threads (fused) or processes (reference) shared the population, and their peak
+memory, summed. Options: --sizes 1 16  --episodes 5  --device cpu|cuda  --recipe ...
 (The worker processes' process pool replaced hand-made pipes after an alternating
 comparison of the two, ``--compare-workers`` at commit 57f285f; see the README.)
 
-Then, on one thread at P = 1 (bench/reference.py), blocks of --block-episodes episodes
-(--blocks of them) of each --rule (bio: recipes/bio.yaml, bp: recipes/2022/fig3-bp.yaml),
-and after each block the yardsticks of bench/calibrate.py: plast's time per episode in
-units of a fixed calibration workload timed in the same run (a number to carry across
-machines), and as a multiple of a roofline bound (bytes per online step over this machine's
-measured L2 bandwidth). With ``--against-reference DIR`` (a checkout of the paper's code,
-NeuralDynamicsAndComputing/MetaLearning-Plasticity; the shims it needs are built in) the
-reference runs too, its blocks alternating with plast's, and the ratio reference / plast is
-printed block by block (median and range). ``--sizes`` with no number skips the table;
-``--blocks 0`` skips the one-thread part.
+Then (bench/reference.py) blocks of --block-episodes episodes (--blocks of them) of each
+--rule (bio: recipes/bio.yaml, bp: recipes/2022/fig3-bp.yaml), plast at P = --members on
+--threads threads (default 1 and 1), with --reference-path also plast on its reference
+tensor path, and after each block the yardsticks of bench/calibrate.py: plast's time per
+episode in units of a fixed calibration workload timed in the same run (a number to carry
+across machines), and as a multiple of a roofline bound (bytes per online step over this
+machine's measured L2 bandwidth). With ``--against-reference DIR`` (a checkout of the
+paper's code, NeuralDynamicsAndComputing/MetaLearning-Plasticity; the shims it needs are
+built in) the reference runs too, on one thread at one seed; the programs' blocks
+alternate and the ratios are printed block by block (median and range). ``--cli N`` also
+times the CLI (`plast meta-train` with 1 and 1 + N episodes): run-to-first-episode and
+per-episode time beside the engine's own. ``--sizes`` with no number skips the table;
+``--blocks 0`` skips the comparison.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def measure(recipe: str, P: int, episodes: int, device: str, sets: tuple = ()) -
     from plastcli.data import TaskSampler, load_dataset
     from plastcli.engine.inner import resolve_device
     from plastcli.engine.meta import MetaConfig, MetaTrainer
-    from plastcli.engine.workers import peak_rss_all_mib, processes_for
+    from plastcli.engine.workers import peak_rss_all_mib
     from plastcli.recipes import load_recipe
 
     r = load_recipe(recipe, [f"population.seeds={P}", *sets])
@@ -69,7 +72,8 @@ def measure(recipe: str, P: int, episodes: int, device: str, sets: tuple = ()) -
     sec = statistics.median(times)
     out = {"P": P, "s_per_episode": sec, "s_per_member_episode": sec / P,
            "s_per_episode_min": min(times), "s_per_episode_max": max(times),
-           "peak_rss_MiB": peak_rss_all_mib(), "processes": processes_for(P, dev),
+           "peak_rss_MiB": peak_rss_all_mib(), "engine": tr.engine,
+           "processes": tr.processes if tr.engine == "reference" else tr.threads,
            "threads": torch.get_num_threads(), "device": str(dev)}
     if dev.type == "cuda":
         out["peak_gpu_MiB"] = torch.cuda.max_memory_allocated() / 2**20
@@ -126,8 +130,8 @@ def one_thread(a) -> None:
 
     rule = a.rule or ("both" if a.against_reference else "bio")
     for r in (["bio", "bp"] if rule == "both" else [rule]):
-        print(f"plast at P = {a.members} on {a.threads} thread(s), rule {r}" + (f", reference {a.against_reference}"
-                                                if a.against_reference else "") + ":")
+        ref = f", reference {a.against_reference}" if a.against_reference else ""
+        print(f"plast at P = {a.members} on {a.threads} thread(s), rule {r}{ref}:")
         res = compare(r, a.against_reference, a.blocks, a.block_episodes,
                       members=a.members, threads=a.threads, reference_path=a.reference_path)
         print("\n".join(report(res)), flush=True)
@@ -187,7 +191,7 @@ def cli_timing(a) -> None:
 def table(a) -> None:
     print(f"recipe {a.recipe}")
     print(f"{'P':>6} {'s/episode':>10} {'(min - max)':>15} {'s/member-episode':>17} "
-          f"{'processes':>10} {'peak RSS MiB':>13}")
+          f"{'engine':>10} {'procs/threads':>14} {'peak RSS MiB':>13}")
     for P in a.sizes:
         res = subprocess.run([sys.executable, __file__, "--recipe", a.recipe, "--episodes",
                               str(a.episodes), "--device", a.device, "--child", str(P)],
@@ -196,7 +200,7 @@ def table(a) -> None:
         extra = f"  peak GPU {m['peak_gpu_MiB']:.0f} MiB" if "peak_gpu_MiB" in m else ""
         spread = f"({m['s_per_episode_min']:.3f} - {m['s_per_episode_max']:.3f})"
         print(f"{P:>6} {m['s_per_episode']:>10.3f} {spread:>15} {m['s_per_member_episode']:>17.4f} "
-              f"{m['processes']:>10} {m['peak_rss_MiB']:>13.0f}{extra}")
+              f"{m['engine']:>10} {m['processes']:>14} {m['peak_rss_MiB']:>13.0f}{extra}")
 
 
 if __name__ == "__main__":

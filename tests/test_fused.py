@@ -154,12 +154,29 @@ def test_the_engine_choice_is_honoured(monkeypatch):
 
 def test_threads_come_from_free_cores(monkeypatch):
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    # a /proc/stat probe: cpu 1 busy all the time, cpu 2 for 30% of it, the rest idle
+    samples = iter([{0: (0, 100), 1: (0, 100), 2: (0, 100), 3: (0, 100)},
+                    {0: (0, 110), 1: (10, 110), 2: (3, 110), 3: (0, 110)}])
+    monkeypatch.setattr(workers, "_cpu_times", lambda cpus: next(samples))
+    assert workers.free_cores(probe_s=0) == 3  # 1.3 cores busy
+    monkeypatch.setattr(workers, "_cpu_times", lambda cpus: None)  # no /proc: load average
     monkeypatch.setattr(workers.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
-    assert workers.free_cores() == 3  # one core held by another job
+    assert workers.free_cores() == 3
     monkeypatch.setattr(workers.os, "getloadavg", lambda: (7.0, 0.0, 0.0))
     assert workers.free_cores() == 1  # never fewer than one
-    monkeypatch.setattr(workers.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 4)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # OMP_NUM_THREADS=2
     assert workers.threads_for(16, "cpu") == 2
     assert workers.threads_for(1, "cpu") == 1
     assert workers.threads_for(16, "meta") == 1
+    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 1)  # another job holds a core
+    assert workers.threads_for(16, "cpu") == 1
+
+
+def test_the_probe_reads_this_machines_cpus():
+    times = workers._cpu_times({0})
+    if times is None:
+        pytest.skip("no /proc/stat here")
+    busy, total = times[0]
+    assert 0 <= busy <= total
+    assert 1 <= workers.free_cores(probe_s=0.01) <= len(workers.os.sched_getaffinity(0))

@@ -29,8 +29,11 @@ def test_split_is_contiguous_and_nearly_equal():
     assert all(a.stop == b.start for a, b in zip(parts, parts[1:], strict=False))
 
 
-def test_processes_follow_threads_and_part_size(monkeypatch):
+def test_processes_follow_threads_free_cores_and_part_size(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 1)  # another job holds a core
+    assert workers.processes_for(16, "cpu") == 1
+    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 4)
     assert workers.processes_for(16, "cpu") == 2
     assert workers.processes_for(7, "cpu") == 1  # parts would be smaller than MIN_PART
     assert workers.processes_for(16, "meta") == 1  # not the CPU: one batch

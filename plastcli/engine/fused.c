@@ -92,11 +92,95 @@ static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int 
     for (int j = 0; j < n; j++) out[j] += c * a[j];
 }
 
+/* ------------------------------------------------------------------ one pass over a row */
+
+/* Everything a pass does with one row of a matrix, in one loop over it, so that each new
+ * element is used from a register (a separate loop that re-reads just-written elements
+ * ran 2-3x slower here):
+ *   w = kap row + sum_k c[k] V[k]   (written back; kap = 1 is exact)
+ *   dots[q] += w . X[q]   for q < nx
+ *   Y[r] += s[r] w        for r < ny
+ */
+typedef struct {
+    REAL kap, c[3], s[3];
+    const REAL *V[3], *X[2];
+    REAL *Y[3];
+    int nv, nx, ny;
+} RowOp;
+
+#define ROWOP_BODY(NV, NX, NY)                                                          \
+    static void rowop_##NV##_##NX##_##NY(const RowOp *op, REAL *restrict row, int m,    \
+                                          REAL *dots) {                                 \
+        REAL a0[8] = {0}, a1[8] = {0};                                                  \
+        const REAL kap = op->kap;                                                       \
+        const REAL *restrict V0 = op->V[0], *restrict V1 = op->V[1], *restrict V2 = op->V[2]; \
+        const REAL *restrict X0 = op->X[0], *restrict X1 = op->X[1];                    \
+        REAL *restrict Y0 = op->Y[0], *restrict Y1 = op->Y[1], *restrict Y2 = op->Y[2]; \
+        const REAL c0 = op->c[0], c1 = op->c[1], c2 = op->c[2];                         \
+        const REAL s0 = op->s[0], s1 = op->s[1], s2 = op->s[2];                         \
+        int j = 0;                                                                      \
+        for (; j + 8 <= m; j += 8) {                                                    \
+            _Pragma("omp simd") for (int k = 0; k < 8; k++) {                           \
+                REAL w = kap * row[j + k];                                              \
+                if (NV > 0) w += c0 * V0[j + k];                                        \
+                if (NV > 1) w += c1 * V1[j + k];                                        \
+                if (NV > 2) w += c2 * V2[j + k];                                        \
+                row[j + k] = w;                                                         \
+                if (NX > 0) a0[k] += w * X0[j + k];                                     \
+                if (NX > 1) a1[k] += w * X1[j + k];                                     \
+                if (NY > 0) Y0[j + k] += s0 * w;                                        \
+                if (NY > 1) Y1[j + k] += s1 * w;                                        \
+                if (NY > 2) Y2[j + k] += s2 * w;                                        \
+            }                                                                           \
+        }                                                                               \
+        for (int k = 0; j < m; j++, k++) {                                              \
+            REAL w = kap * row[j];                                                      \
+            if (NV > 0) w += c0 * V0[j];                                                \
+            if (NV > 1) w += c1 * V1[j];                                                \
+            if (NV > 2) w += c2 * V2[j];                                                \
+            row[j] = w;                                                                 \
+            if (NX > 0) a0[k] += w * X0[j];                                             \
+            if (NX > 1) a1[k] += w * X1[j];                                             \
+            if (NY > 0) Y0[j] += s0 * w;                                                \
+            if (NY > 1) Y1[j] += s1 * w;                                                \
+            if (NY > 2) Y2[j] += s2 * w;                                                \
+        }                                                                               \
+        for (int h = 4; h; h /= 2)                                                      \
+            for (int k = 0; k < h; k++) { a0[k] += a0[k + h]; a1[k] += a1[k + h]; }     \
+        if (NX > 0) dots[0] += a0[0];                                                   \
+        if (NX > 1) dots[1] += a1[0];                                                   \
+    }
+#define ROWOP_NY(NV, NX) ROWOP_BODY(NV, NX, 0) ROWOP_BODY(NV, NX, 1) ROWOP_BODY(NV, NX, 2) \
+    ROWOP_BODY(NV, NX, 3)
+#define ROWOP_NX(NV) ROWOP_NY(NV, 0) ROWOP_NY(NV, 1) ROWOP_NY(NV, 2)
+ROWOP_NX(0) ROWOP_NX(1) ROWOP_NX(2) ROWOP_NX(3)
+
+typedef void (*RowFn)(const RowOp *, REAL *restrict, int, REAL *);
+#define RF(NV, NX) rowop_##NV##_##NX##_0, rowop_##NV##_##NX##_1, rowop_##NV##_##NX##_2, \
+    rowop_##NV##_##NX##_3
+#define RFV(NV) RF(NV, 0), RF(NV, 1), RF(NV, 2)
+static const RowFn ROWOPS[4 * 3 * 4] = {RFV(0), RFV(1), RFV(2), RFV(3)};
+
+static inline RowFn rowop_fn(const RowOp *op) { return ROWOPS[(op->nv * 3 + op->nx) * 4 + op->ny]; }
+
 static inline REAL sigmoid(REAL z) { return (REAL)1 / ((REAL)1 + exp(-z)); }
 
 static inline REAL softplus(REAL z, REAL beta) {
     REAL bz = beta * z;
     return bz > 20 ? z : log1p(exp(bz)) / beta;
+}
+
+/* y = softplus_beta(z) and its slope d = sigmoid(beta z), sharing one exp. */
+static inline void activate(REAL z, REAL beta, REAL *y, REAL *d) {
+    REAL bz = beta * z;
+    if (bz > 20) {
+        *y = z;
+        *d = sigmoid(bz);
+    } else {
+        REAL e = exp(bz);
+        *y = log1p(e) / beta;
+        *d = e / (1 + e);
+    }
 }
 
 static void softmax(const REAL *z, REAL *y, int n) {
@@ -111,6 +195,7 @@ static void softmax(const REAL *z, REAL *y, int n) {
 /* Offsets of one step's vectors in the tape (one block of `stride` REALs per step). */
 typedef struct {
     long y[MAXL + 1], z[MAXL + 1], e[MAXL + 1], back[MAXL + 1], v[MAXL + 1], wq[MAXL + 1];
+    long d[MAXL + 1]; /* sigmoid(beta z_l), l = 1..L-1; d_0 = 1 - exp(-beta x) if e_0 is needed */
     long sc[MAXL + 1]; /* 3 scalars per layer: 1^T y, y^T W q, e^T z */
     long stride;
 } Layout;
@@ -119,7 +204,8 @@ static void layout(const Job *J, Layout *o) {
     long k = 0;
     const int *n = J->dims;
     for (int l = 0; l <= J->L; l++) {
-        o->y[l] = o->z[l] = o->e[l] = o->back[l] = o->v[l] = o->wq[l] = o->sc[l] = -1;
+        o->y[l] = o->z[l] = o->e[l] = o->back[l] = o->v[l] = o->wq[l] = o->sc[l] = o->d[l] = -1;
+        if ((l >= 1 && l < J->L) || (l == 0 && J->need_e0)) { o->d[l] = k; k += n[l]; }
         if (l >= 1) { o->y[l] = k; k += n[l]; o->z[l] = k; k += n[l]; }
         if (l >= 1 || J->need_e0) { o->e[l] = k; k += n[l]; }
         if (l >= 1) {
@@ -136,7 +222,7 @@ static void layout(const Job *J, Layout *o) {
 /* The vectors of one step of one member, resolved from the tape. */
 typedef struct {
     const REAL *y[MAXL + 1], *z[MAXL + 1], *e[MAXL + 1], *back[MAXL + 1], *v[MAXL + 1],
-        *wq[MAXL + 1], *sc[MAXL + 1];
+        *wq[MAXL + 1], *sc[MAXL + 1], *d[MAXL + 1];
 } Step;
 
 static void step_at(const Layout *o, REAL *tape, const REAL *x_t, int L, Step *s) {
@@ -144,7 +230,7 @@ static void step_at(const Layout *o, REAL *tape, const REAL *x_t, int L, Step *s
     for (int l = 0; l <= L; l++) {
         s->y[l] = l == 0 ? x_t : AT(y, l);
         s->z[l] = AT(z, l); s->e[l] = AT(e, l); s->back[l] = AT(back, l);
-        s->v[l] = AT(v, l); s->wq[l] = AT(wq, l); s->sc[l] = AT(sc, l);
+        s->v[l] = AT(v, l); s->wq[l] = AT(wq, l); s->sc[l] = AT(sc, l); s->d[l] = AT(d, l);
     }
 #undef AT
 }
@@ -186,15 +272,35 @@ static void factors(const Plan *pl, const REAL *c, const Step *s, int l, int m, 
 /* ------------------------------------------------------------------ one member */
 
 /* The G products the reverse pass needs at one step, for every left factor a of a layer:
- * xbar_a = G^T a ``[m]`` and G R_a ``[n]`` (a != ones), accumulated from one row of G. */
-static inline void row_products(const Plan *pl, const REAL *row, int i, int m,
-                                const REAL *const lv[3], const REAL *Rv, int maxn,
-                                REAL *xbar, REAL *GR) {
+ * xbar_a = G^T a ``[m]`` and G R_a ``[n]`` (a != ones), taken from each row of G as a pass
+ * writes it. Sets op's X (R_a) and Y (xbar_a) and returns, in xa/ya, the factor of each. */
+typedef struct { int nx, ny, xa[2], ya[3]; const REAL *lv[3]; } Products;
+
+static void product_targets(const Plan *pl, RowOp *op, Products *pr, const REAL *const lv[3],
+                            const REAL *Rv, int m, REAL *xbar, int maxn) {
+    pr->nx = pr->ny = 0;
     for (int a = 0; a < 3; a++) {
+        pr->lv[a] = lv[a];
         if (!pl->has_a[a]) continue;
-        axpy(xbar + a * maxn, lv[a] ? lv[a][i] : 1, row, m);
-        if (lv[a]) GR[a * maxn + i] = dot(row, Rv + a * m, m);
+        op->Y[pr->ny] = xbar + a * maxn;
+        pr->ya[pr->ny++] = a;
+        if (lv[a]) { op->X[pr->nx] = Rv + a * m; pr->xa[pr->nx++] = a; }
     }
+    op->nx = pr->nx;
+    op->ny = pr->ny;
+}
+
+/* Row i's coefficients of the products (op->s) before the pass over the row. */
+static inline void product_row(const Products *pr, RowOp *op, int i) {
+    for (int r = 0; r < pr->ny; r++) {
+        const REAL *v = pr->lv[pr->ya[r]];
+        op->s[r] = v ? v[i] : 1;
+    }
+}
+
+/* Row i's G R_a from the pass's dots. */
+static inline void product_store(const Products *pr, const REAL *dots, REAL *GR, int maxn, int i) {
+    for (int q = 0; q < pr->nx; q++) GR[pr->xa[q] * maxn + i] = dots[q];
 }
 
 static void clear_products(const Plan *pl, int m, int maxn, REAL *xbar) {
@@ -275,10 +381,11 @@ static int run_member(const Job *J, int p) {
             const REAL *pv = s.y[l - 1], *Wl = W[l - 1];
             if (l < L) {
                 if (v) memset(v, 0, sizeof(REAL) * m);
+                REAL *dl = (REAL *)s.d[l];
                 for (int i = 0; i < nn; i++) {
                     const REAL *row = Wl + (long)i * m;
                     z[i] = dot(row, pv, m);
-                    yy[i] = softplus(z[i], beta);
+                    activate(z[i], beta, yy + i, dl + i);
                     if (v) axpy(v, yy[i], row, m);
                 }
             } else {
@@ -304,12 +411,10 @@ static int run_member(const Job *J, int p) {
             }
             if (want_e) {
                 REAL *eprev = (REAL *)s.e[l - 1];
-                if (l > 1) {
-                    const REAL *zp = s.z[l - 1];
-                    for (int j = 0; j < m; j++) eprev[j] = back[j] * sigmoid(beta * zp[j]);
-                } else {
-                    for (int j = 0; j < m; j++) eprev[j] = back[j] * (1 - exp(-beta * xt[j]));
-                }
+                REAL *dp = (REAL *)s.d[l - 1];
+                if (l == 1)
+                    for (int j = 0; j < m; j++) dp[j] = 1 - exp(-beta * xt[j]);
+                for (int j = 0; j < m; j++) eprev[j] = back[j] * dp[j];
             }
         }
         /* the updates: W <- kappa W + sum_a a R_a^T */
@@ -334,22 +439,26 @@ static int run_member(const Job *J, int p) {
             /* the inputs are known in advance: layer 1's next z = W x_{t+1} (and y, v) come
              * from the rows just updated, saving a pass over the largest matrix */
             int ahead = l == 1 && L > 1 && t + 1 < T;
-            REAL *zn = NULL, *yn = NULL, *vn = NULL;
+            REAL *zn = NULL, *yn = NULL, *vn = NULL, *dn = NULL;
             const REAL *xn = x + (long)(t + 1) * n[0];
             if (ahead) {
                 step_at(&o, tape + o.stride * (t + 1), xn, L, &sp);
                 zn = (REAL *)sp.z[1]; yn = (REAL *)sp.y[1]; vn = (REAL *)sp.v[1];
+                dn = (REAL *)sp.d[1];
                 if (vn) memset(vn, 0, sizeof(REAL) * m);
             }
+            RowOp op = {.kap = kap, .nx = ahead, .X = {xn, NULL}};
+            int va[3];
+            for (int a = 0; a < 3; a++)
+                if (pl->has_a[a]) { va[op.nv] = a; op.V[op.nv++] = Rw + a * m; }
+            RowFn fn = rowop_fn(&op);
             for (int i = 0; i < nn; i++) {
-                REAL *row = Wl + (long)i * m;
-                if (pl->decay >= 0)
-                    for (int j = 0; j < m; j++) row[j] *= kap;
-                for (int a = 0; a < 3; a++)
-                    if (pl->has_a[a]) axpy(row, lv[a] ? lv[a][i] : 1, Rw + a * m, m);
+                REAL *row = Wl + (long)i * m, dots[2] = {0, 0};
+                for (int k = 0; k < op.nv; k++) op.c[k] = lv[va[k]] ? lv[va[k]][i] : 1;
+                fn(&op, row, m, dots);
                 if (ahead) {
-                    zn[i] = dot(row, xn, m);
-                    yn[i] = softplus(zn[i], beta);
+                    zn[i] = dots[0];
+                    activate(zn[i], beta, yn + i, dn + i);
                     if (vn) axpy(vn, yn[i], row, m);
                 }
             }
@@ -436,9 +545,16 @@ static int run_member(const Job *J, int p) {
         factors(pl, coef + (l - 1) * R, &s, l, m, Kf[b][l - 1], Rf[b][l - 1]);
         const REAL *lv[3] = {s.e[l], s.y[l], NULL};
         clear_products(pl, m, maxn, xbar[l - 1]);
-        for (int i = 0; i < nn; i++)
-            row_products(pl, G[l - 1] + (long)i * m, i, m, lv, Rf[b][l - 1], maxn,
-                         xbar[l - 1], GR[l - 1]);
+        RowOp op = {.kap = 1};
+        Products pr;
+        product_targets(pl, &op, &pr, lv, Rf[b][l - 1], m, xbar[l - 1], maxn);
+        RowFn fn = rowop_fn(&op);
+        for (int i = 0; i < nn; i++) {
+            REAL dots[2] = {0, 0};
+            product_row(&pr, &op, i);
+            fn(&op, G[l - 1] + (long)i * m, m, dots);
+            product_store(&pr, dots, GR[l - 1], maxn, i);
+        }
     }
     for (int t = T - 1; t >= 0; t--) {
         const REAL *xt = x + (long)t * n[0];
@@ -505,12 +621,8 @@ static int run_member(const Job *J, int p) {
             const Plan *pl = &J->plan[l - 1];
             int has_e = s.e[l - 1] != NULL;
             if (has_e) {
-                if (l > 1) {
-                    const REAL *zp = s.z[l - 1];
-                    for (int j = 0; j < m; j++) dd[j] = ebar[l - 1][j] * sigmoid(beta * zp[j]);
-                } else {
-                    for (int j = 0; j < m; j++) dd[j] = ebar[0][j] * (1 - exp(-beta * xt[j]));
-                }
+                const REAL *dp = s.d[l - 1];
+                for (int j = 0; j < m; j++) dd[j] = ebar[l - 1][j] * dp[j];
             }
             /* nothing reads W_1 going back unless v, the sym chain or decay does: skip its
              * rebuild then (W_1 is left at W_T) */
@@ -522,23 +634,29 @@ static int run_member(const Job *J, int p) {
             const REAL *lv[3] = {s.e[l], s.y[l], NULL};
             REAL ik = 1 / kappa[l - 1];
             int use_vbar = pl->needs_v, sym_e = has_e && J->sym;
-            for (int i = 0; i < nn; i++) {
-                REAL *row = W[l - 1] + (long)i * m;
-                if (restore && !keep[l - 1]) {
-                    for (int a = 2; a >= 0; a--)
-                        if (pl->has_a[a]) axpy(row, -(lv[a] ? lv[a][i] : 1), Rc + a * m, m);
-                    if (pl->decay >= 0)
-                        for (int j = 0; j < m; j++) row[j] *= ik;
-                }
-                if (use_vbar) ybar[l][i] += dot(row, vbar[l - 1], m);
-                if (sym_e) ebar[l][i] += dot(row, dd, m);
+            /* W_t = W_{t+1} / kappa - sum_a (a / kappa) R_a^T, with W vbar and W dd */
+            RowOp op = {.kap = restore && !keep[l - 1] ? ik : 1};
+            int va[3];
+            if (restore && !keep[l - 1])
+                for (int a = 0; a < 3; a++)
+                    if (pl->has_a[a]) { va[op.nv] = a; op.V[op.nv++] = Rc + a * m; }
+            if (use_vbar) op.X[op.nx++] = vbar[l - 1];
+            if (sym_e) op.X[op.nx++] = dd;
+            RowFn fn = rowop_fn(&op);
+            for (int i = 0; i < nn && (op.nv || op.nx || op.kap != 1); i++) {
+                REAL *row = W[l - 1] + (long)i * m, dots[2] = {0, 0};
+                for (int k = 0; k < op.nv; k++)
+                    op.c[k] = -(lv[va[k]] ? lv[va[k]][i] : 1) * ik;
+                fn(&op, row, m, dots);
+                if (use_vbar) ybar[l][i] += dots[0];
+                if (sym_e) ebar[l][i] += dots[use_vbar];
             }
             if (has_e && !J->sym)
                 for (int i = 0; i < nn; i++) ebar[l][i] += dot(Bm[l - 1] + (long)i * m, dd, m);
             if (has_e && l > 1) {
-                const REAL *zp = s.z[l - 1], *bk = s.back[l];
+                const REAL *dp = s.d[l - 1], *bk = s.back[l];
                 for (int j = 0; j < m; j++) {
-                    REAL d = sigmoid(beta * zp[j]);
+                    REAL d = dp[j];
                     zbar[l - 1][j] += beta * ebar[l - 1][j] * bk[j] * d * (1 - d);
                 }
             }
@@ -554,32 +672,31 @@ static int run_member(const Job *J, int p) {
                 REAL sy = dot(ybar[L], yl, nn);
                 for (int i = 0; i < nn; i++) zbar[L][i] += yl[i] * (ybar[L][i] - sy);
             } else {
-                const REAL *zl = s.z[l];
-                for (int i = 0; i < nn; i++) zbar[l][i] += ybar[l][i] * sigmoid(beta * zl[i]);
+                const REAL *dl = s.d[l];
+                for (int i = 0; i < nn; i++) zbar[l][i] += ybar[l][i] * dl[i];
             }
             int prod = t > 0 && pl->ng;
-            const REAL *lvp[3] = {NULL, NULL, NULL};
-            if (prod) {
-                factors(pl, coef + (l - 1) * R, &sp, l, m, Kf[nxt][l - 1], Rf[nxt][l - 1]);
-                lvp[0] = sp.e[l];
-                lvp[1] = sp.y[l];
-                clear_products(pl, m, maxn, xbar[l - 1]);
-            }
             REAL kap = kappa[l - 1], dk = 0;
             int has_r = pl->needs_v;
+            RowOp op = {.kap = kap, .nv = 1 + has_r, .V = {pv, rvec[l - 1], NULL}};
+            Products pr = {0};
+            if (prod) {
+                const REAL *lvp[3] = {sp.e[l], sp.y[l], NULL};
+                factors(pl, coef + (l - 1) * R, &sp, l, m, Kf[nxt][l - 1], Rf[nxt][l - 1]);
+                clear_products(pl, m, maxn, xbar[l - 1]);
+                product_targets(pl, &op, &pr, lvp, Rf[nxt][l - 1], m, xbar[l - 1], maxn);
+            }
+            RowFn fn = rowop_fn(&op);
             for (int i = 0; i < nn; i++) {
                 const REAL *wrow = W[l - 1] + (long)i * m;
-                REAL *grow = G[l - 1] + (long)i * m;
-                if (pl->decay >= 0) {
-                    dk += dot(grow, wrow, m);
-                    for (int j = 0; j < m; j++) grow[j] *= kap;
-                }
+                REAL *grow = G[l - 1] + (long)i * m, dots[2] = {0, 0};
+                if (pl->decay >= 0) dk += dot(grow, wrow, m);
                 if (l > 1) axpy(ybar[l - 1], zbar[l][i], wrow, m);
-                axpy(grow, zbar[l][i], pv, m);
-                if (has_r) axpy(grow, yl[i], rvec[l - 1], m);
-                if (prod)
-                    row_products(pl, grow, i, m, lvp, Rf[nxt][l - 1], maxn, xbar[l - 1],
-                                 GR[l - 1]);
+                op.c[0] = zbar[l][i];
+                op.c[1] = yl[i];
+                if (prod) product_row(&pr, &op, i);
+                fn(&op, grow, m, dots);
+                if (prod) product_store(&pr, dots, GR[l - 1], maxn, i);
             }
             if (pl->decay >= 0) grad[(l - 1) * R + pl->decay] -= dk;
         }

@@ -165,6 +165,7 @@ class MetaTrainer:
         self.engine = ("fused" if self.uses_adjoint and fused.ready(device, cfg.feedback,
                                                                      len(cfg.layers) - 1)
                        else "reference")
+        self.processes = 1 if self.engine == "fused" else workers.processes_for(P, device)
         if cfg.fb_terms is not None:
             self.fb_mask = cfg.fb_mask.to(device)
             self.fb_S = selection_matrix(cfg.fb_terms, device, cfg.pool)
@@ -245,7 +246,7 @@ class MetaTrainer:
             ce, net, coef_grad = parallel.meta_loss_and_coef_grad(
                 net0, ep.x_train, ep.y_train, ep.x_query, ep.y_query, coef.detach(), active,
                 self.cfg.beta, self.cfg.feedback, pool=self.cfg.pool, engine=self.engine,
-                threads=self.threads)
+                threads=self.threads, processes=self.processes)
             l1 = params[0].abs().sum(1)
             loss = ce + self.l1 * l1.detach()
             surrogate = (coef * coef_grad).sum() + (self._l1_gradient_weight() * l1).sum()

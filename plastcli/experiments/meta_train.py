@@ -13,7 +13,6 @@ from plastcli import signals
 from plastcli.core.terms import recipe_pool
 from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.data import TaskSampler
-from plastcli.engine import workers
 from plastcli.engine.meta import MetaConfig, MetaTrainer
 from plastcli.experiments.common import (
     finish,
@@ -109,20 +108,21 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                               "seeds": seeds, "grid_keys": list(grid),
                               **(extra_attrs or {})},
                  may_grow=("meta.episodes",))
-    # how the population is split decides float rounding (plastcli/engine/workers.py)
-    r.store.set_attrs(torch_threads=torch.get_num_threads(),
-                      processes=workers.processes_for(len(seeds), r.device),
-                      **machine_attrs())  # on resume: the machine that wrote the rest
     torch.manual_seed(0)  # nothing should draw from the global RNG; make sure it is fixed
     cfg = MetaConfig.from_recipe(recipe, len(seeds), grid)
     if member_masks is not None:
         cfg.mask = torch.as_tensor(member_masks, dtype=torch.float32)
     trainer = MetaTrainer(cfg, sampler, seeds, r.device)
-    # the engine and its threads (plastcli/engine/fused.py; a member's numbers do not
-    # depend on the thread count, on the reference path the process split above decides
-    # float rounding)
+    if trainer.engine == "fused" and trainer.threads < torch.get_num_threads():
+        # torch's own threads (sampling, Adam, diagnostics) would wait for busy cores too
+        torch.set_num_threads(trainer.threads)
+    # The engine and how it shares the population (plastcli/engine/parallel.py): the fused
+    # kernel's threads do not change a member's numbers; on the reference path the process
+    # split and torch's threads decide float rounding. On resume: the machine that wrote
+    # the rest.
     r.store.set_attrs(engine=trainer.engine, engine_threads=trainer.threads,
-                      **({"processes": 1} if trainer.engine == "fused" else {}))
+                      torch_threads=torch.get_num_threads(), processes=trainer.processes,
+                      **machine_attrs())
     total = recipe.meta.episodes
     if r.state is not None:
         trainer.load_state_dict(r.state)
