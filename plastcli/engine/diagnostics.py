@@ -31,7 +31,9 @@ def alignment_angles(net: Net, zs, ys, labels: torch.Tensor, beta: float,
     onehot = F.one_hot(labels, net.W[-1].shape[1]).to(ys[0].dtype)
     e_out = output_error(ys[-1], onehot)
     model = errors(net, zs, ys, e_out, beta, feedback, need_e0=True)
-    exact = errors(net, zs, ys, e_out, beta, "sym", need_e0=True)
+    # sym feedback sends errors back through W itself: the model's errors are the exact ones
+    exact = model if feedback == "sym" else errors(net, zs, ys, e_out, beta, "sym",
+                                                   need_e0=True)
     L = net.n_layers
     return torch.stack([vector_angle(model[l].mean(1), exact[l].mean(1)) for l in range(L)], 1)
 
