@@ -67,7 +67,7 @@ def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]] | None:
     return out or None
 
 
-def free_cores(probe_s: float = 0.1) -> int:
+def free_cores(probe_s: float = 0.05) -> int:
     """Cores this process may use that no other job holds now, at least 1: the cores of
     its affinity mask less those busy over a ``probe_s`` probe of /proc/stat (Linux), or
     less the one-minute load average elsewhere (which lags a minute behind). Call it
