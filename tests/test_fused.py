@@ -180,3 +180,29 @@ def test_the_probe_reads_this_machines_cpus():
     busy, total = times[0]
     assert 0 <= busy <= total
     assert 1 <= workers.free_cores(probe_s=0.01) <= len(workers.os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("layers", [[12, 4], [12, 6, 4], [12, 9, 7, 6, 5, 4]],
+                         ids=["one-layer", "two-layer", "five-layer"])
+@pytest.mark.parametrize("feedback", ["fixed", "sym"])
+def test_fused_matches_the_reference_at_any_depth(layers, feedback):
+    """Depths the tiny task does not cover (one layer: the output layer is also the first;
+    five: the paper's depth), the whole pool, random data, in float64."""
+    P, T, Q, L = 2, 7, 5, len(layers) - 1
+    g = torch.Generator().manual_seed(3)
+    net = init_net(layers, [1, 2], 0, "xavier", feedback)
+    net.W = [w.double() for w in net.W]
+    net.Bf = [b.double() for b in net.Bf] if net.Bf else None
+    x = torch.rand(P, T, layers[0], generator=g, dtype=torch.float64)
+    xq = torch.rand(P, Q, layers[0], generator=g, dtype=torch.float64)
+    y = torch.randint(0, layers[-1], (P, T), generator=g)
+    yq = torch.randint(0, layers[-1], (P, Q), generator=g)
+    coef = 0.02 * torch.rand(P, L, len(TERM_NAMES), generator=g, dtype=torch.float64)
+    active = [tuple(range(len(TERM_NAMES)))] * L
+    args = (net, x, y, xq, yq, coef, active, 10.0, feedback)
+    (ce_f, net_f, g_f), (ce_r, net_r, g_r) = _both(args)
+    assert g_r.abs().max() > 1e-4
+    torch.testing.assert_close(ce_f, ce_r, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(g_f, g_r, rtol=1e-9, atol=1e-11)
+    for a, b in zip(net_f.W, net_r.W, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
