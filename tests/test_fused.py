@@ -136,7 +136,7 @@ def test_a_failing_build_is_reported_and_not_cached(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(fused, "_failure", None)
     monkeypatch.setattr(fused, "_noticed", False)
     assert not fused.ready("cpu", "fixed", 3)
-    assert "cc failed: cc: error: unsupported option" in capsys.readouterr().err
+    assert "cc failed (exit 1: cc: error: unsupported option)" in capsys.readouterr().err
     assert not list((tmp_path / "cache").rglob("*.so"))  # no half-written library
 
 

@@ -90,8 +90,9 @@ def _build(real: str) -> Path:
         r = subprocess.run([cc, *FLAGS, *defs, str(SOURCE), "-o", tmp, "-lm"],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            first = (r.stderr.strip().splitlines() or ["(no message)"])[0]
-            raise OSError(f"{Path(cc).name} failed: {first}")
+            lines = r.stderr.strip().splitlines()
+            why = f": {lines[0]}" if lines else ", no message"
+            raise OSError(f"{Path(cc).name} failed (exit {r.returncode}{why})")
         os.replace(tmp, out)  # atomic: processes building at once each see a whole file
     finally:
         if os.path.exists(tmp):
