@@ -206,3 +206,29 @@ def test_fused_matches_the_reference_at_any_depth(layers, feedback):
     torch.testing.assert_close(g_f, g_r, rtol=1e-9, atol=1e-11)
     for a, b in zip(net_f.W, net_r.W, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_inputs_the_kernel_would_read_out_of_bounds_are_refused():
+    """The kernel trusts its arguments; run_group checks what it would read unchecked."""
+    args = list(_adjoint_args([3, 4]))
+    bad_label = list(args)
+    bad_label[4] = args[4].clone()
+    bad_label[4][0, 0] = 99  # a query label beyond the outputs
+    with pytest.raises(ValueError, match="label outside"):
+        parallel.meta_loss_and_coef_grad(*bad_label, engine="fused")
+    short_plan = list(args)
+    short_plan[6] = args[6][:-1]  # a plan for one layer too few
+    with pytest.raises(ValueError, match="layer plans"):
+        parallel.meta_loss_and_coef_grad(*short_plan, engine="fused")
+    few_coefs = list(args)
+    few_coefs[5] = args[5][..., :2]  # err_hebb and oja have indices 2 and 9
+    with pytest.raises(ValueError, match="term index beyond"):
+        parallel.meta_loss_and_coef_grad(*few_coefs, engine="fused")
+
+
+def test_an_episode_without_steps_goes_to_the_reference_path():
+    args = list(_adjoint_args([3]))
+    args[1], args[2] = args[1][:, :0], args[2][:, :0]  # T = 0
+    got = parallel.meta_loss_and_coef_grad(*args, engine="fused")
+    ref = parallel.meta_loss_and_coef_grad(*args, engine="reference")
+    _assert_same_meta_outputs(got, ref)

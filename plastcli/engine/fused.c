@@ -266,10 +266,6 @@ static const REAL *right_of(int b, const Step *s, int l) {
     return b == B_Y || b == B_OJA ? s->y[l - 1] : b == B_E ? s->e[l - 1] : NULL;
 }
 
-static const REAL *left_of(int a, const Step *s, int l) {
-    return a == A_E ? s->e[l] : a == A_Y ? s->y[l] : NULL;
-}
-
 /* K of every group (sign included) and the right factors R_a [3][m] of one layer. */
 static void factors(const Plan *pl, const REAL *c, const Step *s, int l, int m, REAL *K,
                     REAL *R) {
@@ -368,8 +364,8 @@ static int run_member(const Job *J, int p) {
     /* tape, G, kept copies, query activations; per layer: factors R and K of two steps,
      * the G products xbar and GR, vbar, r; per layer adjoints ybar, ebar, zbar; work */
     long per_layer = 2 * (3L * maxn + MAXG) + 6L * maxn + 2L * maxn;
-    long total = o.stride * T + total_w + keep_w + 2L * Q * sum_n + (long)Q * maxn + L * per_layer +
-                 3L * (L + 1) * maxn + 4L * maxn;
+    long total = o.stride * T + total_w + keep_w + 2L * Q * sum_n + (long)Q * maxn +
+                 L * per_layer + 3L * (L + 1) * maxn + 2L * maxn;
     REAL *block = malloc(sizeof(REAL) * total);
     if (!block) return 1;
     Arena ar = {block};
@@ -389,8 +385,7 @@ static int run_member(const Job *J, int p) {
     for (int l = 0; l <= L; l++) {
         ybar[l] = take(&ar, maxn); ebar[l] = take(&ar, maxn); zbar[l] = take(&ar, maxn);
     }
-    REAL *dd = take(&ar, maxn), *tmp = take(&ar, maxn), *Rv = take(&ar, 2 * maxn);
-    (void)Rv;
+    REAL *dd = take(&ar, maxn), *tmp = take(&ar, maxn);
     REAL *K = Kf[0][0], *Rw = Rf[0][0]; /* forward: factors of the current step */
 
     /* ---------------------------------------------------------------- forward */
@@ -485,9 +480,11 @@ static int run_member(const Job *J, int p) {
                 if (ahead) {
                     zn[i] = dots[0];
                     activate(zn[i], beta, yn + i, dn + i);
-                    if (vn) axpy(vn, yn[i], row, m);
+                    /* v += y_i row_i one row late: re-reading a row just written stalls */
+                    if (vn && i) axpy(vn, yn[i - 1], row - m, m);
                 }
             }
+            if (ahead && vn && nn) axpy(vn, yn[nn - 1], Wl + (long)(nn - 1) * m, m);
             if (l == 1) z1_ready = ahead;
         }
         if (J->plan[0].ng == 0 && J->plan[0].decay < 0) z1_ready = 0;
@@ -738,24 +735,24 @@ static int run_member(const Job *J, int p) {
 
 typedef struct {
     Job *J;
-    int first, step;
+    int first, step, status; /* status: each thread its own, ORed after the joins */
 } Slice;
 
 static void *run_slice(void *arg) {
     Slice *sl = arg;
     for (int p = sl->first; p < sl->J->P; p += sl->step)
-        if (run_member(sl->J, p)) sl->J->status = 1;
+        if (run_member(sl->J, p)) sl->status = 1;
     return NULL;
 }
 
 /* plan: per layer [ng, decay, then per group a, b, sign, nm, (r, s) x nm].
- * Returns 0, or 1 (out of memory), 2 (a plan beyond the fixed limits). */
+ * Returns 0, or 1 (out of memory), 2 (beyond the fixed limits, or no steps or queries). */
 int plast_fused_episode(int P, int L, int T, int Q, int R, const int *dims, const int *plan,
                         REAL beta, REAL min_rebuild, int need_e0, int sym, int threads,
                         REAL **W, REAL **W_final, REAL *const *B, const REAL *x,
                         const int64_t *y, const REAL *xq, const int64_t *yq, const REAL *coef,
                         REAL *ce, REAL *grad) {
-    if (L > MAXL || L < 1) return 2;
+    if (L > MAXL || L < 1 || T < 1 || Q < 1) return 2;
     Job *J = calloc(1, sizeof(Job));
     if (!J) return 1;
     *J = (Job){P, L, T, Q, R, need_e0, sym, threads, dims, beta, min_rebuild, W, W_final,
@@ -783,14 +780,15 @@ int plast_fused_episode(int P, int L, int T, int Q, int R, const int *dims, cons
     int nt = threads > P ? P : threads;
     nt = nt < 1 ? 1 : nt;
     if (nt == 1) {
-        Slice sl = {J, 0, 1};
+        Slice sl = {J, 0, 1, 0};
         run_slice(&sl);
+        J->status = sl.status;
     } else {
         pthread_t th[64];
         Slice sl[64];
         nt = nt > 64 ? 64 : nt;
         for (int k = 0; k < nt; k++) {
-            sl[k] = (Slice){J, k, nt};
+            sl[k] = (Slice){J, k, nt, 0};
             if (k && pthread_create(&th[k], NULL, run_slice, &sl[k])) sl[k].step = 0;
         }
         run_slice(&sl[0]);
@@ -798,6 +796,7 @@ int plast_fused_episode(int P, int L, int T, int Q, int R, const int *dims, cons
             if (sl[k].step) pthread_join(th[k], NULL);
             else { sl[k].step = nt; run_slice(&sl[k]); }
         }
+        for (int k = 0; k < nt; k++) J->status |= sl[k].status;
     }
     int st = J->status;
     free(J);

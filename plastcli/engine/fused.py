@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-
          "-pthread"]
 MAX_LAYERS, MAX_GROUPS, MAX_MEMBERS = 16, 32, 8  # fused.c's MAXL, MAXG, MAXM
 MIN_REBUILD_FACTOR = 0.5  # as adjoint.MIN_REBUILD_FACTOR: below, a layer keeps copies
+BUILD_TIMEOUT_S = 300
 
 _A = {terms.E_POST: 0, terms.Y_POST: 1, terms.ONES: 2}
 _B = {terms.Y_PRE: 0, terms.E_PRE: 1, terms.ONES: 2, terms.OJA_PRE: 3}
@@ -66,9 +68,14 @@ def _cpu_id() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC") or "cc"
-    return cc if shutil.which(cc) else shutil.which("gcc")
+def _compiler() -> list[str] | None:
+    """The compiler command: ``$CC`` (which may carry arguments, e.g. ``ccache gcc``), else
+    cc, else gcc; None if there is none."""
+    cc = shlex.split(os.environ.get("CC") or "") or ["cc"]
+    if shutil.which(cc[0]):
+        return cc
+    gcc = shutil.which("gcc")
+    return [gcc] if gcc else None
 
 
 def _build(real: str) -> Path:
@@ -76,7 +83,8 @@ def _build(real: str) -> Path:
     cc = _compiler()
     if cc is None:
         raise OSError("no C compiler (cc or gcc; set CC)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True,
+                             timeout=BUILD_TIMEOUT_S).stdout
     defs = [f"-DREAL={real}"] + (["-DREAL_IS_FLOAT"] if real == "float" else [])
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS + defs), version,
                                     _cpu_id(), platform.machine()]).encode()).hexdigest()[:16]
@@ -87,12 +95,12 @@ def _build(real: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        r = subprocess.run([cc, *FLAGS, *defs, str(SOURCE), "-o", tmp, "-lm"],
-                           capture_output=True, text=True)
+        r = subprocess.run([*cc, *FLAGS, *defs, str(SOURCE), "-o", tmp, "-lm"],
+                           capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if r.returncode != 0:
             lines = r.stderr.strip().splitlines()
             why = f": {lines[0]}" if lines else ", no message"
-            raise OSError(f"{Path(cc).name} failed (exit {r.returncode}{why})")
+            raise OSError(f"{Path(cc[0]).name} failed (exit {r.returncode}{why})")
         os.replace(tmp, out)  # atomic: processes building at once each see a whole file
     finally:
         if os.path.exists(tmp):
@@ -109,6 +117,10 @@ def library(dtype: torch.dtype) -> ctypes.CDLL | None:
         real, ct = _CTYPE[dtype]
         try:
             lib = ctypes.CDLL(str(_build(real)))
+        except subprocess.TimeoutExpired:
+            _failure = f"the C compiler took over {BUILD_TIMEOUT_S} s"
+            _libs[dtype] = None
+            return None
         except (OSError, subprocess.SubprocessError) as err:
             _failure = str(err).splitlines()[0] if str(err) else type(err).__name__
             _libs[dtype] = None
@@ -173,6 +185,36 @@ def applies(x: torch.Tensor, feedback: str, n_layers: int) -> bool:
             and feedback in ("fixed", "sym") and n_layers <= MAX_LAYERS)
 
 
+def _check_inputs(net: Net, x, labels, xq, yq, coef, active, feedback: str) -> None:
+    """What the kernel reads without bounds checks, checked here (a ValueError, as the
+    reference path's indexing would raise)."""
+    P, T, n0 = x.shape
+    L, n_out = net.n_layers, net.W[-1].shape[1]
+    mats = list(net.W) + (list(net.Bf) if feedback == "fixed" else [])
+    problems = []
+    if len(active) != L:
+        problems.append(f"{len(active)} layer plans for {L} layers")
+    elif any(r >= coef.shape[-1] or r < 0 for on in active for r in on):
+        problems.append(f"a term index beyond the {coef.shape[-1]} coefficients")
+    if tuple(coef.shape[:2]) != (P, L):
+        problems.append(f"coefficients {tuple(coef.shape)} for P = {P}, L = {L}")
+    prev = n0
+    for w in net.W:
+        if w.shape[0] != P or w.shape[2] != prev:
+            problems.append(f"a weight matrix {tuple(w.shape)} after width {prev}, P = {P}")
+        prev = w.shape[1]
+    if any(b.shape != w.shape for b, w in zip(mats[L:], net.W, strict=False)):
+        problems.append("feedback matrices shaped unlike the weights")
+    if tuple(labels.shape) != (P, T) or xq.shape[0] != P or xq.shape[2] != n0 \
+            or tuple(yq.shape) != tuple(xq.shape[:2]):
+        problems.append("inputs and labels of unlike shapes")
+    for lab in (labels, yq):
+        if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= n_out):
+            problems.append(f"a label outside [0, {n_out})")
+    if problems:
+        raise ValueError("fused inner step: " + "; ".join(dict.fromkeys(problems)))
+
+
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
@@ -186,8 +228,9 @@ def run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: 
     """(query CE ``[P]``, final Net, dCE/dcoef ``[P, L, R]``) from the kernel, as
     :func:`plastcli.engine.adjoint.run_group` gives them; None where it cannot run
     (the caller then runs the reference path)."""
-    if not applies(x, feedback, net.n_layers):
+    if not applies(x, feedback, net.n_layers) or x.shape[1] < 1 or xq.shape[1] < 1:
         return None
+    _check_inputs(net, x, labels, xq, yq, coef, active, feedback)
     plan = encode_plans(active, pool)
     lib = library(x.dtype)
     if plan is None or lib is None:
