@@ -232,3 +232,29 @@ def test_an_episode_without_steps_goes_to_the_reference_path():
     got = parallel.meta_loss_and_coef_grad(*args, engine="fused")
     ref = parallel.meta_loss_and_coef_grad(*args, engine="reference")
     _assert_same_meta_outputs(got, ref)
+
+
+@pytest.mark.parametrize("engine", ["fused", "reference"])
+def test_a_store_says_which_engine_ran_it(engine, tmp_path, monkeypatch):
+    from conftest import REPO
+    from rich.console import Console
+
+    from plastcli.experiments import meta_train
+    from plastcli.recipes import load_recipe
+    from plastcli.results.store import read_store
+    from plastcli.results.summary import store_summary
+
+    monkeypatch.setenv("PLAST_ENGINE", engine)
+    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 1)
+    recipe = load_recipe(REPO / "recipes/bio.yaml", [
+        "network.layers=[784,16,47]", "task.classes=3", "task.train_per_class=2",
+        "task.query_per_class=2", "population.seeds=2", "meta.episodes=1", "run.device=cpu"])
+    meta_train.run(recipe, tmp_path / "s.h5")
+    a = read_store(tmp_path / "s.h5").attrs
+    assert str(a["engine"]) == engine and int(a["engine_threads"]) == 1
+    assert int(a["processes"]) == 1
+    console = Console(width=100, record=True)
+    for part in store_summary(tmp_path / "s.h5"):
+        console.print(part)
+    shown = console.export_text()
+    assert f"engine            {engine}, 1 " in shown

@@ -26,7 +26,8 @@ MEMBER_GROUPS = ("episodes", "members", "checkpoint")
 SUMMED = ("diverged_members", "collapsed_members")
 # Where each chunk ran: the merged store keeps the first chunk's machine attributes, and
 # these per chunk (chunks from different CPUs or commits round differently).
-PROVENANCE = ("cpu_model", "cpu_capability", "git_commit", "torch_threads", "created")
+PROVENANCE = ("cpu_model", "cpu_capability", "git_commit", "torch_threads", "created", "engine",
+              "engine_threads", "processes")
 
 
 def merge_seed_chunks(parts: list[Path], out: Path, recipe_yaml: str) -> None:

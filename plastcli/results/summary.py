@@ -49,6 +49,11 @@ def store_summary(path: str | Path) -> list:
                 "datasets", "sign_convention"):
         if key in a:
             head.add_row(key, str(a[key]))
+    if "engine" in a:  # how a meta-training ran (plastcli/engine/parallel.py)
+        how = (f"{a['engine_threads']} thread(s)" if str(a["engine"]) == "fused"
+               else f"{a.get('processes', 1)} process(es) × {a.get('torch_threads', '?')} "
+                    "torch thread(s)")
+        head.add_row("engine", f"{a['engine']}, {how}")
     head.add_row("status", f"[{colour}]{s.status}[/]")
     writer = writer_note(path, s.status)
     if writer:
