@@ -18,6 +18,7 @@ from plastcli.core.rules import LayerCoefficients
 from plastcli.core.terms import BUILTIN_POOL, TERM_NAMES
 from plastcli.engine import fused, parallel, workers
 from plastcli.engine.meta import MetaTrainer
+from plastcli.errors import PlastError
 
 
 def _float64_args(terms, feedback, seeds=(3, 4, 5), pool=BUILTIN_POOL, scale=0.05):
@@ -117,7 +118,7 @@ def test_without_a_compiler_the_reference_path_runs_with_one_notice(no_compiler,
     again = parallel.meta_loss_and_coef_grad(*args)
     ref = parallel.meta_loss_and_coef_grad(*args, engine="reference")
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "fused inner step is not available" in err
+    assert err.count("\n") == 1 and "fused kernel could not be built" in err
     assert "no C compiler" in err and "reference path" in err
     _assert_same_meta_outputs(got, ref)
     _assert_same_meta_outputs(again, ref)
@@ -145,9 +146,13 @@ def test_the_engine_choice_is_honoured(monkeypatch):
     assert MetaTrainer(cfg, _tiny_sampler(), [3, 4], torch.device("cpu")).engine == "fused"
     monkeypatch.setenv("PLAST_ENGINE", "reference")
     assert MetaTrainer(cfg, _tiny_sampler(), [3, 4], torch.device("cpu")).engine == "reference"
+    monkeypatch.setenv("PLAST_ENGINE", "fast")
+    with pytest.raises(PlastError, match="PLAST_ENGINE='fast' is not allowed; allowed: fused, "
+                                         "reference"):
+        MetaTrainer(cfg, _tiny_sampler(), [3, 4], torch.device("cpu"))
     monkeypatch.delenv("PLAST_ENGINE")
     cfg.gradient = "autograd"
-    assert MetaTrainer(cfg, _tiny_sampler(), [3, 4], torch.device("cpu")).engine == "reference"
+    assert MetaTrainer(cfg, _tiny_sampler(), [3, 4], torch.device("cpu")).engine == "autograd"
     assert not fused.applies(torch.empty(0, device="meta"), "fixed", 3)  # not the CPU
     assert not fused.applies(torch.empty(0), "plastic", 3)
 
@@ -252,6 +257,7 @@ def test_a_store_says_which_engine_ran_it(engine, tmp_path, monkeypatch):
     meta_train.run(recipe, tmp_path / "s.h5")
     a = read_store(tmp_path / "s.h5").attrs
     assert str(a["engine"]) == engine and int(a["engine_threads"]) == 1
+    assert str(a["engine_build"]).startswith("fused-float-") == (engine == "fused")
     assert int(a["processes"]) == 1
     console = Console(width=100, record=True)
     for part in store_summary(tmp_path / "s.h5"):

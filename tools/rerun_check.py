@@ -4,10 +4,12 @@
 
 For each store: its own resolved recipe (the ``recipe_yaml`` attribute) runs again with
 today's code for ``--episodes`` episodes, with the thread count the store records
-(``torch_threads``, which also decides the process split), and every ``/episodes`` array
-but ``seconds`` is compared with the store's first episodes. A store from a CPU of
-another model or SIMD level is rerun too, but only an equal machine can promise equal
-bits. Stores of other experiments are listed as skipped. Exit 1 if any store differs.
+(``torch_threads``, which also decides the process split) and on the store's ``engine``
+(``PLAST_ENGINE=reference`` for a store without one: it predates the fused kernel), and
+every ``/episodes`` array but ``seconds`` is compared with the store's first episodes. A
+store from a CPU of another model or SIMD level is rerun too, but only an equal machine
+can promise equal bits. Stores of other experiments are listed as skipped. Exit 1 if any
+store differs.
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ def rerun(store: Path, episodes: int, work: Path) -> tuple[str, bool]:
     recipe, out = work / f"{store.stem}.yaml", work / f"{store.stem}.h5"
     recipe.write_text(str(st.attrs["recipe_yaml"]))
     threads = str(int(st.attrs.get("torch_threads", 1)))
+    # the store's engine (stores from before the fused kernel ran on the reference path):
+    # the two engines agree to float rounding only
+    engine = str(st.attrs.get("engine", "reference"))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO),
+           **({"PLAST_ENGINE": "reference"} if engine != "fused" else {})}
     done = subprocess.run([sys.executable, "-m", "plastcli", "meta-train", str(recipe),
                            "--episodes", str(episodes), "--out", str(out), "--overwrite"],
                           env=env, capture_output=True, text=True)

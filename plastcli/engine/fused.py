@@ -3,11 +3,11 @@ in one call to a small C kernel (``fused.c``), instead of some 280 tensor operat
 online step (the reference path, :mod:`plastcli.engine.adjoint`).
 
 The kernel is compiled on first use (about 3 s) with the system's C compiler (``$CC``,
-else ``cc``) for this machine and element type, and cached (:func:`cache_dir`) by a hash
-of its source, flags, compiler and CPU. Where it cannot be built, or for a configuration
-it does not cover (a GPU tensor, plastic feedback, more than 16 layers), the reference
-path runs; a failed build says so once, in one line. ``PLAST_ENGINE=reference`` chooses
-the reference path everywhere.
+else ``cc``, else ``gcc``) for this machine and element type, and cached
+(:func:`cache_dir`) by a hash of its source, flags, compiler and CPU. Where it cannot be
+built, or for a configuration it does not cover (a GPU tensor, plastic feedback, more than
+16 layers), the reference path runs; a failed build says so once, in one line.
+``PLAST_ENGINE=reference`` chooses the reference path everywhere.
 
 The terms reach the kernel as data: each layer's :class:`plastcli.core.terms.LayerPlan`
 is encoded as ``[groups, decay index, (a, b, sign, members, (index, scalar) ...) ...]``.
@@ -51,8 +51,9 @@ _noticed = False
 
 
 def cache_dir() -> Path:
-    """Where built kernels live: ``$PLAST_CACHE/fused``, else ``$XDG_CACHE_HOME/plast/fused``
-    (beside the decoded data sets of :mod:`plastcli.data_cache`)."""
+    """Where built kernels live: ``$PLAST_CACHE/fused``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/plast/fused`` (next to, or with ``PLAST_CACHE`` inside,
+    the decoded data sets of :mod:`plastcli.data_cache`)."""
     if os.environ.get("PLAST_CACHE"):
         return Path(os.environ["PLAST_CACHE"]).expanduser() / "fused"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -78,11 +79,18 @@ def _compiler() -> list[str] | None:
     return [gcc] if gcc else None
 
 
+def build_id(dtype: torch.dtype = torch.float32) -> str | None:
+    """The loaded kernel's file name (its hash names source, flags, compiler and CPU, which
+    decide its float rounding), or None if none is loaded; stores record it."""
+    lib = _libs.get(dtype)
+    return Path(lib._name).name if lib is not None else None
+
+
 def _build(real: str) -> Path:
     """Compile fused.c for ``real`` ('float' or 'double') unless cached; the library path."""
     cc = _compiler()
     if cc is None:
-        raise OSError("no C compiler (cc or gcc; set CC)")
+        raise OSError("no C compiler: install cc or gcc, or set CC")
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True,
                              timeout=BUILD_TIMEOUT_S).stdout
     defs = [f"-DREAL={real}"] + (["-DREAL_IS_FLOAT"] if real == "float" else [])
@@ -133,8 +141,19 @@ def library(dtype: torch.dtype) -> ctypes.CDLL | None:
     return _libs[dtype]
 
 
+ENGINES = ("fused", "reference")
+
+
 def enabled() -> bool:
-    return os.environ.get("PLAST_ENGINE", "fused").lower() != "reference"
+    """``PLAST_ENGINE``: 'fused' (the default: the kernel wherever it applies) or
+    'reference' (the tensor path everywhere); anything else is a one-line error."""
+    from plastcli.errors import PlastError
+
+    value = os.environ.get("PLAST_ENGINE", "fused").strip().lower() or "fused"
+    if value not in ENGINES:
+        raise PlastError(f"PLAST_ENGINE={os.environ['PLAST_ENGINE']!r} is not allowed; "
+                         f"allowed: {', '.join(ENGINES)}")
+    return value == "fused"
 
 
 def failure() -> str | None:
@@ -146,8 +165,8 @@ def _notice() -> None:
     global _noticed
     if not _noticed and _failure is not None:
         _noticed = True
-        print(f"plast: note: the fused inner step is not available ({_failure}); "
-              "running the reference path", file=sys.stderr)
+        print(f"plast: note: the fused kernel could not be built ({_failure}); running the "
+              "reference path, about 4x slower", file=sys.stderr)
 
 
 def ready(device: torch.device | str, feedback: str, n_layers: int,

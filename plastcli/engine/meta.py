@@ -162,8 +162,10 @@ class MetaTrainer:
         # decided once, before our own threads count as load (a member's numbers do not
         # depend on them); the fused kernel is built here on first use
         self.threads = workers.threads_for(P, device)
-        self.engine = ("fused" if self.uses_adjoint and fused.ready(device, cfg.feedback,
-                                                                     len(cfg.layers) - 1)
+        # fused: the C kernel; reference: the tensor reverse pass; autograd: neither applies
+        # (plastic feedback, gradient through sym feedback, meta.gradient: autograd)
+        self.engine = ("autograd" if not self.uses_adjoint else
+                       "fused" if fused.ready(device, cfg.feedback, len(cfg.layers) - 1)
                        else "reference")
         self.processes = 1 if self.engine == "fused" else workers.processes_for(P, device)
         if cfg.fb_terms is not None:

@@ -90,7 +90,8 @@ def run_part(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: s
     """One process's share of :func:`meta_loss_and_coef_grad` (run by plastcli.engine.workers):
     (CE, final weights, coefficient gradient), leaving out the feedback it was given."""
     ce, final, grad = meta_loss_and_coef_grad(net, x, labels, xq, yq, coef, active, beta,
-                                              feedback, chunk, group, processes=1, pool=pool)
+                                              feedback, chunk, group, processes=1, pool=pool,
+                                              engine="reference")
     return ce, Net(W=final.W, Bf=None), grad
 
 

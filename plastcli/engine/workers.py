@@ -1,4 +1,6 @@
-"""Share a CPU population across processes, one core each.
+"""Share a CPU population on the reference path across processes, one core each, and pick
+how many cores a population may use (free_cores: also the fused kernel's thread count,
+:func:`threads_for`).
 
 The inner loop of one member is a long chain of small operations, so a CPU population
 is bound by per-operation overhead and cache traffic rather than by arithmetic; two
@@ -10,7 +12,8 @@ The first part runs in the calling process (its intra-op threads set to one mean
 the others go to the workers of a standard-library process pool that lives as long as
 the program (:mod:`plastcli.engine.pool`: spawned, single-threaded, tensors through shared
 memory). Each part gives exactly the numbers it gives when run alone with one thread, so
-a run is deterministic for a given population size and thread count.
+a run on the reference path is deterministic for a given process count and thread count
+(both recorded in the store).
 ``OMP_NUM_THREADS=1`` keeps a run in one process. Workers are spawned, so they import the
 main script again: a script that meta-trains a population must guard its entry point
 with ``if __name__ == "__main__"`` (``plast`` and ``python -m plastcli`` do).

@@ -13,6 +13,7 @@ from plastcli import signals
 from plastcli.core.terms import recipe_pool
 from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.data import TaskSampler
+from plastcli.engine import fused
 from plastcli.engine.meta import MetaConfig, MetaTrainer
 from plastcli.experiments.common import (
     finish,
@@ -121,6 +122,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
     # split and torch's threads decide float rounding. On resume: the machine that wrote
     # the rest.
     r.store.set_attrs(engine=trainer.engine, engine_threads=trainer.threads,
+                      engine_build=(fused.build_id() or "") if trainer.engine == "fused" else "",
                       torch_threads=torch.get_num_threads(), processes=trainer.processes,
                       **machine_attrs())
     total = recipe.meta.episodes
