@@ -30,6 +30,9 @@ app = typer.Typer(
         "Every experiment reads a YAML recipe (see recipes/), writes an HDF5 result store "
         "(results/PAPER/NAME.h5) and 'plast figures' draws the papers' figures from "
         "the stores. Data: --data-dir, else $PLAST_DATA, else ~/.cache/plast/data.\n\n"
+        "Meta-training runs on a C kernel built on first use ($CC, else cc, else gcc; cached "
+        "in $PLAST_CACHE/fused, else ~/.cache/plast/fused); PLAST_ENGINE=reference runs the "
+        "slower tensor path instead, as does a machine without a compiler.\n\n"
         + EXIT_CODES
     ),
     no_args_is_help=True,
