@@ -71,32 +71,37 @@ typedef struct {
 
 /* ------------------------------------------------------------------ small helpers */
 
-/* Dot product with DOTW independent partial sums: one accumulator would make each row's
- * product wait on the adder's latency at every vector (four times slower on AVX2). */
-#define DOTW 8
+/* Sums run in LANES independent partial sums (one accumulator would make each row's
+ * product wait on the adder's latency at every vector), added up at the end by hsum in a
+ * fixed tree, so a sum's rounding depends only on its length. */
+#define LANES 8
+static inline REAL hsum(REAL *acc) {
+    for (int h = LANES / 2; h; h /= 2)
+        for (int k = 0; k < h; k++) acc[k] += acc[k + h];
+    return acc[0];
+}
+
 static inline REAL dot(const REAL *restrict a, const REAL *restrict b, int n) {
-    REAL acc[DOTW] = {0};
+    REAL acc[LANES] = {0};
     int j = 0;
-    for (; j + DOTW <= n; j += DOTW) {
+    for (; j + LANES <= n; j += LANES) {
 #pragma omp simd
-        for (int k = 0; k < DOTW; k++) acc[k] += a[j + k] * b[j + k];
+        for (int k = 0; k < LANES; k++) acc[k] += a[j + k] * b[j + k];
     }
     for (int k = 0; j < n; j++, k++) acc[k] += a[j] * b[j];
-    for (int w = DOTW / 2; w; w /= 2)
-        for (int k = 0; k < w; k++) acc[k] += acc[k + w];
-    return acc[0];
+    return hsum(acc);
 }
 
 /* out[k * stride] = row . Y_k for the four rows Y_k = Y + k m (query samples). */
 static inline void dot4(const REAL *restrict row, const REAL *restrict Y, int m,
                         REAL *out, long stride) {
-    REAL a0[8] = {0}, a1[8] = {0}, a2[8] = {0}, a3[8] = {0};
+    REAL a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
     const REAL *restrict y0 = Y, *restrict y1 = Y + m, *restrict y2 = Y + 2L * m,
                *restrict y3 = Y + 3L * m;
     int j = 0;
-    for (; j + 8 <= m; j += 8) {
+    for (; j + LANES <= m; j += LANES) {
 #pragma omp simd
-        for (int k = 0; k < 8; k++) {
+        for (int k = 0; k < LANES; k++) {
             REAL w = row[j + k];
             a0[k] += w * y0[j + k]; a1[k] += w * y1[j + k];
             a2[k] += w * y2[j + k]; a3[k] += w * y3[j + k];
@@ -106,11 +111,8 @@ static inline void dot4(const REAL *restrict row, const REAL *restrict Y, int m,
         a0[k] += row[j] * y0[j]; a1[k] += row[j] * y1[j];
         a2[k] += row[j] * y2[j]; a3[k] += row[j] * y3[j];
     }
-    for (int h = 4; h; h /= 2)
-        for (int k = 0; k < h; k++) {
-            a0[k] += a0[k + h]; a1[k] += a1[k + h]; a2[k] += a2[k + h]; a3[k] += a3[k + h];
-        }
-    out[0] = a0[0]; out[stride] = a1[0]; out[2 * stride] = a2[0]; out[3 * stride] = a3[0];
+    out[0] = hsum(a0); out[stride] = hsum(a1); out[2 * stride] = hsum(a2);
+    out[3 * stride] = hsum(a3);
 }
 
 static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int n) {
@@ -137,7 +139,7 @@ typedef struct {
 #define ROWOP_BODY(NV, NX, NY)                                                          \
     static void rowop_##NV##_##NX##_##NY(const RowOp *op, REAL *restrict row, int m,    \
                                           REAL *dots) {                                 \
-        REAL a0[8] = {0}, a1[8] = {0};                                                  \
+        REAL a0[LANES] = {0}, a1[LANES] = {0};                                          \
         const REAL kap = op->kap;                                                       \
         const REAL *restrict V0 = op->V[0], *restrict V1 = op->V[1], *restrict V2 = op->V[2]; \
         const REAL *restrict X0 = op->X[0], *restrict X1 = op->X[1];                    \
@@ -145,8 +147,8 @@ typedef struct {
         const REAL c0 = op->c[0], c1 = op->c[1], c2 = op->c[2];                         \
         const REAL s0 = op->s[0], s1 = op->s[1], s2 = op->s[2];                         \
         int j = 0;                                                                      \
-        for (; j + 8 <= m; j += 8) {                                                    \
-            _Pragma("omp simd") for (int k = 0; k < 8; k++) {                           \
+        for (; j + LANES <= m; j += LANES) {                                            \
+            _Pragma("omp simd") for (int k = 0; k < LANES; k++) {                       \
                 REAL w = kap * row[j + k];                                              \
                 if (NV > 0) w += c0 * V0[j + k];                                        \
                 if (NV > 1) w += c1 * V1[j + k];                                        \
@@ -171,10 +173,8 @@ typedef struct {
             if (NY > 1) Y1[j] += s1 * w;                                                \
             if (NY > 2) Y2[j] += s2 * w;                                                \
         }                                                                               \
-        for (int h = 4; h; h /= 2)                                                      \
-            for (int k = 0; k < h; k++) { a0[k] += a0[k + h]; a1[k] += a1[k + h]; }     \
-        if (NX > 0) dots[0] += a0[0];                                                   \
-        if (NX > 1) dots[1] += a1[0];                                                   \
+        if (NX > 0) dots[0] += hsum(a0);                                                \
+        if (NX > 1) dots[1] += hsum(a1);                                                \
     }
 #define ROWOP_NY(NV, NX) ROWOP_BODY(NV, NX, 0) ROWOP_BODY(NV, NX, 1) ROWOP_BODY(NV, NX, 2) \
     ROWOP_BODY(NV, NX, 3)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from plastcli import data_cache
 from plastcli.core import terms
 from plastcli.core.network import Net
 from plastcli.core.terms import BUILTIN_POOL, Pool
@@ -51,13 +52,10 @@ _noticed = False
 
 
 def cache_dir() -> Path:
-    """Where built kernels live: ``$PLAST_CACHE/fused``, else
-    ``${XDG_CACHE_HOME:-~/.cache}/plast/fused`` (next to, or with ``PLAST_CACHE`` inside,
-    the decoded data sets of :mod:`plastcli.data_cache`)."""
-    if os.environ.get("PLAST_CACHE"):
-        return Path(os.environ["PLAST_CACHE"]).expanduser() / "fused"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "plast" / "fused"
+    """Where built kernels live: ``fused/`` inside ``$PLAST_CACHE``, else beside the decoded
+    data sets (:func:`plastcli.data_cache.cache_dir`), ``${XDG_CACHE_HOME:-~/.cache}/plast``."""
+    decoded = data_cache.cache_dir()
+    return (decoded if os.environ.get(data_cache.CACHE_ENV) else decoded.parent) / "fused"
 
 
 def _cpu_id() -> str:

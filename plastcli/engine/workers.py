@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import torch
@@ -75,8 +76,6 @@ def free_cores(probe_s: float = 0.05) -> int:
     its affinity mask less those busy over a ``probe_s`` probe of /proc/stat (Linux), or
     less the one-minute load average elsewhere (which lags a minute behind). Call it
     before starting work: our own threads would count as busy afterwards."""
-    import time
-
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else \
         set(range(os.cpu_count() or 1))
     n = max(1, len(cpus))
@@ -101,8 +100,6 @@ def _free_cores_recent(max_age_s: float = 10.0) -> int:
     """:func:`free_cores`, probed at most once per ``max_age_s`` (a process that builds
     many trainers, such as a test run, should not wait for a probe each time)."""
     global _recent
-    import time
-
     now = time.monotonic()
     if _recent is None or now - _recent[0] > max_age_s:
         _recent = (now, free_cores())
