@@ -264,3 +264,15 @@ def test_a_store_says_which_engine_ran_it(engine, tmp_path, monkeypatch):
         console.print(part)
     shown = console.export_text()
     assert f"engine            {engine}, 1 " in shown
+
+
+def test_a_tape_the_kernel_cannot_allocate_is_one_line(monkeypatch):
+    class OutOfMemory:  # the kernel's status 1: malloc failed
+        @staticmethod
+        def plast_fused_episode(*args):
+            return 1
+
+    monkeypatch.setattr(fused, "library", lambda dtype: OutOfMemory)
+    with pytest.raises(PlastError, match="could not allocate its tape .* use fewer online "
+                                         "steps or PLAST_ENGINE=reference"):
+        parallel.meta_loss_and_coef_grad(*_adjoint_args([3]), engine="fused")

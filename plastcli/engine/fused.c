@@ -124,7 +124,7 @@ static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int 
 
 /* Everything a pass does with one row of a matrix, in one loop over it, so that each new
  * element is used from a register (a separate loop that re-reads just-written elements
- * ran 2-3x slower here):
+ * ran 1.4-3.4x slower in a microbenchmark here, depending on code placement):
  *   w = kap row + sum_k c[k] V[k]   (written back; kap = 1 is exact)
  *   dots[q] += w . X[q]   for q < nx
  *   Y[r] += s[r] w        for r < ny

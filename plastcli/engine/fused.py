@@ -276,7 +276,11 @@ def run_group(net: Net, x, labels, xq, yq, coef, active, beta: float, feedback: 
         _ptrs(W), _ptrs(W_final), _ptrs(B) if B else None, _ptr(x_c), _ptr(lab),
         _ptr(xq_c), _ptr(lab_q), _ptr(coef_c), _ptr(ce), _ptr(grad))
     if status == 1:
-        raise MemoryError("the fused inner step could not allocate its tape")
+        from plastcli.errors import PlastError
+
+        raise PlastError(f"the fused kernel could not allocate its tape ({T} steps of a "
+                         f"{'-'.join(map(str, dims))} network per member); use fewer online "
+                         "steps or PLAST_ENGINE=reference")
     if status:
         return None
     return ce, Net(W=W_final, Bf=net.Bf, D=net.D), grad
