@@ -276,3 +276,17 @@ def test_a_tape_the_kernel_cannot_allocate_is_one_line(monkeypatch):
     with pytest.raises(PlastError, match="could not allocate its tape .* use fewer online "
                                          "steps or PLAST_ENGINE=reference"):
         parallel.meta_loss_and_coef_grad(*_adjoint_args([3]), engine="fused")
+
+
+def test_a_compiler_that_hangs_is_given_up_on(tmp_path, monkeypatch, capsys):
+    slow = tmp_path / "cc"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setenv("CC", str(slow))
+    monkeypatch.setenv("PLAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fused, "BUILD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fused, "_libs", {})
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr(fused, "_noticed", False)
+    assert not fused.ready("cpu", "fixed", 3)
+    assert "the C compiler took over 0.5 s" in capsys.readouterr().err

@@ -123,12 +123,10 @@ def library(dtype: torch.dtype) -> ctypes.CDLL | None:
         real, ct = _CTYPE[dtype]
         try:
             lib = ctypes.CDLL(str(_build(real)))
-        except subprocess.TimeoutExpired:
-            _failure = f"the C compiler took over {BUILD_TIMEOUT_S} s"
-            _libs[dtype] = None
-            return None
         except (OSError, subprocess.SubprocessError) as err:
-            _failure = str(err).splitlines()[0] if str(err) else type(err).__name__
+            _failure = (f"the C compiler took over {BUILD_TIMEOUT_S} s"
+                        if isinstance(err, subprocess.TimeoutExpired)
+                        else str(err).splitlines()[0] if str(err) else type(err).__name__)
             _libs[dtype] = None
             return None
         fn = lib.plast_fused_episode
