@@ -7,6 +7,11 @@ they share in cli_common. Any :class:`PlastError` becomes one red line on stderr
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+import threading
+
 import typer
 
 # registration order is the order --help lists the commands in: the experiments first
@@ -32,9 +37,45 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version,
     pass
 
 
+def _open_hdf5_files() -> int:
+    """How many HDF5 files this process still holds open (0 where h5py was never loaded)."""
+    h5py = sys.modules.get("h5py")
+    return int(h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)) if h5py else 0
+
+
+def leave(code: int | None) -> None:
+    """Exit with ``code`` without the interpreter's teardown where that is safe.
+
+    Tearing down torch's modules takes 0.3 s here, after every command has done its work.
+    What an ordinary exit does first still happens, in its order: threads' exit handlers
+    (a process pool's shutdown) and the joining of other threads (``threading._shutdown``),
+    then the exit handlers (Ray, multiprocessing, temporary folders). What is skipped is the
+    teardown of modules and objects. Only where no HDF5 file is left open (the HDF5 library
+    flushes those from its own C exit handler, which ``os._exit`` would skip); otherwise, or
+    where this Python lacks ``threading._shutdown``, the ordinary exit.
+    """
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    if not isinstance(code, int | None) or _open_hdf5_files() or shutdown_threads is None:
+        raise SystemExit(code)
+    shutdown_threads()
+    atexit._run_exitfuncs()
+    if _open_hdf5_files():  # an exit handler opened one (no such handler today)
+        raise SystemExit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say on it
+            pass
+    os._exit(code or 0)
+
+
 def main() -> None:
     """Entry point of the ``plast`` console script."""
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        leave(done.code)
+    leave(0)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,9 @@ def run_experiment(kind: str, module_name: str, recipe: Path, set_, device, out,
     extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     rec = load_for(recipe, kind, set_, extra)
     out = check_store_out(out or default_out(rec))
+    from plastcli.engine.cores import start_probe
+
+    start_probe()  # the free cores, measured while torch is imported
     module = importlib.import_module(f"plastcli.experiments.{module_name}")
     from plastcli.progress import RichReporter
 

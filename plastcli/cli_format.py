@@ -12,9 +12,13 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import importlib.util
+import sys
+
 import typer
 import typer.core
-import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
 
@@ -52,18 +56,42 @@ if hasattr(typer.core.TyperArgument, "_usage_display_name"):
 
     typer.core.TyperArgument._usage_display_name = _usage_name
 
-_rich_format_error = getattr(typer.rich_utils, "rich_format_error", None)
+def _patch_rich_utils(rich_utils) -> None:
+    """Make typer's usage errors one line (typer calls ``rich_utils.rich_format_error``)."""
+    rich_format_error = getattr(rich_utils, "rich_format_error", None)
+    if rich_format_error is None:
+        return
+
+    def one_line_error(exc) -> None:
+        if exc.__class__.__name__ == "NoArgsIsHelpError":
+            return rich_format_error(exc)  # no arguments: the help was printed, as asked
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(str(exc.format_message()).split())
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}{escape(hint)}",
+                                   highlight=False, soft_wrap=True)
+
+    rich_utils.rich_format_error = one_line_error
 
 
-def _one_line_error(exc) -> None:
-    if exc.__class__.__name__ == "NoArgsIsHelpError" and _rich_format_error is not None:
-        return _rich_format_error(exc)  # no arguments: the help was printed, as asked
-    ctx = getattr(exc, "ctx", None)
-    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-    message = " ".join(str(exc.format_message()).split())
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}{escape(hint)}",
-                               highlight=False, soft_wrap=True)
+def _patch_rich_utils_when_loaded() -> None:
+    """typer imports ``typer.rich_utils`` (and with it rich's markdown, 0.06-0.1 s) only
+    to print help or an error: load it lazily and patch it when it loads, not on every run."""
+    name = "typer.rich_utils"
+    spec = None if name in sys.modules else importlib.util.find_spec(name)
+    if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+        _patch_rich_utils(importlib.import_module(name))  # loaded, or an unusual loader
+        return
+
+    class PatchOnLoad(type(spec.loader)):
+        def exec_module(self, module):
+            super().exec_module(module)
+            _patch_rich_utils(module)
+
+    spec.loader = importlib.util.LazyLoader(PatchOnLoad(spec.loader.name, spec.loader.path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = typer.rich_utils = module
+    spec.loader.exec_module(module)  # lazily: the module runs on its first attribute access
 
 
-if _rich_format_error is not None:
-    typer.rich_utils.rich_format_error = _one_line_error
+_patch_rich_utils_when_loaded()

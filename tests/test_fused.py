@@ -16,7 +16,7 @@ from test_engine import _adjoint_args, _assert_same_meta_outputs, _config, _tiny
 from plastcli.core.network import init_net
 from plastcli.core.rules import LayerCoefficients
 from plastcli.core.terms import BUILTIN_POOL, TERM_NAMES
-from plastcli.engine import fused, parallel, workers
+from plastcli.engine import cores, fused, parallel, workers
 from plastcli.engine.meta import MetaTrainer
 from plastcli.errors import PlastError
 
@@ -158,33 +158,59 @@ def test_the_engine_choice_is_honoured(monkeypatch):
 
 
 def test_threads_come_from_free_cores(monkeypatch):
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     # a /proc/stat probe: cpu 1 busy all the time, cpu 2 for 30% of it, the rest idle
     samples = iter([{0: (0, 100), 1: (0, 100), 2: (0, 100), 3: (0, 100)},
                     {0: (0, 110), 1: (10, 110), 2: (3, 110), 3: (0, 110)}])
-    monkeypatch.setattr(workers, "_cpu_times", lambda cpus: next(samples))
-    assert workers.free_cores(probe_s=0) == 3  # 1.3 cores busy
-    monkeypatch.setattr(workers, "_cpu_times", lambda cpus: None)  # no /proc: load average
-    monkeypatch.setattr(workers.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
-    assert workers.free_cores() == 3
-    monkeypatch.setattr(workers.os, "getloadavg", lambda: (7.0, 0.0, 0.0))
-    assert workers.free_cores() == 1  # never fewer than one
-    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 4)
+    monkeypatch.setattr(cores, "_cpu_times", lambda cpus: next(samples))
+    monkeypatch.setattr(cores, "_own_cpu_s", lambda: 0.0)
+    assert cores.free_cores(probe_s=0) == 3  # 1.3 cores busy
+    monkeypatch.setattr(cores, "_cpu_times", lambda cpus: None)  # no /proc: load average
+    monkeypatch.setattr(cores.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert cores.free_cores() == 3
+    monkeypatch.setattr(cores.os, "getloadavg", lambda: (7.0, 0.0, 0.0))
+    assert cores.free_cores() == 1  # never fewer than one
+    monkeypatch.setattr(cores, "free_cores_recent", lambda: 4)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # OMP_NUM_THREADS=2
     assert workers.threads_for(16, "cpu") == 2
     assert workers.threads_for(1, "cpu") == 1
     assert workers.threads_for(16, "meta") == 1
-    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 1)  # another job holds a core
+    monkeypatch.setattr(cores, "free_cores_recent", lambda: 1)  # another job holds a core
     assert workers.threads_for(16, "cpu") == 1
 
 
+def test_our_own_cpu_time_does_not_count_as_busy(monkeypatch):
+    """The background probe overlaps our own import of torch: a core busy with it is ours."""
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    samples = iter([{0: (0, 100), 1: (0, 100)}, {0: (10, 110), 1: (0, 110)}])  # cpu 0 busy
+    own = iter([5.0, 5.0 + 0.1])  # ... with us, for the whole 0.1 s probe
+    clock = iter([0.0, 0.1])
+    monkeypatch.setattr(cores, "_cpu_times", lambda cpus: next(samples))
+    monkeypatch.setattr(cores, "_own_cpu_s", lambda: next(own))
+    monkeypatch.setattr(cores.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(cores.time, "sleep", lambda s: None)
+    assert cores.free_cores(probe_s=0.1) == 2
+
+
+def test_a_background_probe_serves_the_next_request(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cores, "_recent", None)
+    monkeypatch.setattr(cores, "_probe", None)
+    monkeypatch.setattr(cores, "free_cores", lambda probe_s: calls.append(probe_s) or 7)
+    cores.start_probe()
+    cores.start_probe()  # one probe at a time
+    assert cores.free_cores_recent() == 7
+    assert cores.free_cores_recent() == 7  # remembered
+    assert calls == [cores.BACKGROUND_PROBE_S]
+
+
 def test_the_probe_reads_this_machines_cpus():
-    times = workers._cpu_times({0})
+    times = cores._cpu_times({0})
     if times is None:
         pytest.skip("no /proc/stat here")
     busy, total = times[0]
     assert 0 <= busy <= total
-    assert 1 <= workers.free_cores(probe_s=0.01) <= len(workers.os.sched_getaffinity(0))
+    assert 1 <= cores.free_cores(probe_s=0.01) <= len(cores.os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("layers", [[12, 4], [12, 6, 4], [12, 9, 7, 6, 5, 4]],
@@ -250,7 +276,7 @@ def test_a_store_says_which_engine_ran_it(engine, tmp_path, monkeypatch):
     from plastcli.results.summary import store_summary
 
     monkeypatch.setenv("PLAST_ENGINE", engine)
-    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 1)
+    monkeypatch.setattr(cores, "free_cores_recent", lambda: 1)
     recipe = load_recipe(REPO / "recipes/bio.yaml", [
         "network.layers=[784,16,47]", "task.classes=3", "task.train_per_class=2",
         "task.query_per_class=2", "population.seeds=2", "meta.episodes=1", "run.device=cpu"])

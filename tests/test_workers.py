@@ -15,7 +15,7 @@ from conftest import REPO
 from test_engine import _adjoint_args, _assert_same_meta_outputs
 
 from plastcli.core.network import Net
-from plastcli.engine import parallel, pool, workers
+from plastcli.engine import cores, parallel, pool, workers
 from plastcli.experiments import meta_train
 from plastcli.recipes import load_recipe
 from plastcli.results.store import read_store
@@ -31,9 +31,9 @@ def test_split_is_contiguous_and_nearly_equal():
 
 def test_processes_follow_threads_free_cores_and_part_size(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 1)  # another job holds a core
+    monkeypatch.setattr(cores, "free_cores_recent", lambda: 1)  # another job holds a core
     assert workers.processes_for(16, "cpu") == 1
-    monkeypatch.setattr(workers, "_free_cores_recent", lambda: 4)
+    monkeypatch.setattr(cores, "free_cores_recent", lambda: 4)
     assert workers.processes_for(16, "cpu") == 2
     assert workers.processes_for(7, "cpu") == 1  # parts would be smaller than MIN_PART
     assert workers.processes_for(16, "meta") == 1  # not the CPU: one batch

@@ -1,6 +1,6 @@
 """Share a CPU population on the reference path across processes, one core each, and pick
-how many cores a population may use (free_cores: also the fused kernel's thread count,
-:func:`threads_for`).
+how many cores a population may use (the free cores, :mod:`plastcli.engine.cores`; also the
+fused kernel's thread count, :func:`threads_for`).
 
 The inner loop of one member is a long chain of small operations, so a CPU population
 is bound by per-operation overhead and cache traffic rather than by arithmetic; two
@@ -25,15 +25,14 @@ whose memory the next request reuses.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 import torch
 
-from plastcli.engine import pool
+from plastcli.engine import cores, pool
+from plastcli.engine.cores import free_cores
 from plastcli.engine.pool import ShmTooSmall
 
 __all__ = ["MIN_PART", "ShmTooSmall", "free_cores", "peak_rss_all_mib", "peak_rss_mib",
@@ -52,58 +51,7 @@ def processes_for(P: int, device: torch.device | str) -> int:
     MIN_PART members; 1 on a GPU."""
     if torch.device(device).type != "cpu":
         return 1
-    return max(1, min(torch.get_num_threads(), _free_cores_recent(), P // MIN_PART))
-
-
-def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]] | None:
-    """(busy, total) jiffies per CPU of ``cpus`` from Linux's /proc/stat, else None."""
-    try:
-        with open("/proc/stat") as f:
-            lines = [ln.split() for ln in f if ln.startswith("cpu") and ln[3:4].isdigit()]
-    except OSError:
-        return None
-    out = {}
-    for parts in lines:
-        cpu = int(parts[0][3:])
-        if cpu in cpus:
-            t = [int(v) for v in parts[1:9]]  # user nice system idle iowait irq softirq steal
-            out[cpu] = (sum(t) - t[3] - t[4], sum(t))
-    return out or None
-
-
-def free_cores(probe_s: float = 0.05) -> int:
-    """Cores this process may use that no other job holds now, at least 1: the cores of
-    its affinity mask less those busy over a ``probe_s`` probe of /proc/stat (Linux), or
-    less the one-minute load average elsewhere (which lags a minute behind). Call it
-    before starting work: our own threads would count as busy afterwards."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else \
-        set(range(os.cpu_count() or 1))
-    n = max(1, len(cpus))
-    before = _cpu_times(cpus)
-    if before is not None:
-        time.sleep(probe_s)
-        after = _cpu_times(cpus) or {}
-        busy = sum((after[c][0] - b[0]) / max(1, after[c][1] - b[1])
-                   for c, b in before.items() if c in after)
-    else:
-        try:
-            busy = os.getloadavg()[0]
-        except OSError:  # not available on this platform
-            busy = 0.0
-    return max(1, min(n, n - int(busy + 0.5)))
-
-
-_recent: tuple[float, int] | None = None  # (when, free cores): one probe serves a few seconds
-
-
-def _free_cores_recent(max_age_s: float = 10.0) -> int:
-    """:func:`free_cores`, probed at most once per ``max_age_s`` (a process that builds
-    many trainers, such as a test run, should not wait for a probe each time)."""
-    global _recent
-    now = time.monotonic()
-    if _recent is None or now - _recent[0] > max_age_s:
-        _recent = (now, free_cores())
-    return _recent[1]
+    return max(1, min(torch.get_num_threads(), cores.free_cores_recent(), P // MIN_PART))
 
 
 def threads_for(P: int, device: torch.device | str) -> int:
@@ -113,7 +61,7 @@ def threads_for(P: int, device: torch.device | str) -> int:
     counted are the free ones, not all of them. 1 off the CPU."""
     if torch.device(device).type != "cpu":
         return 1
-    return max(1, min(P, torch.get_num_threads(), _free_cores_recent()))
+    return max(1, min(P, torch.get_num_threads(), cores.free_cores_recent()))
 
 
 def split(P: int, parts: int) -> list[slice]:

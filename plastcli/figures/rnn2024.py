@@ -121,17 +121,23 @@ def _fig7_grid(ax, st) -> None:
     ph, pc = st["grid/point_hidden"], st["grid/point_condition"]
     t1, t2, acc = (st["grid/point_theta_bptt"], st["grid/point_theta_oja"],
                    st["grid/point_mean_accuracy"])
-    k = 0
+    series = []  # (θ1, accuracy, label, condition)
     for c, cname in enumerate(names):
         for v in np.unique(t2[(ph == h0) & (pc == c)]):
             m = (ph == h0) & (pc == c) & (t2 == v)
             order = np.argsort(t1[m])
-            ax.plot(t1[m][order], acc[m][order], marker="o", lw=1.2, color=f"C{k}",
-                    ls="-" if c else "--", label=f"{cname}, θ2={v:.3g}")
-            k += 1
+            series.append((t1[m][order], acc[m][order], f"{cname}, θ2={v:.3g}", c))
+    # series that coincide (every Oja setting at chance, say) stay visible: each has its own
+    # marker, hollow, and a smaller marker and thinner line than the one drawn before it
+    for k, (x, y, label, c) in enumerate(series):
+        same = next((lab for x2, y2, lab, _ in series[:k]
+                     if np.array_equal(x, x2) and np.allclose(y, y2, rtol=0, atol=5e-4)), None)
+        ax.plot(x, y, marker="osD^v<>p"[k % 8], ms=max(3.5, 10 - 2 * k), mfc="none", mew=1.4,
+                lw=max(0.8, 2.6 - 0.6 * k), color=f"C{k}", ls="-" if c else "--", zorder=2 + k,
+                label=label + (f" (on {same})" if same else ""))
     for row in st["grid/best_row"]:
         if ph[row] == h0:
-            ax.plot(t1[row], acc[row], marker="*", ms=14, color="k", ls="none")
+            ax.plot(t1[row], acc[row], marker="*", ms=14, color="k", ls="none", zorder=20)
     ax.set_xscale("log")
     ticks = np.unique(t1[ph == h0])
     ax.set_xticks(ticks, [f"{v:.3g}" for v in ticks])
@@ -172,15 +178,15 @@ def fig7_spectra(st):
         after = st["members/wh_singular_after"][m][:, :h]
         k = np.arange(1, h + 1)
         if c == 0:  # the same seeds, hence the same initial W_h, for every condition
-            ax[0].plot(k, np.nanmean(before, 0), color="grey", ls=":", lw=1.4,
-                       label="before training (all conditions)")
+            ax[0].plot(k, np.nanmean(before, 0), color="k", ls=":", lw=1.6, zorder=4,
+                       label="before training (all conditions)")  # on top: it may coincide
         ok = np.isfinite(after).all(1)
         ci_band(ax[0], k, after[ok], f"{name} ({_rnn_coefs(st, m)}), after; "
                 f"{int(ok.sum())} of {len(ok)} seeds finite", _rnn_color(name, c))
     ax[0].set(xlabel="index (largest first)", ylabel="singular value of W_h", yscale="log",
               title=f"W_h spectrum, hidden {h0}")
     ax[0].legend(fontsize=8)
-    fig.suptitle(f"P2 Fig 7 — W_h before and after training ({_rnn_dataset(st)}): "
+    fig.suptitle(f"P2 Fig 7 — W_h before and after training ({_rnn_dataset(st)}):\n"
                  f"{_rnn_title(st)}")
     return fig
 
@@ -207,8 +213,8 @@ def fig7_panels(st):
             ci_band(ax[1], x, st["curves/val_loss"][m][ok], lab + note, col)
             ci_band(ax[2], t, norms[ok, -1], f"{name}, after {x[-1]} sequences{note}", col)
         if c == 0:  # every condition starts from the same seeds, hence the same weights
-            ax[2].plot(t, norms[:, 0].mean(0), color="grey", ls=":", lw=1.4,
-                       label="before training (all conditions)")
+            ax[2].plot(t, norms[:, 0].mean(0), color="k", ls=":", lw=1.6, zorder=4,
+                       label="before training (all conditions)")  # on top: it may coincide
     ax[0].axhline(0.1, color="grey", lw=0.6, ls=":", label="chance")
     top = np.nanmax(st["curves/val_accuracy"])
     ax[0].set(xlabel="training sequences seen", ylabel="validation accuracy",
