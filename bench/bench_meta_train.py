@@ -100,6 +100,8 @@ def main() -> None:
                     help="plast's threads in that comparison (the paper's code: one)")
     ap.add_argument("--reference-path", action="store_true",
                     help="also run plast on its reference tensor path (PLAST_ENGINE=reference)")
+    ap.add_argument("--cli-rounds", type=int, default=2, metavar="K",
+                    help="with --cli: K rounds of the two runs (default 2)")
     ap.add_argument("--cli", type=int, default=0, metavar="N",
                     help="also time the CLI: `plast meta-train` with 1 and 1 + N episodes, "
                          "alternating, twice: run-to-first-episode and per-episode time")
@@ -167,23 +169,28 @@ def cli_timing(a) -> None:
     per added episode is the CLI's per-episode time (checkpoints, progress and all)."""
     import tempfile
 
+    import numpy as np
+
     rule_recipes = {"bio": "recipes/bio.yaml", "bp": "recipes/2022/fig3-bp.yaml"}
     rule = a.rule or ("both" if a.against_reference else "bio")
     with tempfile.TemporaryDirectory() as tmp:
         for r in (["bio", "bp"] if rule == "both" else [rule]):
-            small, big = [], []
-            for k in range(2):
+            small, big, launched = [], [], []
+            for k in range(a.cli_rounds):
                 pair = [(1, small), (1 + a.cli, big)]
                 for eps, acc in (pair if k % 2 == 0 else pair[::-1]):
                     acc.append(_cli_run(rule_recipes[r], a.members, eps, a.threads,
                                         Path(tmp) / f"{r}-{eps}.h5"))
+                    launched.append(acc[-1])
             per = [(b["wall"] - s["wall"]) / (a.cli * a.members)
                    for s, b in zip(small, big, strict=True)]
-            first = [x["first"] for x in small + big if x["first"] is not None]
+            first = [x["first"] for x in launched if x["first"] is not None]
             eng = [x["engine_s"] / a.members for x in big]
             print(f"CLI, {rule_recipes[r]}, P = {a.members}, {a.threads} thread(s), engine "
                   f"{big[0]['engine']}: first episode done {min(first):.2f}-{max(first):.2f} s "
-                  f"after launch; per member-episode {min(per):.3f}-{max(per):.3f} s (CLI, "
+                  f"after launch (median {np.median(first):.2f}; in order: "
+                  f"{', '.join(f'{v:.2f}' for v in first)}); per member-episode "
+                  f"{min(per):.3f}-{max(per):.3f} s (CLI, "
                   f"from 1 vs {1 + a.cli} episodes) against {min(eng):.3f}-{max(eng):.3f} s "
                   "(the engine's own, from the store)", flush=True)
 
