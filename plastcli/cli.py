@@ -49,24 +49,33 @@ def leave(code: int | None) -> None:
     Tearing down torch's modules takes 0.3 s here, after every command has done its work.
     What an ordinary exit does first still happens, in its order: threads' exit handlers
     (a process pool's shutdown) and the joining of other threads (``threading._shutdown``),
-    then the exit handlers (Ray, multiprocessing, temporary folders). What is skipped is the
-    teardown of modules and objects. Only where no HDF5 file is left open (the HDF5 library
-    flushes those from its own C exit handler, which ``os._exit`` would skip); otherwise, or
-    where this Python lacks ``threading._shutdown``, the ordinary exit.
+    then the exit handlers (Ray, multiprocessing, temporary folders), then the flush of
+    stdout and stderr (a failed flush exits 120, as Python's own exit does). What is skipped
+    is the teardown of modules and objects. The ordinary exit instead where an HDF5 file is
+    still open (the HDF5 library flushes it from its own C exit handler, which ``os._exit``
+    would skip), under a profiler or debugger (they write their results at exit), or where
+    this Python lacks ``threading._shutdown``.
     """
     shutdown_threads = getattr(threading, "_shutdown", None)
-    if not isinstance(code, int | None) or _open_hdf5_files() or shutdown_threads is None:
+    if (not isinstance(code, int | None) or _open_hdf5_files() or shutdown_threads is None
+            or sys.getprofile() is not None or sys.gettrace() is not None):
         raise SystemExit(code)
-    shutdown_threads()
-    atexit._run_exitfuncs()
+    try:
+        shutdown_threads()
+        atexit._run_exitfuncs()
+    except KeyboardInterrupt:  # a second Ctrl-C while workers stop: exit all the same
+        pass
     if _open_hdf5_files():  # an exit handler opened one (no such handler today)
         raise SystemExit(code)
+    code = code or 0
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more to say on it
+        except BrokenPipeError:  # the reader left (plast show | head): nothing to say
             pass
-    os._exit(code or 0)
+        except (OSError, ValueError):  # a full disk, say: the output is incomplete
+            code = code or 120
+    os._exit(code)
 
 
 def main() -> None:

@@ -2,9 +2,11 @@
 joined, output is flushed, the exit code is kept, and an open HDF5 file gets the ordinary
 exit (whose HDF5 C exit handler flushes it)."""
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import pytest
@@ -69,3 +71,24 @@ def test_the_console_script_keeps_its_exit_codes(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and ok.stdout.startswith("plast ")
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_under_a_profiler_the_ordinary_exit_lets_it_write_its_results(tmp_path):
+    """python -m cProfile -o FILE -m plastcli ... must still write FILE."""
+    out = tmp_path / "profile.out"
+    res = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "plastcli",
+                          "--version"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert out.stat().st_size > 0
+
+
+def test_output_that_cannot_be_written_exits_120():
+    """As Python's own exit does when the final flush of stdout fails (a full disk)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, "-c", "import sys\nfrom plastcli.cli import leave\n"
+                              "sys.stdout.write('hi\\n')\nleave(0)"], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=120,
+                             env={**os.environ, "PYTHONUNBUFFERED": ""})
+    assert res.returncode == 120

@@ -187,8 +187,8 @@ def test_our_own_cpu_time_does_not_count_as_busy(monkeypatch):
     clock = iter([0.0, 0.1])
     monkeypatch.setattr(cores, "_cpu_times", lambda cpus: next(samples))
     monkeypatch.setattr(cores, "_own_cpu_s", lambda: next(own))
-    monkeypatch.setattr(cores.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(cores.time, "sleep", lambda s: None)
+    monkeypatch.setattr(cores, "_wall", lambda: next(clock))
+    monkeypatch.setattr(cores, "_sleep", lambda s: None)
     assert cores.free_cores(probe_s=0.1) == 2
 
 

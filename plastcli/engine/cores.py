@@ -38,8 +38,11 @@ def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]] | None:
 
 def _own_cpu_s() -> float:
     """CPU seconds this process has used (all its threads)."""
-    t = os.times()
-    return t.user + t.system
+    return time.process_time()
+
+
+_wall = time.monotonic  # the probe's clock (tests replace it, not time.monotonic itself)
+_sleep = time.sleep
 
 
 def free_cores(probe_s: float = PROBE_S) -> int:
@@ -52,10 +55,10 @@ def free_cores(probe_s: float = PROBE_S) -> int:
     n = max(1, len(cpus))
     before = _cpu_times(cpus)
     if before is not None:
-        own0, t0 = _own_cpu_s(), time.monotonic()
-        time.sleep(probe_s)
+        own0, t0 = _own_cpu_s(), _wall()
+        _sleep(probe_s)
         after = _cpu_times(cpus) or {}
-        own = (_own_cpu_s() - own0) / max(time.monotonic() - t0, 1e-3)
+        own = (_own_cpu_s() - own0) / max(_wall() - t0, 1e-3)
         busy = sum((after[c][0] - b[0]) / max(1, after[c][1] - b[1])
                    for c, b in before.items() if c in after)
         busy = max(0.0, busy - own)
@@ -89,9 +92,10 @@ def free_cores_recent(max_age_s: float = MAX_AGE_S) -> int:
     """:func:`free_cores`, probed at most once per ``max_age_s``: the background probe's
     answer where one ran (waited for), else a probe now."""
     global _probe
-    if _probe is not None:
-        _probe.join()
-        _probe = None
+    with _lock:
+        probe, _probe = _probe, None
+    if probe is not None:
+        probe.join()
     with _lock:
         recent = _recent
     if recent is None or time.monotonic() - recent[0] > max_age_s:

@@ -130,8 +130,8 @@ def _fig7_grid(ax, st) -> None:
     # series that coincide (every Oja setting at chance, say) stay visible: each has its own
     # marker, hollow, and a smaller marker and thinner line than the one drawn before it
     for k, (x, y, label, c) in enumerate(series):
-        same = next((lab for x2, y2, lab, _ in series[:k]
-                     if np.array_equal(x, x2) and np.allclose(y, y2, rtol=0, atol=5e-4)), None)
+        same = next((lab for x2, y2, lab, _ in series[:k] if np.array_equal(x, x2)
+                     and np.allclose(y, y2, rtol=0, atol=5e-4, equal_nan=True)), None)
         ax.plot(x, y, marker="osD^v<>p"[k % 8], ms=max(3.5, 10 - 2 * k), mfc="none", mew=1.4,
                 lw=max(0.8, 2.6 - 0.6 * k), color=f"C{k}", ls="-" if c else "--", zorder=2 + k,
                 label=label + (f" (on {same})" if same else ""))
