@@ -8,6 +8,8 @@ cannot be built.
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
 import torch
 from term_cases import RECIPE_POOL
@@ -316,3 +318,35 @@ def test_a_compiler_that_hangs_is_given_up_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fused, "_noticed", False)
     assert not fused.ready("cpu", "fixed", 3)
     assert "the C compiler took over 0.5 s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_kernels_softplus_and_slope_match_float64(dtype):
+    """The kernel's activation (float: its own vectorised exp and log1p; float64: libm)
+    against float64 softplus_beta (threshold 20) and sigmoid(beta z), both from beta z as
+    the kernel rounds it: within 4 ulp of the element type, or within twice float's smallest
+    normal (2^-126), below which the float kernel flushes exp to 0. Every branch: beta z
+    from -120 to 120, the threshold at 20, and u = 1 + exp(beta z) rounding to 1."""
+    lib = fused.library(dtype)
+    if lib is None:
+        pytest.skip(f"no fused kernel here: {fused.failure()}")
+    z64 = torch.cat([torch.linspace(-12, 12, 200_001, dtype=torch.float64),
+                     torch.tensor([0.0, 2.0, 2.0 - 1e-7, 2.0 + 1e-7, -1.6, -1.7, -8.7, -8.8])])
+    for beta in (1.0, 10.0):
+        z = z64.to(dtype)
+        y, d = torch.empty_like(z), torch.empty_like(z)
+        ct = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+        lib.plast_activate(ctypes.c_void_p(z.data_ptr()), ct(beta), ctypes.c_void_p(y.data_ptr()),
+                           ctypes.c_void_p(d.data_ptr()), ctypes.c_int(z.numel()))
+        zd = z.double()
+        bz = (beta * z).double()  # beta z as the kernel rounds it, before exp
+        want_y = torch.where(bz > 20, zd, torch.log1p(torch.exp(bz)) / beta)
+        want_d = torch.sigmoid(bz)
+        tiny = 2.0 ** -125 if dtype == torch.float32 else 0.0
+        ulp = torch.finfo(dtype).eps
+        for got, want, what in ((y, want_y, "softplus"), (d, want_d, "slope")):
+            err = (got.double() - want).abs()
+            bad = err > 4 * ulp * want.abs() + tiny
+            assert not bad.any(), (f"{what}, beta {beta}: {int(bad.sum())} values off, e.g. z = "
+                                   f"{zd[bad][:3].tolist()}: {got[bad][:3].tolist()} against "
+                                   f"{want[bad][:3].tolist()}")

@@ -190,25 +190,95 @@ static const RowFn ROWOPS[4 * 3 * 4] = {RFV(0), RFV(1), RFV(2), RFV(3)};
 
 static inline RowFn rowop_fn(const RowOp *op) { return ROWOPS[(op->nv * 3 + op->nx) * 4 + op->ny]; }
 
-static inline REAL sigmoid(REAL z) { return (REAL)1 / ((REAL)1 + exp(-z)); }
+/* ------------------------------------------------------------------ activations */
+
+#ifdef REAL_IS_FLOAT
+/* exp and log1p of the activations in plain arithmetic, so that loops over them vectorise
+ * (libm's calls do not): Cephes' float polynomials after a Cody-Waite reduction. softplus
+ * and its slope come within 2 ulp of the exact value here (torch's float softplus: 1.3;
+ * tests/test_fused.py checks 4 against float64). The float64 kernel keeps libm. */
+typedef union { int32_t i; float f; } Bits; /* C's way to read a float's bits */
+static inline float as_float(int32_t i) { Bits u = {.i = i}; return u.f; }
+static inline int32_t as_int(float f) { Bits u = {.f = f}; return u.i; }
+
+/* exp(x); 0 below -87.33 (where float's exp falls below its smallest normal, 2^-126) and
+ * inf above 88 */
+static inline float exp_a(float x) {
+    float xin = x;
+    x = x < -87.33f ? -87.33f : x > 88.0f ? 88.0f : x;
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    p *= as_float(((int32_t)n + 127) << 23);
+    return xin < -87.33f ? 0.0f : xin > 88.0f ? INFINITY : p;
+}
+
+/* log(u) for a normal u > 0 */
+static inline float log_a(float u) {
+    int32_t bits = as_int(u);
+    float e = (float)((bits >> 23) - 127);
+    float m = as_float((bits & 0x007fffff) | 0x3f800000); /* [1, 2) */
+    int big = m > 1.41421356f;
+    m = big ? 0.5f * m : m;
+    e = big ? e + 1.0f : e;
+    float f = m - 1.0f, z = f * f;
+    float y = 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f * z - 2.12194440e-4f * e - 0.5f * z;
+    return (f + y) + 0.693359375f * e;
+}
+
+/* log(1 + e) for e >= 0: log(u) e / (u - 1) with u = 1 + e corrects u's rounding. Both
+ * sides of the choice are computed (a select, not a branch: the loop vectorises). */
+static inline float log1p_a(float e) {
+    float u = 1.0f + e, du = u - 1.0f;
+    float r = log_a(u) * (e / (du == 0.0f ? 1.0f : du));
+    return du == 0.0f ? e : r;
+}
+#else
+#define exp_a exp
+#define log1p_a log1p
+#endif
+
+static inline REAL sigmoid(REAL z) { return (REAL)1 / ((REAL)1 + exp_a(-z)); }
 
 static inline REAL softplus(REAL z, REAL beta) {
     REAL bz = beta * z;
-    return bz > 20 ? z : log1p(exp(bz)) / beta;
+    return bz > 20 ? z : log1p_a(exp_a(bz)) / beta;
 }
 
 /* y = softplus_beta(z) and its slope d = sigmoid(beta z), sharing one exp. */
 static inline void activate(REAL z, REAL beta, REAL *y, REAL *d) {
     REAL bz = beta * z;
-    if (bz > 20) {
-        *y = z;
-        *d = sigmoid(bz);
-    } else {
-        REAL e = exp(bz);
-        *y = log1p(e) / beta;
-        *d = e / (1 + e);
-    }
+    int big = bz > 20;
+    REAL e = exp_a(big ? -bz : bz); /* one exp either way, and selects: the loop vectorises */
+    REAL lp = log1p_a(e) / beta, one_e = (REAL)1 + e;
+    *y = big ? z : lp;
+    *d = (big ? (REAL)1 : e) / one_e;
 }
+
+/* activate over n values: z [n] -> y [n], d [n] */
+static void activate_n(const REAL *restrict z, REAL beta, REAL *restrict y, REAL *restrict d,
+                       int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) activate(z[i], beta, y + i, d + i);
+}
+
+/* softplus and its slope at n samples, for the tests: z [n] -> y [n], d [n] */
+void plast_activate(const REAL *z, REAL beta, REAL *y, REAL *d, int n) { activate_n(z, beta, y, d, n); }
 
 static void softmax(const REAL *z, REAL *y, int n) {
     REAL mx = z[0], s = 0;
@@ -407,9 +477,12 @@ static int run_member(const Job *J, int p) {
                 for (int i = 0; i < nn; i++) {
                     const REAL *row = Wl + (long)i * m;
                     z[i] = dot(row, pv, m);
-                    activate(z[i], beta, yy + i, dl + i);
-                    if (v) axpy(v, yy[i], row, m);
+                    if (v) { /* y_i at once: v takes the row while it is in L1 */
+                        activate(z[i], beta, yy + i, dl + i);
+                        axpy(v, yy[i], row, m);
+                    }
                 }
+                if (!v) activate_n(z, beta, yy, dl, nn);
             } else {
                 for (int i = 0; i < nn; i++) z[i] = dot(Wl + (long)i * m, pv, m);
                 softmax(z, yy, nn);
@@ -434,8 +507,10 @@ static int run_member(const Job *J, int p) {
             if (want_e) {
                 REAL *eprev = (REAL *)s.e[l - 1];
                 REAL *dp = (REAL *)s.d[l - 1];
-                if (l == 1)
-                    for (int j = 0; j < m; j++) dp[j] = 1 - exp(-beta * xt[j]);
+                if (l == 1) {
+#pragma omp simd
+                    for (int j = 0; j < m; j++) dp[j] = 1 - exp_a(-beta * xt[j]);
+                }
                 for (int j = 0; j < m; j++) eprev[j] = back[j] * dp[j];
             }
         }
@@ -480,12 +555,13 @@ static int run_member(const Job *J, int p) {
                 fn(&op, row, m, dots);
                 if (ahead) {
                     zn[i] = dots[0];
-                    activate(zn[i], beta, yn + i, dn + i);
+                    if (vn) activate(zn[i], beta, yn + i, dn + i);
                     /* v += y_i row_i one row late: re-reading a row just written stalls */
                     if (vn && i) axpy(vn, yn[i - 1], row - m, m);
                 }
             }
             if (ahead && vn && nn) axpy(vn, yn[nn - 1], Wl + (long)(nn - 1) * m, m);
+            if (ahead && !vn) activate_n(zn, beta, yn, dn, nn);
             if (l == 1) z1_ready = ahead;
         }
         if (J->plan[0].ng == 0 && J->plan[0].decay < 0) z1_ready = 0;
@@ -512,10 +588,12 @@ static int run_member(const Job *J, int p) {
                 for (; q + 4 <= Q; q += 4) /* four samples at once: four independent sums */
                     dot4(row, yp + (long)q * m, m, zo + (long)q * nn + i, nn);
                 for (; q < Q; q++) zo[(long)q * nn + i] = dot(row, yp + (long)q * m, m);
-                for (q = 0; q < Q; q++) {
-                    REAL zz = zo[(long)q * nn + i];
-                    yo[(long)q * nn + i] = l < L ? softplus(zz, beta) : zz;
-                }
+            }
+            if (l < L) {
+#pragma omp simd
+                for (long k = 0; k < (long)Q * nn; k++) yo[k] = softplus(zo[k], beta);
+            } else {
+                memcpy(yo, zo, sizeof(REAL) * Q * nn);
             }
         }
         REAL ce = 0;
@@ -555,6 +633,7 @@ static int run_member(const Job *J, int p) {
             }
             if (l > 1) { /* zbar_{l-1} = ybar * softplus'(z), written over z_{l-1} */
                 REAL *zp = qz + off[l - 1];
+#pragma omp simd
                 for (long k = 0; k < (long)Q * m; k++)
                     zp[k] = yb[k] * (beta * zp[k] > 20 ? 1 : sigmoid(beta * zp[k]));
             }

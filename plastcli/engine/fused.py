@@ -35,8 +35,9 @@ from plastcli.core.network import Net
 from plastcli.core.terms import BUILTIN_POOL, Pool
 
 SOURCE = Path(__file__).with_name("fused.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared",
-         "-pthread"]
+# -fno-trapping-math lets gcc turn the activations' choices into selects (no value changes)
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+         "-fPIC", "-shared", "-pthread"]
 MAX_LAYERS, MAX_GROUPS, MAX_MEMBERS = 16, 32, 8  # fused.c's MAXL, MAXG, MAXM
 MIN_REBUILD_FACTOR = 0.5  # as adjoint.MIN_REBUILD_FACTOR: below, a layer keeps copies
 BUILD_TIMEOUT_S = 300
