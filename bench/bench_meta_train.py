@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -151,9 +152,10 @@ def _cli_run(recipe: str, members: int, episodes: int, threads: int, out: Path) 
                           "--set", f"population.seeds={members}", "--out", str(out),
                           "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env=env, cwd=REPO)
-    first = None
+    first = None  # a log sees a progress line every 10%: "1/N" comes only where N < 10
+    first_line = re.compile(rf"(?<![0-9])1/{episodes}(?![0-9])")
     for line in p.stdout:
-        if first is None and f"1/{episodes}" in line:
+        if first is None and first_line.search(line):
             first = time.perf_counter() - t0
     if p.wait():
         raise SystemExit(f"plast meta-train failed (exit {p.returncode})")
@@ -181,10 +183,11 @@ def cli_timing(a) -> None:
                 for eps, acc in (pair if k % 2 == 0 else pair[::-1]):
                     acc.append(_cli_run(rule_recipes[r], a.members, eps, a.threads,
                                         Path(tmp) / f"{r}-{eps}.h5"))
-                    launched.append(acc[-1])
+                    launched.append((eps, acc[-1]))
             per = [(b["wall"] - s["wall"]) / (a.cli * a.members)
                    for s, b in zip(small, big, strict=True)]
-            first = [x["first"] for x in launched if x["first"] is not None]
+            # the first episode's line: from the 1-episode runs (a longer run logs every 10%)
+            first = [x["first"] for eps, x in launched if eps == 1 and x["first"] is not None]
             eng = [x["engine_s"] / a.members for x in big]
             print(f"CLI, {rule_recipes[r]}, P = {a.members}, {a.threads} thread(s), engine "
                   f"{big[0]['engine']}: first episode done {min(first):.2f}-{max(first):.2f} s "
