@@ -83,8 +83,11 @@ def _accuracy_panel(ax, stores: dict, loc: str = "below") -> None:
         if c in used:  # variants of one rule get their own colour
             c = next(h for h in (to_hex(f"C{k}") for k in range(10)) if h not in used)
         used.add(c)
+        # a variant ("bio (second CPU)") thin and faint beneath, the rules themselves on top
+        variant = label in VARIANT_STORES
         mean_sd_band(ax, episodes_x(st), st["episodes/meta_accuracy"], f"F_{label}", c,
-                     smooth=SMOOTH)
+                     smooth=SMOOTH, lw=0.9 if variant else 2.2, alpha=0.05 if variant else 0.2,
+                     zorder=2 if variant else 3)
         _mark_events(ax, st, c, 0.02 + 0.03 * i)
         div, col = member_events(st)
         collapsed |= bool((col >= 0).any())
@@ -93,10 +96,12 @@ def _accuracy_panel(ax, stores: dict, loc: str = "below") -> None:
         ax.scatter([], [], marker="v", color="k", label="a seed collapsed")
     if diverged:
         ax.scatter([], [], marker="x", color="k", label="a seed diverged")
+    variants = any(label in VARIANT_STORES for label in stores)
     ax.set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
-           title=f"meta-accuracy (moving avg. {SMOOTH}; mean ± sd, seeds)")
+           title=f"meta-accuracy (moving avg. {SMOOTH}; mean ± sd, seeds)"
+           + ("\nthick: the rules; thin: checks on the same seeds" if variants else ""))
     if loc == "below":  # outside the axes, under the x label: never over a curve
-        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.23))
     elif loc == "top":  # one row in the empty band above every curve (accuracy > 0.8)
         ax.legend(fontsize=8, ncol=5, loc="upper center", frameon=False)
     else:
@@ -137,7 +142,7 @@ def _angle_panel(ax, st, label: str, ref=None) -> None:
             ax.plot(episodes_x(ref), m, color=f"C{l}", ls=":", lw=1.0)
         ax.plot([], [], "k:", lw=1.0, label="F_pseudo (dotted)")
     ax.axhline(90, color="grey", lw=0.6, ls="--")
-    ax.set(xlabel="episode", ylabel="alignment angle to backprop (degrees)", ylim=(0, 120),
+    ax.set(xlabel="episode", ylabel="angle to backprop (degrees)", ylim=(0, 120),
            title=f"error alignment α_l of F_{label}")
     ax.legend(fontsize=8, ncol=2)
 
@@ -215,16 +220,17 @@ def pool_runs(s) -> dict:
     return runs
 
 
-def _survivor_bars(ax, pool, top: int | None = None) -> list[str]:
+def _survivor_bars(ax, pool, top: int | None = None, by_rank: bool = False) -> list[str]:
     """Bars of the mean |θ| at the last episode (± sd over seeds), largest first; only the
-    ``top`` largest if given. Returns the term names in bar order."""
+    ``top`` largest if given; coloured as the term's index (C{r}, as _theta_panel draws
+    them) or ``by_rank``. Returns the term names in bar order."""
     names = pool.json_attr("term_names", [])
     final = np.abs(pool["episodes/theta"][:, -1, :])  # [P, R]
     order = np.argsort(-final.mean(0))[:top]
-    ax.bar(range(len(order)), np.maximum(final.mean(0)[order], 1e-7),
-           yerr=final.std(0)[order], color=[f"C{r % 10}" for r in order])
+    ax.bar(range(len(order)), np.maximum(final.mean(0)[order], 1e-7), yerr=final.std(0)[order],
+           color=[f"C{(k if by_rank else r) % 10}" for k, r in enumerate(order)])
     ax.set_xticks(range(len(order)), [names[r] for r in order], rotation=60, ha="right")
-    ax.set(ylabel="|θ| at the last episode (1e-7 = 0)", yscale="log")
+    ax.set(ylabel="|θ|, last episode (1e-7 = 0)", yscale="log")
     return [names[r] for r in order]
 
 
@@ -242,7 +248,7 @@ def fig4_grammar(s):
     fig, ax = subplots(3, size=(4.8, 3.6))
     _accuracy_panel(ax[0], runs)
     ax[0].axvline(E, color="k", lw=0.6, ls=":")
-    top = _survivor_bars(ax[1], pool, top=12)
+    top = _survivor_bars(ax[1], pool, top=12, by_rank=True)  # as the right panel's lines
     n_terms = len(pool.json_attr("term_names", []))
     ax[1].set(title=f"the 12 largest of {n_terms} terms"
               + ("" if diverged_text(pool) == "none" else " (|θ| frozen at divergence)"))
@@ -255,8 +261,8 @@ def fig4_grammar(s):
         mean_sd_band(ax[2], episodes_x(pool), theta[:, :, names.index(name)], name, f"C{i}")
     ax[2].axhline(0, color="k", lw=0.6)
     ax[2].set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)",
-              title="the six largest coefficients")
-    ax[2].legend(fontsize=7)
+              title="the six largest coefficients (colours as the bars)")
+    ax[2].legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.23))
     fig.suptitle(f"Beyond P1 Fig 4 — L1 search over every grammar term "
                  f"({pool['episodes/theta'].shape[0]} seeds × {E} episodes) vs F_bio; "
                  f"diverged: {diverged_text(pool)}")
@@ -290,7 +296,7 @@ def fig4(s):
     fig.suptitle(f"P1 Fig 4 — meta-learning all ten pool terms with an L1 penalty "
                  f"(λ = {lam:g}, {meta.get('l1_mode', 'subgradient')}"
                  f"{', θ boxed by the stability map' if meta.get('bounds') else ''}); "
-                 f"diverged: {diverged}")
+                 f"diverged in F_{label}: {diverged}")
     return fig
 
 

@@ -45,12 +45,16 @@ def _rnn_dataset(st) -> str:
 def _rnn_title(st) -> str:
     import yaml
 
-    net = yaml.safe_load(st.attrs["recipe_yaml"]).get("network", {})
+    recipe = yaml.safe_load(st.attrs["recipe_yaml"])
+    net = recipe.get("network", {})
     sigma = "tanh" if net.get("sigma") == "tanh" else f"softplus β={net.get('beta', 10):g}"
     wh = net.get("init_recurrent", "same")
     wh = f"W_h {net.get('init', 'xavier') if wh == 'same' else wh}" + \
         (f" × {net['gain']:g}" if net.get("gain", 1.0) != 1.0 else "")
+    seen = int(st["curves/samples_seen"][0][-1])  # what tells variants of one setting apart
+    oja = ", Oja on σ(z_t)" if recipe.get("oja_pre") == "sigma" else ""
     return (f"T = {st.attrs['T']}, image for {st.attrs['present']} steps, σ = {sigma}, {wh}, "
+            f"{seen:,} sequences{oja}, "
             f"{int(st['members/seed'].size / len(_rnn_groups(st)))} seeds, mean ± 98% CI")
 
 
@@ -121,19 +125,24 @@ def _fig7_grid(ax, st) -> None:
     ph, pc = st["grid/point_hidden"], st["grid/point_condition"]
     t1, t2, acc = (st["grid/point_theta_bptt"], st["grid/point_theta_oja"],
                    st["grid/point_mean_accuracy"])
-    series = []  # (θ1, accuracy, label, condition)
+    chosen = {int(pc[row]): t2[row] for row in st["grid/best_row"] if ph[row] == h0}
+    series = []  # (θ1, accuracy, label, condition, colour)
+    spare = iter(c for c in (f"C{k}" for k in (1, 2, 4, 5, 6, 7, 8, 9))
+                 if c not in {_rnn_color(n, i) for i, n in enumerate(names)})
     for c, cname in enumerate(names):
         for v in np.unique(t2[(ph == h0) & (pc == c)]):
             m = (ph == h0) & (pc == c) & (t2 == v)
             order = np.argsort(t1[m])
-            series.append((t1[m][order], acc[m][order], f"{cname}, θ2={v:.3g}", c))
+            # the chosen θ2 in the colour the other panels give the condition
+            col = _rnn_color(cname, c) if chosen.get(c) == v else next(spare)
+            series.append((t1[m][order], acc[m][order], f"{cname}, θ2={v:.3g}", c, col))
     # series that coincide (every Oja setting at chance, say) stay visible: each has its own
     # marker, hollow, and a smaller marker and thinner line than the one drawn before it
-    for k, (x, y, label, c) in enumerate(series):
-        same = next((lab for x2, y2, lab, _ in series[:k] if np.array_equal(x, x2)
+    for k, (x, y, label, c, col) in enumerate(series):
+        same = next((lab for x2, y2, lab, *_ in series[:k] if np.array_equal(x, x2)
                      and np.allclose(y, y2, rtol=0, atol=5e-4, equal_nan=True)), None)
         ax.plot(x, y, marker="osD^v<>p"[k % 8], ms=max(3.5, 10 - 2 * k), mfc="none", mew=1.4,
-                lw=max(0.8, 2.6 - 0.6 * k), color=f"C{k}", ls="-" if c else "--", zorder=2 + k,
+                lw=max(0.8, 2.6 - 0.6 * k), color=col, ls="-" if c else "--", zorder=2 + k,
                 label=label + (f" (on {same})" if same else ""))
     for row in st["grid/best_row"]:
         if ph[row] == h0:
@@ -220,6 +229,7 @@ def fig7_panels(st):
     ax[0].set(xlabel="training sequences seen", ylabel="validation accuracy",
               ylim=(0, 1 if top > 0.5 else 0.5),
               title=f"accuracy at step T, hidden {h0}" + ("" if top > 0.5 else " (y up to 0.5)"))
+    ax[1].axhline(np.log(10), color="grey", lw=0.6, ls=":", label="chance (ln 10)")
     ax[1].set(xlabel="training sequences seen", ylabel="validation loss (cross-entropy)",
               title="validation loss")
     ax[2].axvspan(0.5, st.attrs["present"] + 0.5, color="grey", alpha=0.15, lw=0)
@@ -231,7 +241,10 @@ def fig7_panels(st):
     if "grid/point_hidden" in st:
         _fig7_grid(ax[3], st)
     else:
-        ax[3].set_visible(False)
+        ax[3].axis("off")
+        ax[3].text(0.5, 0.5, "no grid search in this recipe:\nits coefficients are fixed\n"
+                   "(see the legend)", ha="center", va="center", transform=ax[3].transAxes,
+                   color="grey")
     fig.suptitle(f"P2 Fig 7 — RNN delayed memory ({_rnn_dataset(st)}), BPTT vs BPTT+Oja: "
                  f"{_rnn_title(st)}")
     return fig

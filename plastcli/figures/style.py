@@ -42,14 +42,16 @@ def color(label: str, i: int = 0) -> str:
     return COLORS.get(label, f"C{i % 10}")
 
 
-def mean_sd_band(ax, x, runs: np.ndarray, label: str, c: str, smooth: int = 0):
-    """Mean across runs ``[runs, T]`` with a ±1 sd band (optionally moving-averaged)."""
+def mean_sd_band(ax, x, runs: np.ndarray, label: str, c: str, smooth: int = 0,
+                 lw: float = 1.6, alpha: float = 0.2, zorder: float = 2):
+    """Mean across runs ``[runs, T]`` with a ±1 sd band (optionally moving-averaged); a
+    thinner line, a fainter band and a lower zorder draw a series beneath the main ones."""
     y = moving_average(runs, smooth) if smooth else np.asarray(runs, float)
     with warnings.catch_warnings():  # columns where every run diverged are NaN: a gap
         warnings.simplefilter("ignore", RuntimeWarning)
         m, sd = np.nanmean(y, 0), np.nanstd(y, 0)
-    ax.plot(x, m, color=c, label=label, lw=1.6)
-    ax.fill_between(x, m - sd, m + sd, color=c, alpha=0.2, lw=0)
+    ax.plot(x, m, color=c, label=label, lw=lw, zorder=zorder)
+    ax.fill_between(x, m - sd, m + sd, color=c, alpha=alpha, lw=0, zorder=zorder - 0.5)
 
 
 def ci_band(ax, x, runs: np.ndarray, label: str, c: str, level: float = 0.98):
