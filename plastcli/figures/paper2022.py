@@ -144,7 +144,7 @@ def _angle_panel(ax, st, label: str, ref=None) -> None:
     ax.axhline(90, color="grey", lw=0.6, ls="--")
     ax.set(xlabel="episode", ylabel="angle to backprop (degrees)", ylim=(0, 120),
            title=f"error alignment α_l of F_{label}")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.23))
 
 
 def _smooth(a):

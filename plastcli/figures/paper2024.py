@@ -9,7 +9,7 @@ import numpy as np
 
 from plastcli.figures import online as _on
 from plastcli.figures import register
-from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots
+from plastcli.figures.style import SMOOTH, color, mean_sd_band, readable_log_ticks, subplots
 from plastcli.results.statistics import TAIL as FIG8_TAIL
 from plastcli.results.statistics import final_window, moving_average
 
@@ -233,6 +233,7 @@ def online_fig2(s):
                   ylabel="‖y_{l-1} − W_lᵀ y_l‖² (mean)".replace("{l-1}", str(l)).replace(
                       "_l", f"_{l + 1}"), title=f"layer {l + 1} (y{l} from y{l + 1})")
         ax[l].legend(fontsize=7)
+        readable_log_ticks(ax[l].yaxis)
     fig.suptitle("P2 Fig 2 — reconstruction error per hidden layer, 10 layers "
                  "(validation mean; 98% bootstrap CI over runs)")
     return fig

@@ -1,6 +1,7 @@
 """P2 Fig 7: the recurrent delayed-memory task, BPTT vs BPTT+Oja (plast rnn-memory)."""
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from plastcli.figures import register
 from plastcli.figures.paper2024 import paired_verdict
@@ -236,8 +237,11 @@ def fig7_panels(st):
     ax[2].set(xlabel="time step t (grey: image shown)",
               ylabel="mean ||σ(z_t)|| (validation sequences)",
               title="hidden-state norm through the delay")
-    for a in ax[:3]:
+    for a in ax[:2]:
         a.legend(fontsize=8)
+    # below the panel: the norms and the "before" line fill it (nothing is drawn beneath)
+    ax[2].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    ax[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     if "grid/point_hidden" in st:
         _fig7_grid(ax[3], st)
     else:

@@ -83,7 +83,8 @@ def stability_map(s):
         c, ce = rows["coef"], rows["ce"]
         top = np.nanmax(np.where(np.isfinite(ce), ce, np.nan)) if np.isfinite(ce).any() else 10
         y = np.where(np.isfinite(ce), ce, top * 1.5)
-        ax.plot(c, y, color="0.6", lw=0.8, zorder=1)
+        fin = np.isfinite(ce)  # the line joins values only; a non-finite ✕ stands alone
+        ax.plot(c[fin], y[fin], color="0.6", lw=0.8, zorder=1)
         ax.scatter(c[rows["usable"]], y[rows["usable"]], color="C2", s=18, zorder=2,
                    label="below chance")
         meh = rows["safe"] & ~rows["usable"]
@@ -101,7 +102,7 @@ def stability_map(s):
         ax.set_xticks(ticks, [f"{v:.0e}".replace("e-0", "e-") if v else "0" for v in ticks],
                       fontsize=7)
         ax.set_yscale("log")
-        if np.nanmax(y) / np.nanmin(y) > 10:  # several decades: major labels suffice
+        if np.nanmax(y) / np.nanmin(y) > 100:  # several decades: major labels suffice
             ax.yaxis.set_minor_formatter(NullFormatter())
         iv = interval(rows, "safe")
         span = "none safe" if iv is None else f"safe [{iv[0]:.0e}, {iv[1]:.0e}]"

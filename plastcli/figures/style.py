@@ -59,3 +59,19 @@ def ci_band(ax, x, runs: np.ndarray, label: str, c: str, level: float = 0.98):
     m, lo, hi = bootstrap_ci(runs, level=level)
     ax.plot(x, m, color=c, label=label, lw=1.6)
     ax.fill_between(x, lo, hi, color=c, alpha=0.2, lw=0)
+
+
+def readable_log_ticks(axis) -> None:
+    """Labels on a log axis that can be read whatever its span: plain numbers (2, 3, 5, 10)
+    at 1-2-3-5 steps up to two decades, at every integer multiple under half a decade, at
+    the powers of ten beyond; no minor labels. Call it after the data are drawn."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    lo, hi = axis.get_view_interval()
+    decades = np.log10(hi / lo) if lo > 0 else 3
+    subs = tuple(range(1, 10)) if decades < 0.5 else (1, 2, 3, 5) if decades < 2 else (1,)
+    axis.set_major_locator(LogLocator(subs=subs))
+    if decades < 2:
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
