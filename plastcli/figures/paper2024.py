@@ -170,7 +170,7 @@ def fig8(s):
               title=f"meta-accuracy (moving average {SMOOTH}); mean ± sd over the seeds\n"
                     f"that did not fail: {n_ok['plastic'][0]} of {n_ok['plastic'][1]} plastic, "
                     f"{n_ok['BP'][0]} of {n_ok['BP'][1]} BP")
-    ax[0].legend(loc="lower right", fontsize=8)
+    ax[0].legend(loc="upper center", fontsize=8, ncol=2)  # above the curves (< 0.85)
     _fig8_coefficients(ax[1], plastic, "theta", plastic.json_attr("term_names"),
                        "forward rule coefficients (ΔW = +θ F)", "coefficient θ")
     mean_sd_band(ax[1], _fig8_x(bp), bp["episodes/theta"][:, :, 0], "pseudo_grad of F_BP",

@@ -272,8 +272,10 @@ def fig7_hidden(st):
             lo.append(b[0])
             hi.append(d[0])
         mean, lo, hi = map(np.array, (mean, lo, hi))
-        ax[0].errorbar(sizes, mean, yerr=[mean - lo, hi - mean], color=col, marker="o",
-                       capsize=3, label=name)
+        # a large hollow marker under a small filled one: conditions that coincide stay visible
+        ax[0].errorbar(sizes, mean, yerr=[mean - lo, hi - mean], color=col, marker="os"[c % 2],
+                       ms=10 if c == 0 else 5, mfc="none" if c == 0 else col, mew=1.5,
+                       capsize=3, label=name, zorder=2 + c)
     ax[0].axhline(0.1, color="grey", lw=0.6, ls=":", label="chance")
     ax[0].set_xscale("log")
     ax[0].set_xticks(sizes, [str(h) for h in sizes])

@@ -177,11 +177,12 @@ def stability_strip(s):
                   fontsize=6.5)
     ax.invert_yaxis()
     ax.set_xscale("symlog", linthresh=1e-6)
+    ax.set_xlim(-0.2, 0.2)  # the ±0.1 markers whole, not cut at the frame
     ticks = [-1e-1, -1e-3, -1e-5, 0.0, 1e-5, 1e-3, 1e-1]
     ax.set_xticks(ticks, [f"{v:.0e}".replace("e-0", "e-") if v else "0" for v in ticks])
     ax.set_xlabel("coefficient θ of the term (pseudo_grad at 0.01 beside it; symlog axis)")
     ax.grid(axis="x", lw=0.3)
-    fig.legend(loc="outside upper center", ncol=4, fontsize=8)
+    fig.legend(loc="outside lower center", ncol=4, fontsize=8)  # below: the title on top
     ax.set_title("Stability map of every term: the shaded bar is the safe interval used "
                  "for meta.bounds", fontsize=9)
     return fig
