@@ -116,7 +116,9 @@ def _loss_panel(ax, stores: dict) -> None:
     ax.legend()
 
 
-def _theta_panel(ax, st, label: str, linestyle="-") -> None:
+def _theta_panel(ax, st, label: str, linestyle="-", one_colour: str | None = None) -> None:
+    """Each term's θ over episodes (mean ± sd), in C{r}, or all in ``one_colour`` (the
+    rule's, where one panel compares rules)."""
     names = st.json_attr("term_names", [])
     theta = np.array(st["episodes/theta"], dtype=np.float64)  # [P, E, R]
     div, _ = member_events(st)
@@ -124,7 +126,8 @@ def _theta_panel(ax, st, label: str, linestyle="-") -> None:
         if e >= 0:
             theta[i, e:] = np.nan
     for r, name in enumerate(names):
-        mean_sd_band(ax, episodes_x(st), theta[:, :, r], f"{name} ({label})", f"C{r}")
+        mean_sd_band(ax, episodes_x(st), theta[:, :, r], f"{name} ({label})",
+                     one_colour or f"C{r}")
         ax.lines[-1].set_linestyle(linestyle)
     ax.axhline(0, color="k", lw=0.6)
     ax.set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)", title=f"coefficients of F_{label}")
@@ -157,8 +160,8 @@ def fig3(s):
     fig, ax = subplots(4, ncols=2, size=(5.2, 3.6))
     _accuracy_panel(ax[0], pair)
     _loss_panel(ax[1], pair)
-    _theta_panel(ax[2], pair["pseudo"], "pseudo")
-    _theta_panel(ax[2], pair["BP"], "BP", linestyle="--")
+    _theta_panel(ax[2], pair["pseudo"], "pseudo", one_colour=color("pseudo", 0))
+    _theta_panel(ax[2], pair["BP"], "BP", linestyle="--", one_colour=color("BP", 1))
     ax[2].set_title("coefficient θ_pseudo: F_pseudo (solid), F_BP (dashed)")
     _angle_panel(ax[3], pair["pseudo"], "pseudo")
     fig.suptitle("P1 Fig 3 — meta-learning the pseudo-gradient rule: fixed random feedback "
