@@ -163,7 +163,7 @@ def _notice() -> None:
     if not _noticed and _failure is not None:
         _noticed = True
         print(f"plast: note: the fused kernel could not be built ({_failure}); running the "
-              "reference path, about 4x slower", file=sys.stderr)
+              "reference path, about 5x slower", file=sys.stderr)
 
 
 def ready(device: torch.device | str, feedback: str, n_layers: int,
