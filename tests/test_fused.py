@@ -103,15 +103,25 @@ def test_a_member_that_blows_up_gets_a_zero_gradient_and_spares_the_others():
     assert torch.equal(ce[:1], ref[0]) and torch.equal(grad[:1], ref[2])
 
 
-@pytest.fixture
-def no_compiler(monkeypatch, tmp_path):
-    """A machine without a C compiler and an empty kernel cache."""
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    monkeypatch.setattr(fused.shutil, "which", lambda name: None)
+def _fresh_build(monkeypatch, tmp_path, cc_script: str | None) -> None:
+    """An empty kernel cache, no kernel loaded yet, and ``$CC`` a shell script with this
+    body (None: a compiler that does not exist)."""
+    cc = tmp_path / ("cc" if cc_script is not None else "no-such-cc")
+    if cc_script is not None:
+        cc.write_text("#!/bin/sh\n" + cc_script)
+        cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
     monkeypatch.setenv("PLAST_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(fused, "_libs", {})
     monkeypatch.setattr(fused, "_failure", None)
     monkeypatch.setattr(fused, "_noticed", False)
+
+
+@pytest.fixture
+def no_compiler(monkeypatch, tmp_path):
+    """A machine without a C compiler and an empty kernel cache."""
+    _fresh_build(monkeypatch, tmp_path, None)
+    monkeypatch.setattr(fused.shutil, "which", lambda name: None)
 
 
 def test_without_a_compiler_the_reference_path_runs_with_one_notice(no_compiler, capsys):
@@ -130,14 +140,7 @@ def test_without_a_compiler_the_reference_path_runs_with_one_notice(no_compiler,
 
 
 def test_a_failing_build_is_reported_and_not_cached(tmp_path, monkeypatch, capsys):
-    bad = tmp_path / "cc"
-    bad.write_text("#!/bin/sh\necho 'cc: error: unsupported option' >&2\nexit 1\n")
-    bad.chmod(0o755)
-    monkeypatch.setenv("CC", str(bad))
-    monkeypatch.setenv("PLAST_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(fused, "_libs", {})
-    monkeypatch.setattr(fused, "_failure", None)
-    monkeypatch.setattr(fused, "_noticed", False)
+    _fresh_build(monkeypatch, tmp_path, "echo 'cc: error: unsupported option' >&2\nexit 1\n")
     assert not fused.ready("cpu", "fixed", 3)
     assert "cc failed (exit 1: cc: error: unsupported option)" in capsys.readouterr().err
     assert not list((tmp_path / "cache").rglob("*.so"))  # no half-written library
@@ -307,15 +310,8 @@ def test_a_tape_the_kernel_cannot_allocate_is_one_line(monkeypatch):
 
 
 def test_a_compiler_that_hangs_is_given_up_on(tmp_path, monkeypatch, capsys):
-    slow = tmp_path / "cc"
-    slow.write_text("#!/bin/sh\nsleep 30\n")
-    slow.chmod(0o755)
-    monkeypatch.setenv("CC", str(slow))
-    monkeypatch.setenv("PLAST_CACHE", str(tmp_path / "cache"))
+    _fresh_build(monkeypatch, tmp_path, "sleep 30\n")
     monkeypatch.setattr(fused, "BUILD_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(fused, "_libs", {})
-    monkeypatch.setattr(fused, "_failure", None)
-    monkeypatch.setattr(fused, "_noticed", False)
     assert not fused.ready("cpu", "fixed", 3)
     assert "the C compiler took over 0.5 s" in capsys.readouterr().err
 
