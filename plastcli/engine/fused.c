@@ -76,7 +76,7 @@ typedef struct {
  * fixed tree, so a sum's rounding depends only on its length. */
 #define LANES 8
 /* The tree (k, k+4), then (k, k+2), then (0, 1), written out: as a loop gcc kept it a loop
- * through memory, a tenth of the kernel's own time outside the row passes. */
+ * through memory, 15% of the kernel's time outside its row passes. */
 static inline REAL hsum(const REAL *acc) {
     REAL a0 = acc[0] + acc[4], a1 = acc[1] + acc[5], a2 = acc[2] + acc[6], a3 = acc[3] + acc[7];
     return (a0 + a2) + (a1 + a3);
