@@ -175,10 +175,10 @@ class OriginalProgram:
     def task(self, episode: int) -> tuple:
         """One task as the reference's DataLoader yields it (a batch of M classes)."""
         tr, qu = self.sampler.member_indices(self.seed, episode)
-        x, y = self.sampler.data.images, self.sampler.data.labels
+        d, y = self.sampler.data, self.sampler.data.labels
         m, k, q = self.m, self.k, self.q
-        return (x[tr].reshape(m, k, 28, 28), y[tr].reshape(m, k),
-                x[qu].reshape(m, q, 28, 28), y[qu].reshape(m, q))
+        return (d.rows(tr).reshape(m, k, 28, 28), y[tr].reshape(m, k),
+                d.rows(qu).reshape(m, q, 28, 28), y[qu].reshape(m, q))
 
     def run(self, n: int) -> float:
         tasks = [self.task(self.episode + i) for i in range(n)]

@@ -1,7 +1,7 @@
 """Datasets: IDX reader, registry, data-dir resolution, checksums, task sampler.
 
-Images come out as float32 tensors ``[N, 784]`` scaled to [0, 1] (EMNIST
-transposed upright), labels as int64 ``[N]``. Every random draw comes from a
+Images are held as uint8 ``[N, 784]`` and come out as float32 scaled to [0, 1] (EMNIST
+transposed upright; :meth:`Dataset.rows`), labels as int64 ``[N]``. Every random draw comes from a
 generator made by :func:`generator_for`, keyed on (seed, episode, stream), so a
 population member's draws do not depend on which other members run beside it,
 and a resumed run draws exactly what an uninterrupted one would.
@@ -14,7 +14,7 @@ import hashlib
 import os
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -120,15 +120,29 @@ def read_idx(path: str | Path) -> np.ndarray:
 class Dataset:
     """An image dataset held in memory.
 
-    images: float32 ``[N, 784]`` in [0, 1]; labels: int64 ``[N]``.
+    raw: the images as held, uint8 pixel levels ``[N, 784]`` (scaled to [0, 1] when read)
+    or float32 ``[N, 784]`` in [0, 1]; labels: int64 ``[N]``. Read rows with :meth:`rows`,
+    the whole set with :attr:`images`.
     """
 
     name: str
     split: str
-    images: torch.Tensor
+    raw: torch.Tensor
     labels: torch.Tensor
     n_classes: int
     sha256: dict[str, str]
+
+    def rows(self, idx) -> torch.Tensor:
+        """float32 images ``[*idx.shape, 784]`` in [0, 1]. Only these rows are scaled (a task
+        sampler never makes the float copy of the whole set: 59 MB for P1's capped EMNIST,
+        and tens of ms of page faults at every start); the values equal :attr:`images`'s."""
+        x = self.raw[idx]
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+    @cached_property
+    def images(self) -> torch.Tensor:
+        """float32 ``[N, 784]`` in [0, 1], the whole set (scaled once, on first use)."""
+        return self.rows(slice(None))
 
 
 def load_dataset(name: str, split: str, data_dir: str | Path | None = None,
@@ -168,8 +182,8 @@ def _load_arrays(name, split, root, img_rel, lab_rel, sums, cap, cap_seed) -> Da
 
     source = "".join(digest[:16] for _, digest in sums)
     arrays = cached_arrays(f"{name}-{split}-cap{cap}-{cap_seed}-{source}", decode)
-    x = torch.from_numpy(arrays["images"].astype(np.float32))
-    x /= 255.0
+    images = arrays["images"]  # uint8, scaled to [0, 1] as rows are read (Dataset.rows)
+    x = torch.from_numpy(images if images.flags.writeable else images.copy())
     y = torch.from_numpy(arrays["labels"].astype(np.int64))
     return Dataset(name, split, x, y, int(y.max()) + 1, dict(sums))
 
@@ -248,8 +262,9 @@ class TaskSampler:
     def sample(self, seeds: list[int], episode: int, device: torch.device) -> Episode:
         tr, qu = zip(*(self.member_indices(s, episode) for s in seeds), strict=True)
         tr, qu = torch.stack(tr), torch.stack(qu)
-        x, y = self.data.images, self.data.labels
-        return Episode(x[tr].to(device), y[tr].to(device), x[qu].to(device), y[qu].to(device))
+        d, y = self.data, self.data.labels
+        return Episode(d.rows(tr).to(device), y[tr].to(device), d.rows(qu).to(device),
+                       y[qu].to(device))
 
 
 # --------------------------------------------------------------------------- check / fetch

@@ -69,6 +69,28 @@ def test_real_datasets_load_upright_and_scaled(real_data_dir):
     np.testing.assert_allclose(em.images[0].view(28, 28).numpy(), raw[0].T / 255.0, rtol=1e-6)
 
 
+def test_rows_scale_only_what_is_drawn_and_equal_the_whole_set(real_data_dir):
+    mn = data.load_dataset("mnist", "test", real_data_dir)
+    fresh = data.Dataset(mn.name, mn.split, mn.raw, mn.labels, mn.n_classes, mn.sha256)
+    assert mn.raw.dtype == torch.uint8  # held as pixel levels
+    sampler = data.TaskSampler(fresh, 5, 10, 5, None, 0)
+    ep = sampler.sample([0, 1], 3, torch.device("cpu"))
+    assert "images" not in vars(fresh)  # drawing a task made no float copy of the set
+    idx = torch.randint(0, 10000, (3, 97), generator=torch.Generator().manual_seed(1))
+    rows = fresh.rows(idx)
+    assert rows.dtype == torch.float32 and rows.shape == (3, 97, 784)
+    # the same values as scaling the whole set in numpy (a literal reference)
+    whole = mn.raw.numpy().astype(np.float32) / np.float32(255)
+    assert np.array_equal(rows.numpy(), whole[idx.numpy()])
+    assert np.array_equal(fresh.images.numpy(), whole)
+    tr, qu = sampler.member_indices(1, 3)
+    assert torch.equal(ep.x_train[1], fresh.images[tr])
+    assert torch.equal(ep.x_query[1], fresh.images[qu])
+    floats = data.Dataset("f", "test", fresh.images, mn.labels, 10, {})  # float data: as given
+    assert torch.equal(floats.rows(idx), rows)
+    assert floats.images.data_ptr() == floats.raw.data_ptr()  # no copy of float data
+
+
 def test_emnist_balanced_missing_images_is_a_clear_error(real_data_dir):
     with pytest.raises(PlastError, match="emnist-balanced-test-images"):
         data.load_dataset("emnist-balanced", "test", real_data_dir)

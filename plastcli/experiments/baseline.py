@@ -224,7 +224,7 @@ def train_members(members: Population, conds: list[Condition], recipe: BaselineR
     layers, beta = list(recipe.network.layers), recipe.network.beta
     L, n_out = len(layers) - 1, layers[-1]
     images, labels = data.train.images.to(device), data.train.labels.to(device)
-    xv = data.test.images[data.val].to(device)
+    xv = data.test.rows(data.val).to(device)
     yv = data.test.labels[data.val].to(device)
     results = []
     for g, (sl, (feedback, init)) in enumerate(members.groups(network_kind(conds))):
@@ -373,7 +373,7 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         members = layout([[t] for t in chosen], None, seeds)
         n_groups = len(members.groups(network_kind(conds)))
         reporter.start(samples * n_groups, 0, f"online {recipe.name} ({len(members.seeds)} runs)")
-        xv = data.test.images[data.val].to(r.device)
+        xv = data.test.rows(data.val).to(r.device)
         parts = train_members(members, conds, recipe, data, samples, 0, r.device, True,
                               reporter, ckpt, "final",
                               lambda net: end_analysis(net, xv, recipe.online.recon_images,

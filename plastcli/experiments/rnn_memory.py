@@ -86,7 +86,7 @@ def train(members: Population, hidden: int, recipe: RnnMemoryRecipe, data: Onlin
     T, present, beta = recipe.task.T, recipe.task.present, network_activation(recipe)
     images = data.train.images.to(device)
     labels = data.train.labels.to(device)
-    xv = data.test.images[data.val].to(device)
+    xv = data.test.rows(data.val).to(device)
     yv = data.test.labels[data.val].to(device)
     net = rnn.init_rnn(images.shape[1], hidden, N_CLASSES, members.seeds, recipe.network.init,
                        device, *wh_factors(recipe, members.condition))
