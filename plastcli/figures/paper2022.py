@@ -5,7 +5,7 @@ map (stability)."""
 import numpy as np
 
 from plastcli.figures import register
-from plastcli.figures.style import SMOOTH, color, mean_sd_band, subplots
+from plastcli.figures.style import SMOOTH, color, layer_color, mean_sd_band, subplots
 from plastcli.results import collapse
 from plastcli.results.statistics import moving_average
 
@@ -137,12 +137,13 @@ def _theta_panel(ax, st, label: str, linestyle="-", one_colour: str | None = Non
 def _angle_panel(ax, st, label: str, ref=None) -> None:
     ang = st["episodes/angles"]  # [P, E, L]
     for l in range(ang.shape[2]):
-        mean_sd_band(ax, episodes_x(st), ang[:, :, l], f"α{l} (e_{l})", f"C{l}", smooth=SMOOTH)
+        mean_sd_band(ax, episodes_x(st), ang[:, :, l], f"α{l} (e_{l})",
+                     layer_color(l, ang.shape[2]), smooth=SMOOTH)
     if ref is not None:
         ra = ref["episodes/angles"]
         for l in range(ra.shape[2]):
             m = np.nanmean(_smooth(ra[:, :, l]), 0)
-            ax.plot(episodes_x(ref), m, color=f"C{l}", ls=":", lw=1.0)
+            ax.plot(episodes_x(ref), m, color=layer_color(l, ra.shape[2]), ls=":", lw=1.0)
         ax.plot([], [], "k:", lw=1.0, label="F_pseudo (dotted)")
     ax.axhline(90, color="grey", lw=0.6, ls="--")
     ax.set(xlabel="episode", ylabel="angle to backprop (degrees)", ylim=(0, 120),

@@ -3,7 +3,7 @@
 
 from plastcli.figures import online as _on
 from plastcli.figures import register
-from plastcli.figures.style import subplots
+from plastcli.figures.style import layer_color, subplots
 
 FIG1 = "fig1-fa-dfa-bp"
 
@@ -16,7 +16,8 @@ def online_fig1(s):
     for a, name in zip(ax[1:], ("FA", "DFA"), strict=True):
         ang = st["stats/angles_mean"][_on.cond(st, name)]  # [S, L]
         for l in range(1, ang.shape[1]):
-            _on.stat_band(a, st, "angles", name, f"α{l} (e_{l})", c=f"C{l - 1}", index=(l,))
+            _on.stat_band(a, st, "angles", name, f"α{l} (e_{l})", index=(l,),
+                          c=layer_color(l - 1, ang.shape[1] - 1))
         a.axhline(90, color="grey", lw=0.6, ls="--")
         a.set(xlabel="training samples seen", ylabel="angle to backprop error (degrees)",
               ylim=(0, 120), title=f"({'b' if name == 'FA' else 'c'}) {name}: error alignment "

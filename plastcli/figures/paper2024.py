@@ -9,7 +9,14 @@ import numpy as np
 
 from plastcli.figures import online as _on
 from plastcli.figures import register
-from plastcli.figures.style import SMOOTH, color, mean_sd_band, readable_log_ticks, subplots
+from plastcli.figures.style import (
+    SMOOTH,
+    color,
+    layer_color,
+    mean_sd_band,
+    readable_log_ticks,
+    subplots,
+)
 from plastcli.results.statistics import TAIL as FIG8_TAIL
 from plastcli.results.statistics import final_window, moving_average
 
@@ -183,8 +190,8 @@ def fig8(s):
     ax[2].legend(fontsize=8)
     ang = _until_diverged(plastic, plastic["episodes/angles"])
     for l in range(ang.shape[2]):
-        mean_sd_band(ax[3], _fig8_x(plastic), ang[:, :, l], f"α{l} (e_{l})", f"C{l}",
-                     smooth=SMOOTH)
+        mean_sd_band(ax[3], _fig8_x(plastic), ang[:, :, l], f"α{l} (e_{l})",
+                     layer_color(l, ang.shape[2]), smooth=SMOOTH)
     ax[3].axhline(90, color="grey", lw=0.6, ls="--")
     ax[3].set(xlabel="episode", ylabel="alignment angle to backprop (degrees)", ylim=(0, 120),
               title="error alignment of the plastic-feedback network")

@@ -42,6 +42,13 @@ def color(label: str, i: int = 0) -> str:
     return COLORS.get(label, f"C{i % 10}")
 
 
+def layer_color(l: int, n: int):
+    """The colour of layer l of n in per-layer curves (alignment angles α_l): shades of one
+    sequential map, light (input side) to dark, so that they read as depth and are not taken
+    for the methods' or rules' colours (:data:`COLORS`) drawn beside them."""
+    return plt.get_cmap("YlOrBr")(0.45 + 0.55 * l / max(n - 1, 1))
+
+
 def mean_sd_band(ax, x, runs: np.ndarray, label: str, c: str, smooth: int = 0,
                  lw: float = 1.6, alpha: float = 0.2, zorder: float = 2):
     """Mean across runs ``[runs, T]`` with a ±1 sd band (optionally moving-averaged); a

@@ -1,6 +1,9 @@
 """P1 Table 1: per-layer rule assignments (plast ablate-layers). The table itself comes
 from plastcli.results.tables (one place for the CLI and the figures)."""
 
+import textwrap
+import warnings
+
 import numpy as np
 
 from plastcli.figures import register
@@ -18,6 +21,33 @@ def _by_assignment(st, key: str) -> list[tuple[str, np.ndarray]]:
             for a, name in enumerate(st.json_attr("assignment_names"))]
 
 
+OVERLAP_DEG = 2.5  # curves closer than this on average (after burn-in) are drawn over each other
+
+
+def _overlapping(groups, l: int, burn: int) -> list[list[str]]:
+    """Sets of assignments whose seed-mean α_l curves lie within OVERLAP_DEG of each other
+    on average after burn-in (joined transitively), two or more names each."""
+    with warnings.catch_warnings():  # an episode where every seed has diverged: NaN, skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = [np.nanmean(ang[:, burn:, l], 0) for _, ang in groups]
+        close = [[np.nanmean(np.abs(a - b)) < OVERLAP_DEG for b in means] for a in means]
+    root = list(range(len(groups)))
+
+    def find(i):
+        while root[i] != i:
+            i = root[i]
+        return i
+
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            if close[i][j]:
+                root[find(j)] = find(i)
+    sets: dict[int, list[str]] = {}
+    for i, (name, _) in enumerate(groups):
+        sets.setdefault(find(i), []).append(name)
+    return [names for names in sets.values() if len(names) > 1]
+
+
 def _table1_angles(st):
     groups = _by_assignment(st, "angles")
     L = groups[0][1].shape[2]
@@ -30,6 +60,12 @@ def _table1_angles(st):
         ax[l].axvline(burn, color="k", lw=0.6, ls=":")
         ax[l].set(xlabel="episode", ylabel=f"α{l} to backprop (degrees)",
                   title=f"α{l}: error e_{l} (pre-synaptic to W{l}{l + 1})")
+        same = _overlapping(groups, l, burn)
+        if same:  # say which curves hide each other, so that none looks missing
+            note = (f"drawn over each other (< {OVERLAP_DEG}° apart on average after burn-in): "
+                    + "; ".join(" ≈ ".join(names) for names in same))
+            ax[l].text(0.0, -0.2, textwrap.fill(note, 78), transform=ax[l].transAxes,
+                       fontsize=7.5, va="top")
     for i, (name, acc) in enumerate(_by_assignment(st, "meta_accuracy")):
         mean_sd_band(ax[L], x, acc, name, f"C{i}", smooth=SMOOTH)
     ax[L].set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
