@@ -121,6 +121,28 @@ static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int 
     for (int j = 0; j < n; j++) out[j] += c * a[j];
 }
 
+/* out += sum_i c[i] A_i over the r rows A_i = A + i m, in the order of i: each element gets
+ * the same sums, in the same order, as r calls of axpy (so the same bits), but out is loaded
+ * and stored once per four rows instead of once per row. out [m], c [r], A [r, m]. */
+static void axpy_rows(REAL *restrict out, const REAL *c, const REAL *restrict A, int r, int m) {
+    int i = 0;
+    for (; i + 4 <= r; i += 4) {
+        const REAL *restrict a0 = A + (long)i * m, *restrict a1 = a0 + m, *restrict a2 = a1 + m,
+                   *restrict a3 = a2 + m;
+        const REAL c0 = c[i], c1 = c[i + 1], c2 = c[i + 2], c3 = c[i + 3];
+#pragma omp simd
+        for (int j = 0; j < m; j++) {
+            REAL o = out[j];
+            o += c0 * a0[j];
+            o += c1 * a1[j];
+            o += c2 * a2[j];
+            o += c3 * a3[j];
+            out[j] = o;
+        }
+    }
+    for (; i < r; i++) axpy(out, c[i], A + (long)i * m, m);
+}
+
 /* ------------------------------------------------------------------ one pass over a row */
 
 /* Everything a pass does with one row of a matrix, in one loop over it, so that each new
@@ -474,13 +496,14 @@ static int run_member(const Job *J, int p) {
             if (l < L) {
                 if (v) memset(v, 0, sizeof(REAL) * m);
                 REAL *dl = (REAL *)s.d[l];
-                for (int i = 0; i < nn; i++) {
-                    const REAL *row = Wl + (long)i * m;
-                    z[i] = dot(row, pv, m);
-                    if (v) { /* y_i at once: v takes the row while it is in L1 */
-                        activate(z[i], beta, yy + i, dl + i);
-                        axpy(v, yy[i], row, m);
+                /* with v: y of four rows at once, then v takes them while they are in L1 */
+                for (int i = 0; i < nn; i += 4) {
+                    int r = nn - i < 4 ? nn - i : 4;
+                    for (int k = i; k < i + r; k++) {
+                        z[k] = dot(Wl + (long)k * m, pv, m);
+                        if (v) activate(z[k], beta, yy + k, dl + k);
                     }
+                    if (v) axpy_rows(v, yy + i, Wl + (long)i * m, r, m);
                 }
                 if (!v) activate_n(z, beta, yy, dl, nn);
             } else {
@@ -500,10 +523,8 @@ static int run_member(const Job *J, int p) {
             const REAL *M = J->sym ? Wl : Bm[l - 1];
             if (want_e) memset(back, 0, sizeof(REAL) * m);
             if (v) memset(v, 0, sizeof(REAL) * m);
-            for (int i = 0; i < nn; i++) {
-                if (want_e) axpy(back, el[i], M + (long)i * m, m);
-                if (v) axpy(v, yl[i], Wl + (long)i * m, m);
-            }
+            if (want_e) axpy_rows(back, el, M, nn, m);
+            if (v) axpy_rows(v, yl, Wl, nn, m);
             if (want_e) {
                 REAL *eprev = (REAL *)s.e[l - 1];
                 REAL *dp = (REAL *)s.d[l - 1];
@@ -793,11 +814,11 @@ static int run_member(const Job *J, int p) {
                 product_targets(pl, &op, &pr, lvp, Rf[nxt][l - 1], m, xbar[l - 1], maxn);
             }
             RowFn fn = rowop_fn(&op);
+            if (l > 1) axpy_rows(ybar[l - 1], zbar[l], W[l - 1], nn, m);
             for (int i = 0; i < nn; i++) {
                 const REAL *wrow = W[l - 1] + (long)i * m;
                 REAL *grow = G[l - 1] + (long)i * m, dots[2] = {0, 0};
                 if (pl->decay >= 0) dk += dot(grow, wrow, m);
-                if (l > 1) axpy(ybar[l - 1], zbar[l][i], wrow, m);
                 op.c[0] = zbar[l][i];
                 op.c[1] = yl[i];
                 if (prod) product_row(&pr, &op, i);
