@@ -116,14 +116,55 @@ static inline void dot4(const REAL *restrict row, const REAL *restrict Y, int m,
     out[3 * stride] = hsum(a3);
 }
 
+/* out[i] = A_i . v for the r rows A_i = A + i m: each row's sum exactly as dot's (the same
+ * partial sums and tree, so the same bits), four rows at a time: one row's sum is a single
+ * chain of dependent adds that waits on the adder's latency at every vector; four rows give
+ * four chains, and each load of v serves all four. out [r], A [r, m], v [m]. */
+static void dot_rows(REAL *out, const REAL *restrict A, const REAL *restrict v, int r, int m) {
+    int i = 0;
+    for (; i + 4 <= r; i += 4) {
+        REAL a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+        const REAL *restrict r0 = A + (long)i * m, *restrict r1 = r0 + m, *restrict r2 = r1 + m,
+                   *restrict r3 = r2 + m;
+        int j = 0;
+        for (; j + LANES <= m; j += LANES) {
+#pragma omp simd
+            for (int k = 0; k < LANES; k++) {
+                REAL x = v[j + k];
+                a0[k] += r0[j + k] * x; a1[k] += r1[j + k] * x;
+                a2[k] += r2[j + k] * x; a3[k] += r3[j + k] * x;
+            }
+        }
+        for (int k = 0; j < m; j++, k++) {
+            a0[k] += r0[j] * v[j]; a1[k] += r1[j] * v[j];
+            a2[k] += r2[j] * v[j]; a3[k] += r3[j] * v[j];
+        }
+        out[i] = hsum(a0); out[i + 1] = hsum(a1); out[i + 2] = hsum(a2); out[i + 3] = hsum(a3);
+    }
+    for (; i < r; i++) out[i] = dot(A + (long)i * m, v, m);
+}
+
+/* For the tests: dot_rows and dot over the same r rows, out_rows [r] and out_one [r]; and
+ * axpy_rows and r axpy calls into two copies of one start, acc_rows [m] and acc_one [m]. */
+static void axpy_rows(REAL *restrict out, const REAL *c, const REAL *restrict A, int r, int m);
+static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int n);
+void plast_sums(const REAL *A, const REAL *v, int r, int m, REAL *out_rows, REAL *out_one,
+                REAL *acc_rows, REAL *acc_one) {
+    dot_rows(out_rows, A, v, r, m);
+    for (int i = 0; i < r; i++) out_one[i] = dot(A + (long)i * m, v, m);
+    axpy_rows(acc_rows, out_rows, A, r, m);
+    for (int i = 0; i < r; i++) axpy(acc_one, out_rows[i], A + (long)i * m, m);
+}
+
 static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int n) {
 #pragma omp simd
     for (int j = 0; j < n; j++) out[j] += c * a[j];
 }
 
 /* out += sum_i c[i] A_i over the r rows A_i = A + i m, in the order of i: each element gets
- * the same sums, in the same order, as r calls of axpy (so the same bits), but out is loaded
- * and stored once per four rows instead of once per row. out [m], c [r], A [r, m]. */
+ * the same sums, in the same order, as r calls of axpy (so the same bits: the kernel is built
+ * without multiply-add contraction), but out is loaded and stored once per four rows instead
+ * of once per row. out [m], c [r], A [r, m]. */
 static void axpy_rows(REAL *restrict out, const REAL *c, const REAL *restrict A, int r, int m) {
     int i = 0;
     for (; i + 4 <= r; i += 4) {
@@ -499,15 +540,14 @@ static int run_member(const Job *J, int p) {
                 /* with v: y of four rows at once, then v takes them while they are in L1 */
                 for (int i = 0; i < nn; i += 4) {
                     int r = nn - i < 4 ? nn - i : 4;
-                    for (int k = i; k < i + r; k++) {
-                        z[k] = dot(Wl + (long)k * m, pv, m);
-                        if (v) activate(z[k], beta, yy + k, dl + k);
-                    }
+                    dot_rows(z + i, Wl + (long)i * m, pv, r, m);
+                    if (v)
+                        for (int k = i; k < i + r; k++) activate(z[k], beta, yy + k, dl + k);
                     if (v) axpy_rows(v, yy + i, Wl + (long)i * m, r, m);
                 }
                 if (!v) activate_n(z, beta, yy, dl, nn);
             } else {
-                for (int i = 0; i < nn; i++) z[i] = dot(Wl + (long)i * m, pv, m);
+                dot_rows(z, Wl, pv, nn, m);
                 softmax(z, yy, nn);
             }
         }
@@ -545,7 +585,7 @@ static int run_member(const Job *J, int p) {
             for (int i = 0; i < nn; i++) sc[0] += u[i];
             if (pl->needs_yme) {
                 REAL *wq = (REAL *)s.wq[l];
-                for (int i = 0; i < nn; i++) wq[i] = dot(Wl + (long)i * m, s.e[l - 1], m);
+                dot_rows(wq, Wl, s.e[l - 1], nn, m);
                 sc[1] = dot(u, wq, nn);
             }
             sc[2] = dot(g, z, nn);
@@ -570,6 +610,7 @@ static int run_member(const Job *J, int p) {
             for (int a = 0; a < 3; a++)
                 if (pl->has_a[a]) { va[op.nv] = a; op.V[op.nv++] = Rw + a * m; }
             RowFn fn = rowop_fn(&op);
+            int vdone = 0; /* rows of W already in v */
             for (int i = 0; i < nn; i++) {
                 REAL *row = Wl + (long)i * m, dots[2] = {0, 0};
                 for (int k = 0; k < op.nv; k++) op.c[k] = lv[va[k]] ? lv[va[k]][i] : 1;
@@ -577,11 +618,15 @@ static int run_member(const Job *J, int p) {
                 if (ahead) {
                     zn[i] = dots[0];
                     if (vn) activate(zn[i], beta, yn + i, dn + i);
-                    /* v += y_i row_i one row late: re-reading a row just written stalls */
-                    if (vn && i) axpy(vn, yn[i - 1], row - m, m);
+                    /* v += y_k row_k four rows at a time, the last one row late: re-reading
+                     * a row just written stalls */
+                    if (vn && i - vdone == 4) {
+                        axpy_rows(vn, yn + vdone, Wl + (long)vdone * m, 4, m);
+                        vdone += 4;
+                    }
                 }
             }
-            if (ahead && vn && nn) axpy(vn, yn[nn - 1], Wl + (long)(nn - 1) * m, m);
+            if (ahead && vn) axpy_rows(vn, yn + vdone, Wl + (long)vdone * m, nn - vdone, m);
             if (ahead && !vn) activate_n(zn, beta, yn, dn, nn);
             if (l == 1) z1_ready = ahead;
         }
@@ -778,8 +823,10 @@ static int run_member(const Job *J, int p) {
                 if (use_vbar) ybar[l][i] += dots[0];
                 if (sym_e) ebar[l][i] += dots[use_vbar];
             }
-            if (has_e && !J->sym)
-                for (int i = 0; i < nn; i++) ebar[l][i] += dot(Bm[l - 1] + (long)i * m, dd, m);
+            if (has_e && !J->sym) {
+                dot_rows(tmp, Bm[l - 1], dd, nn, m);
+                for (int i = 0; i < nn; i++) ebar[l][i] += tmp[i];
+            }
             if (has_e && l > 1) {
                 const REAL *dp = s.d[l - 1], *bk = s.back[l];
                 for (int j = 0; j < m; j++) {

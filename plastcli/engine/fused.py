@@ -35,9 +35,12 @@ from plastcli.core.network import Net
 from plastcli.core.terms import BUILTIN_POOL, Pool
 
 SOURCE = Path(__file__).with_name("fused.c")
-# -fno-trapping-math lets gcc turn the activations' choices into selects (no value changes)
+# -fno-trapping-math lets gcc turn the activations' choices into selects (no value changes).
+# -ffp-contract=off: every multiply and add rounds on its own, so a value depends only on the
+# source's order of operations, not on where gcc chose to fuse a multiply-add (it did so in
+# one loop shape and not in another, so restructuring a loop changed bits); no slower here.
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
-         "-fPIC", "-shared", "-pthread"]
+         "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
 MAX_LAYERS, MAX_GROUPS, MAX_MEMBERS = 16, 32, 8  # fused.c's MAXL, MAXG, MAXM
 MIN_REBUILD_FACTOR = 0.5  # as adjoint.MIN_REBUILD_FACTOR: below, a layer keeps copies
 BUILD_TIMEOUT_S = 300
