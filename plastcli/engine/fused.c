@@ -542,7 +542,7 @@ static int run_member(const Job *J, int p) {
                     int r = nn - i < 4 ? nn - i : 4;
                     dot_rows(z + i, Wl + (long)i * m, pv, r, m);
                     if (v)
-                        for (int k = i; k < i + r; k++) activate(z[k], beta, yy + k, dl + k);
+                        activate_n(z + i, beta, yy + i, dl + i, r);
                     if (v) axpy_rows(v, yy + i, Wl + (long)i * m, r, m);
                 }
                 if (!v) activate_n(z, beta, yy, dl, nn);
@@ -617,16 +617,19 @@ static int run_member(const Job *J, int p) {
                 fn(&op, row, m, dots);
                 if (ahead) {
                     zn[i] = dots[0];
-                    if (vn) activate(zn[i], beta, yn + i, dn + i);
-                    /* v += y_k row_k four rows at a time, the last one row late: re-reading
-                     * a row just written stalls */
+                    /* y and v += y_k row_k four rows at a time, the last one row late:
+                     * re-reading a row just written stalls */
                     if (vn && i - vdone == 4) {
+                        activate_n(zn + vdone, beta, yn + vdone, dn + vdone, 4);
                         axpy_rows(vn, yn + vdone, Wl + (long)vdone * m, 4, m);
                         vdone += 4;
                     }
                 }
             }
-            if (ahead && vn) axpy_rows(vn, yn + vdone, Wl + (long)vdone * m, nn - vdone, m);
+            if (ahead && vn) {
+                activate_n(zn + vdone, beta, yn + vdone, dn + vdone, nn - vdone);
+                axpy_rows(vn, yn + vdone, Wl + (long)vdone * m, nn - vdone, m);
+            }
             if (ahead && !vn) activate_n(zn, beta, yn, dn, nn);
             if (l == 1) z1_ready = ahead;
         }
