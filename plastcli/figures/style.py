@@ -49,10 +49,11 @@ def layer_color(l: int, n: int):
     return plt.get_cmap("YlOrBr")(0.45 + 0.55 * l / max(n - 1, 1))
 
 
-def mean_sd_band(ax, x, runs: np.ndarray, label: str, c: str, smooth: int = 0,
+def mean_sd_band(ax, x, runs: np.ndarray, label: str, c, smooth: int = 0,
                  lw: float = 1.6, alpha: float = 0.2, zorder: float = 2):
     """Mean across runs ``[runs, T]`` with a ±1 sd band (optionally moving-averaged); a
-    thinner line, a fainter band and a lower zorder draw a series beneath the main ones."""
+    thinner line, a fainter band and a lower zorder draw a series beneath the main ones.
+    ``c``: any matplotlib colour (a name, or an RGBA tuple from :func:`layer_color`)."""
     y = moving_average(runs, smooth) if smooth else np.asarray(runs, float)
     with warnings.catch_warnings():  # columns where every run diverged are NaN: a gap
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -10,6 +10,7 @@ from plastcli.figures import register
 from plastcli.figures.paper2022 import episodes_x
 from plastcli.figures.style import SMOOTH, mean_sd_band, subplots
 from plastcli.results import tables as _tables
+from plastcli.results.statistics import moving_average
 
 TABLE1 = "table1-ablate-layers"
 
@@ -21,31 +22,28 @@ def _by_assignment(st, key: str) -> list[tuple[str, np.ndarray]]:
             for a, name in enumerate(st.json_attr("assignment_names"))]
 
 
-OVERLAP_DEG = 2.5  # curves closer than this on average (after burn-in) are drawn over each other
+OVERLAP_DEG = 2.5  # drawn curves closer than this at every episode after burn-in
 
 
 def _overlapping(groups, l: int, burn: int) -> list[list[str]]:
-    """Sets of assignments whose seed-mean α_l curves lie within OVERLAP_DEG of each other
-    on average after burn-in (joined transitively), two or more names each."""
+    """Sets of assignments whose drawn α_l curves (seed means of the moving averages, as
+    :func:`mean_sd_band` draws them) stay within OVERLAP_DEG of each other at every episode
+    after burn-in, every pair of a set (no chaining), two or more names each."""
     with warnings.catch_warnings():  # an episode where every seed has diverged: NaN, skipped
         warnings.simplefilter("ignore", RuntimeWarning)
-        means = [np.nanmean(ang[:, burn:, l], 0) for _, ang in groups]
-        close = [[np.nanmean(np.abs(a - b)) < OVERLAP_DEG for b in means] for a in means]
-    root = list(range(len(groups)))
+        drawn = [np.nanmean(moving_average(ang[:, :, l], SMOOTH), 0)[burn:] for _, ang in groups]
 
-    def find(i):
-        while root[i] != i:
-            i = root[i]
-        return i
+        def close(i, k):
+            return np.nanmax(np.abs(drawn[i] - drawn[k])) < OVERLAP_DEG
 
-    for i in range(len(groups)):
-        for j in range(i + 1, len(groups)):
-            if close[i][j]:
-                root[find(j)] = find(i)
-    sets: dict[int, list[str]] = {}
-    for i, (name, _) in enumerate(groups):
-        sets.setdefault(find(i), []).append(name)
-    return [names for names in sets.values() if len(names) > 1]
+        sets: list[list[int]] = []
+        for i in range(len(groups)):  # each curve joins the first set it is close to in full
+            home = next((m for m in sets if all(close(i, k) for k in m)), None)
+            if home is None:
+                sets.append([i])
+            else:
+                home.append(i)
+    return [[groups[i][0] for i in m] for m in sets if len(m) > 1]
 
 
 def _table1_angles(st):
@@ -62,7 +60,8 @@ def _table1_angles(st):
                   title=f"α{l}: error e_{l} (pre-synaptic to W{l}{l + 1})")
         same = _overlapping(groups, l, burn)
         if same:  # say which curves hide each other, so that none looks missing
-            note = (f"drawn over each other (< {OVERLAP_DEG}° apart on average after burn-in): "
+            note = (f"drawn over each other (< {OVERLAP_DEG}° apart at every episode after "
+                    "burn-in): "
                     + "; ".join(" ≈ ".join(names) for names in same))
             ax[l].text(0.0, -0.2, textwrap.fill(note, 78), transform=ax[l].transAxes,
                        fontsize=7.5, va="top")
