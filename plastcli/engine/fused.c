@@ -253,6 +253,71 @@ static const RowFn ROWOPS[4 * 3 * 4] = {RFV(0), RFV(1), RFV(2), RFV(3)};
 
 static inline RowFn rowop_fn(const RowOp *op) { return ROWOPS[(op->nv * 3 + op->nx) * 4 + op->ny]; }
 
+/* The same pass over two rows at once, ra with oa's coefficients and rb with ob's (the
+ * vectors V, X, Y are shared): each row's sums are exactly one-row's (the same partial sums
+ * in the same order, and Y takes ra's share before rb's, as row by row), but the two rows'
+ * dot products are two independent chains of adds instead of one. */
+#define ROWOP2_BODY(NV, NX, NY)                                                         \
+    static void rowop2_##NV##_##NX##_##NY(const RowOp *oa, const RowOp *ob,             \
+                                           REAL *restrict ra, REAL *restrict rb, int m,  \
+                                           REAL *da, REAL *db) {                         \
+        REAL a0[LANES] = {0}, a1[LANES] = {0}, b0[LANES] = {0}, b1[LANES] = {0};         \
+        const REAL ka = oa->kap, kb = ob->kap;                                          \
+        const REAL *restrict V0 = oa->V[0], *restrict V1 = oa->V[1], *restrict V2 = oa->V[2]; \
+        const REAL *restrict X0 = oa->X[0], *restrict X1 = oa->X[1];                    \
+        REAL *restrict Y0 = oa->Y[0], *restrict Y1 = oa->Y[1], *restrict Y2 = oa->Y[2]; \
+        const REAL ca0 = oa->c[0], ca1 = oa->c[1], ca2 = oa->c[2];                      \
+        const REAL cb0 = ob->c[0], cb1 = ob->c[1], cb2 = ob->c[2];                      \
+        const REAL sa0 = oa->s[0], sa1 = oa->s[1], sa2 = oa->s[2];                      \
+        const REAL sb0 = ob->s[0], sb1 = ob->s[1], sb2 = ob->s[2];                      \
+        int j = 0;                                                                      \
+        for (; j + LANES <= m; j += LANES) {                                            \
+            _Pragma("omp simd") for (int k = 0; k < LANES; k++) {                       \
+                REAL w = ka * ra[j + k], u = kb * rb[j + k];                            \
+                if (NV > 0) { w += ca0 * V0[j + k]; u += cb0 * V0[j + k]; }             \
+                if (NV > 1) { w += ca1 * V1[j + k]; u += cb1 * V1[j + k]; }             \
+                if (NV > 2) { w += ca2 * V2[j + k]; u += cb2 * V2[j + k]; }             \
+                ra[j + k] = w;                                                          \
+                rb[j + k] = u;                                                          \
+                if (NX > 0) { a0[k] += w * X0[j + k]; b0[k] += u * X0[j + k]; }         \
+                if (NX > 1) { a1[k] += w * X1[j + k]; b1[k] += u * X1[j + k]; }         \
+                if (NY > 0) { REAL y = Y0[j + k] + sa0 * w; Y0[j + k] = y + sb0 * u; }  \
+                if (NY > 1) { REAL y = Y1[j + k] + sa1 * w; Y1[j + k] = y + sb1 * u; }  \
+                if (NY > 2) { REAL y = Y2[j + k] + sa2 * w; Y2[j + k] = y + sb2 * u; }  \
+            }                                                                           \
+        }                                                                               \
+        for (int k = 0; j < m; j++, k++) {                                              \
+            REAL w = ka * ra[j], u = kb * rb[j];                                        \
+            if (NV > 0) { w += ca0 * V0[j]; u += cb0 * V0[j]; }                         \
+            if (NV > 1) { w += ca1 * V1[j]; u += cb1 * V1[j]; }                         \
+            if (NV > 2) { w += ca2 * V2[j]; u += cb2 * V2[j]; }                         \
+            ra[j] = w;                                                                  \
+            rb[j] = u;                                                                  \
+            if (NX > 0) { a0[k] += w * X0[j]; b0[k] += u * X0[j]; }                     \
+            if (NX > 1) { a1[k] += w * X1[j]; b1[k] += u * X1[j]; }                     \
+            if (NY > 0) { REAL y = Y0[j] + sa0 * w; Y0[j] = y + sb0 * u; }              \
+            if (NY > 1) { REAL y = Y1[j] + sa1 * w; Y1[j] = y + sb1 * u; }              \
+            if (NY > 2) { REAL y = Y2[j] + sa2 * w; Y2[j] = y + sb2 * u; }              \
+        }                                                                               \
+        if (NX > 0) { da[0] += hsum(a0); db[0] += hsum(b0); }                           \
+        if (NX > 1) { da[1] += hsum(a1); db[1] += hsum(b1); }                           \
+    }
+#define ROWOP2_NY(NV, NX) ROWOP2_BODY(NV, NX, 0) ROWOP2_BODY(NV, NX, 1) ROWOP2_BODY(NV, NX, 2) \
+    ROWOP2_BODY(NV, NX, 3)
+#define ROWOP2_NX(NV) ROWOP2_NY(NV, 0) ROWOP2_NY(NV, 1) ROWOP2_NY(NV, 2)
+ROWOP2_NX(0) ROWOP2_NX(1) ROWOP2_NX(2) ROWOP2_NX(3)
+
+typedef void (*RowFn2)(const RowOp *, const RowOp *, REAL *restrict, REAL *restrict, int,
+                       REAL *, REAL *);
+#define RF2(NV, NX) rowop2_##NV##_##NX##_0, rowop2_##NV##_##NX##_1, rowop2_##NV##_##NX##_2, \
+    rowop2_##NV##_##NX##_3
+#define RFV2(NV) RF2(NV, 0), RF2(NV, 1), RF2(NV, 2)
+static const RowFn2 ROWOPS2[4 * 3 * 4] = {RFV2(0), RFV2(1), RFV2(2), RFV2(3)};
+
+static inline RowFn2 rowop2_fn(const RowOp *op) {
+    return ROWOPS2[(op->nv * 3 + op->nx) * 4 + op->ny];
+}
+
 /* ------------------------------------------------------------------ activations */
 
 #ifdef REAL_IS_FLOAT
@@ -610,13 +675,21 @@ static int run_member(const Job *J, int p) {
             for (int a = 0; a < 3; a++)
                 if (pl->has_a[a]) { va[op.nv] = a; op.V[op.nv++] = Rw + a * m; }
             RowFn fn = rowop_fn(&op);
+            RowFn2 fn2 = rowop2_fn(&op);
             int vdone = 0; /* rows of W already in v */
-            for (int i = 0; i < nn; i++) {
-                REAL *row = Wl + (long)i * m, dots[2] = {0, 0};
+            for (int i = 0; i < nn; i += 2) { /* two rows a pass: two chains of dot sums */
+                REAL *row = Wl + (long)i * m, dots[2] = {0, 0}, dots2[2] = {0, 0};
                 for (int k = 0; k < op.nv; k++) op.c[k] = lv[va[k]] ? lv[va[k]][i] : 1;
-                fn(&op, row, m, dots);
+                if (i + 1 < nn) {
+                    RowOp ob = op;
+                    for (int k = 0; k < op.nv; k++) ob.c[k] = lv[va[k]] ? lv[va[k]][i + 1] : 1;
+                    fn2(&op, &ob, row, row + m, m, dots, dots2);
+                } else {
+                    fn(&op, row, m, dots);
+                }
                 if (ahead) {
                     zn[i] = dots[0];
+                    if (i + 1 < nn) zn[i + 1] = dots2[0];
                     /* y and v += y_k row_k four rows at a time, the last one row late:
                      * re-reading a row just written stalls */
                     if (vn && i - vdone == 4) {
@@ -818,13 +891,21 @@ static int run_member(const Job *J, int p) {
             if (use_vbar) op.X[op.nx++] = vbar[l - 1];
             if (sym_e) op.X[op.nx++] = dd;
             RowFn fn = rowop_fn(&op);
-            for (int i = 0; i < nn && (op.nv || op.nx || op.kap != 1); i++) {
-                REAL *row = W[l - 1] + (long)i * m, dots[2] = {0, 0};
-                for (int k = 0; k < op.nv; k++)
+            RowFn2 fn2 = rowop2_fn(&op);
+            for (int i = 0; i < nn && (op.nv || op.nx || op.kap != 1); i += 2) {
+                REAL *row = W[l - 1] + (long)i * m, dots[2][2] = {{0, 0}, {0, 0}};
+                int r = i + 1 < nn ? 2 : 1;
+                RowOp ob = op;
+                for (int k = 0; k < op.nv; k++) {
                     op.c[k] = -(lv[va[k]] ? lv[va[k]][i] : 1) * ik;
-                fn(&op, row, m, dots);
-                if (use_vbar) ybar[l][i] += dots[0];
-                if (sym_e) ebar[l][i] += dots[use_vbar];
+                    if (r == 2) ob.c[k] = -(lv[va[k]] ? lv[va[k]][i + 1] : 1) * ik;
+                }
+                if (r == 2) fn2(&op, &ob, row, row + m, m, dots[0], dots[1]);
+                else fn(&op, row, m, dots[0]);
+                for (int q = 0; q < r; q++) {
+                    if (use_vbar) ybar[l][i + q] += dots[q][0];
+                    if (sym_e) ebar[l][i + q] += dots[q][use_vbar];
+                }
             }
             if (has_e && !J->sym) {
                 dot_rows(tmp, Bm[l - 1], dd, nn, m);
@@ -864,16 +945,24 @@ static int run_member(const Job *J, int p) {
                 product_targets(pl, &op, &pr, lvp, Rf[nxt][l - 1], m, xbar[l - 1], maxn);
             }
             RowFn fn = rowop_fn(&op);
+            RowFn2 fn2 = rowop2_fn(&op);
             if (l > 1) axpy_rows(ybar[l - 1], zbar[l], W[l - 1], nn, m);
-            for (int i = 0; i < nn; i++) {
-                const REAL *wrow = W[l - 1] + (long)i * m;
-                REAL *grow = G[l - 1] + (long)i * m, dots[2] = {0, 0};
-                if (pl->decay >= 0) dk += dot(grow, wrow, m);
-                op.c[0] = zbar[l][i];
-                op.c[1] = yl[i];
-                if (prod) product_row(&pr, &op, i);
-                fn(&op, grow, m, dots);
-                if (prod) product_store(&pr, dots, GR[l - 1], maxn, i);
+            for (int i = 0; i < nn; i += 2) { /* two rows a pass, as in the forward */
+                int r = i + 1 < nn ? 2 : 1;
+                REAL *grow = G[l - 1] + (long)i * m, dots[2][2] = {{0, 0}, {0, 0}};
+                RowOp ob = op;
+                RowOp *ops[2] = {&op, &ob};
+                for (int q = 0; q < r; q++) {
+                    if (pl->decay >= 0)
+                        dk += dot(grow + (long)q * m, W[l - 1] + (long)(i + q) * m, m);
+                    ops[q]->c[0] = zbar[l][i + q];
+                    ops[q]->c[1] = yl[i + q];
+                    if (prod) product_row(&pr, ops[q], i + q);
+                }
+                if (r == 2) fn2(&op, &ob, grow, grow + m, m, dots[0], dots[1]);
+                else fn(&op, grow, m, dots[0]);
+                if (prod)
+                    for (int q = 0; q < r; q++) product_store(&pr, dots[q], GR[l - 1], maxn, i + q);
             }
             if (pl->decay >= 0) grad[(l - 1) * R + pl->decay] -= dk;
         }
