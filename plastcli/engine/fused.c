@@ -144,18 +144,6 @@ static void dot_rows(REAL *out, const REAL *restrict A, const REAL *restrict v, 
     for (; i < r; i++) out[i] = dot(A + (long)i * m, v, m);
 }
 
-/* For the tests: dot_rows and dot over the same r rows, out_rows [r] and out_one [r]; and
- * axpy_rows and r axpy calls into two copies of one start, acc_rows [m] and acc_one [m]. */
-static void axpy_rows(REAL *restrict out, const REAL *c, const REAL *restrict A, int r, int m);
-static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int n);
-void plast_sums(const REAL *A, const REAL *v, int r, int m, REAL *out_rows, REAL *out_one,
-                REAL *acc_rows, REAL *acc_one) {
-    dot_rows(out_rows, A, v, r, m);
-    for (int i = 0; i < r; i++) out_one[i] = dot(A + (long)i * m, v, m);
-    axpy_rows(acc_rows, out_rows, A, r, m);
-    for (int i = 0; i < r; i++) axpy(acc_one, out_rows[i], A + (long)i * m, m);
-}
-
 static inline void axpy(REAL *restrict out, REAL c, const REAL *restrict a, int n) {
 #pragma omp simd
     for (int j = 0; j < n; j++) out[j] += c * a[j];
@@ -182,6 +170,16 @@ static void axpy_rows(REAL *restrict out, const REAL *c, const REAL *restrict A,
         }
     }
     for (; i < r; i++) axpy(out, c[i], A + (long)i * m, m);
+}
+
+/* For the tests: dot_rows and dot over the same r rows, out_rows [r] and out_one [r]; and
+ * axpy_rows and r axpy calls into two copies of one start, acc_rows [m] and acc_one [m]. */
+void plast_sums(const REAL *A, const REAL *v, int r, int m, REAL *out_rows, REAL *out_one,
+                REAL *acc_rows, REAL *acc_one) {
+    dot_rows(out_rows, A, v, r, m);
+    for (int i = 0; i < r; i++) out_one[i] = dot(A + (long)i * m, v, m);
+    axpy_rows(acc_rows, out_rows, A, r, m);
+    for (int i = 0; i < r; i++) axpy(acc_one, out_rows[i], A + (long)i * m, m);
 }
 
 /* ------------------------------------------------------------------ one pass over a row */
@@ -316,6 +314,14 @@ static const RowFn2 ROWOPS2[4 * 3 * 4] = {RFV2(0), RFV2(1), RFV2(2), RFV2(3)};
 
 static inline RowFn2 rowop2_fn(const RowOp *op) {
     return ROWOPS2[(op->nv * 3 + op->nx) * 4 + op->ny];
+}
+
+/* The pass over rows row and row + m (r = 2, oa's and ob's coefficients) or over row alone
+ * (r = 1); dots[q] gets row q's products. */
+static inline void pass_rows(RowFn fn, RowFn2 fn2, const RowOp *oa, const RowOp *ob,
+                             REAL *row, int r, int m, REAL dots[2][2]) {
+    if (r == 2) fn2(oa, ob, row, row + m, m, dots[0], dots[1]);
+    else fn(oa, row, m, dots[0]);
 }
 
 /* ------------------------------------------------------------------ activations */
@@ -606,9 +612,10 @@ static int run_member(const Job *J, int p) {
                 for (int i = 0; i < nn; i += 4) {
                     int r = nn - i < 4 ? nn - i : 4;
                     dot_rows(z + i, Wl + (long)i * m, pv, r, m);
-                    if (v)
+                    if (v) {
                         activate_n(z + i, beta, yy + i, dl + i, r);
-                    if (v) axpy_rows(v, yy + i, Wl + (long)i * m, r, m);
+                        axpy_rows(v, yy + i, Wl + (long)i * m, r, m);
+                    }
                 }
                 if (!v) activate_n(z, beta, yy, dl, nn);
             } else {
@@ -678,20 +685,18 @@ static int run_member(const Job *J, int p) {
             RowFn2 fn2 = rowop2_fn(&op);
             int vdone = 0; /* rows of W already in v */
             for (int i = 0; i < nn; i += 2) { /* two rows a pass: two chains of dot sums */
-                REAL *row = Wl + (long)i * m, dots[2] = {0, 0}, dots2[2] = {0, 0};
-                for (int k = 0; k < op.nv; k++) op.c[k] = lv[va[k]] ? lv[va[k]][i] : 1;
-                if (i + 1 < nn) {
-                    RowOp ob = op;
-                    for (int k = 0; k < op.nv; k++) ob.c[k] = lv[va[k]] ? lv[va[k]][i + 1] : 1;
-                    fn2(&op, &ob, row, row + m, m, dots, dots2);
-                } else {
-                    fn(&op, row, m, dots);
+                int r = i + 1 < nn ? 2 : 1;
+                REAL dots[2][2] = {{0, 0}, {0, 0}};
+                RowOp ob = op;
+                for (int k = 0; k < op.nv; k++) {
+                    op.c[k] = lv[va[k]] ? lv[va[k]][i] : 1;
+                    if (r == 2) ob.c[k] = lv[va[k]] ? lv[va[k]][i + 1] : 1;
                 }
+                pass_rows(fn, fn2, &op, &ob, Wl + (long)i * m, r, m, dots);
                 if (ahead) {
-                    zn[i] = dots[0];
-                    if (i + 1 < nn) zn[i + 1] = dots2[0];
-                    /* y and v += y_k row_k four rows at a time, the last one row late:
-                     * re-reading a row just written stalls */
+                    for (int q = 0; q < r; q++) zn[i + q] = dots[q][0];
+                    /* y and v += y_k row_k four rows at a time, once the pass has moved on
+                     * past them: re-reading a row just written stalls */
                     if (vn && i - vdone == 4) {
                         activate_n(zn + vdone, beta, yn + vdone, dn + vdone, 4);
                         axpy_rows(vn, yn + vdone, Wl + (long)vdone * m, 4, m);
@@ -900,8 +905,7 @@ static int run_member(const Job *J, int p) {
                     op.c[k] = -(lv[va[k]] ? lv[va[k]][i] : 1) * ik;
                     if (r == 2) ob.c[k] = -(lv[va[k]] ? lv[va[k]][i + 1] : 1) * ik;
                 }
-                if (r == 2) fn2(&op, &ob, row, row + m, m, dots[0], dots[1]);
-                else fn(&op, row, m, dots[0]);
+                pass_rows(fn, fn2, &op, &ob, row, r, m, dots);
                 for (int q = 0; q < r; q++) {
                     if (use_vbar) ybar[l][i + q] += dots[q][0];
                     if (sym_e) ebar[l][i + q] += dots[q][use_vbar];
@@ -959,8 +963,7 @@ static int run_member(const Job *J, int p) {
                     ops[q]->c[1] = yl[i + q];
                     if (prod) product_row(&pr, ops[q], i + q);
                 }
-                if (r == 2) fn2(&op, &ob, grow, grow + m, m, dots[0], dots[1]);
-                else fn(&op, grow, m, dots[0]);
+                pass_rows(fn, fn2, &op, &ob, grow, r, m, dots);
                 if (prod)
                     for (int q = 0; q < r; q++) product_store(&pr, dots[q], GR[l - 1], maxn, i + q);
             }
