@@ -43,10 +43,11 @@ def color(label: str, i: int = 0) -> str:
 
 
 def layer_color(l: int, n: int):
-    """The colour of layer l of n in per-layer curves (alignment angles α_l): shades of one
-    sequential map, light (input side) to dark, so that they read as depth and are not taken
-    for the methods' or rules' colours (:data:`COLORS`) drawn beside them."""
-    return plt.get_cmap("YlOrBr")(0.45 + 0.55 * l / max(n - 1, 1))
+    """The colour of layer l of n in per-layer curves (alignment angles α_l): shades of grey,
+    light (input side) to black, so that they read as depth and are never taken for a
+    method's or a rule's colour (:data:`COLORS`), which the panels beside them use (an orange
+    map clashed with Oja's orange in P1 Fig 8)."""
+    return plt.get_cmap("Greys")(0.4 + 0.6 * l / max(n - 1, 1))
 
 
 def mean_sd_band(ax, x, runs: np.ndarray, label: str, c, smooth: int = 0,
