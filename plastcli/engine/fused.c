@@ -198,6 +198,18 @@ typedef struct {
     int nv, nx, ny;
 } RowOp;
 
+/* Element J of a one-row pass (lane K of the partial sums), after w = kap row[J]. */
+#define ROWOP_ELEMENT(NV, NX, NY, J, K)                                                 \
+    if (NV > 0) w += c0 * V0[J];                                                        \
+    if (NV > 1) w += c1 * V1[J];                                                        \
+    if (NV > 2) w += c2 * V2[J];                                                        \
+    row[J] = w;                                                                         \
+    if (NX > 0) a0[K] += w * X0[J];                                                     \
+    if (NX > 1) a1[K] += w * X1[J];                                                     \
+    if (NY > 0) Y0[J] += s0 * w;                                                        \
+    if (NY > 1) Y1[J] += s1 * w;                                                        \
+    if (NY > 2) Y2[J] += s2 * w;
+
 #define ROWOP_BODY(NV, NX, NY)                                                          \
     static void rowop_##NV##_##NX##_##NY(const RowOp *op, REAL *restrict row, int m,    \
                                           REAL *dots) {                                 \
@@ -209,31 +221,22 @@ typedef struct {
         const REAL c0 = op->c[0], c1 = op->c[1], c2 = op->c[2];                         \
         const REAL s0 = op->s[0], s1 = op->s[1], s2 = op->s[2];                         \
         int j = 0;                                                                      \
+        if (kap == 1) /* the common case (no decay): one multiply fewer per element */  \
+            for (; j + LANES <= m; j += LANES) {                                        \
+                _Pragma("omp simd") for (int k = 0; k < LANES; k++) {                   \
+                    REAL w = row[j + k];                                                \
+                    ROWOP_ELEMENT(NV, NX, NY, j + k, k)                                         \
+                }                                                                       \
+            }                                                                           \
         for (; j + LANES <= m; j += LANES) {                                            \
             _Pragma("omp simd") for (int k = 0; k < LANES; k++) {                       \
                 REAL w = kap * row[j + k];                                              \
-                if (NV > 0) w += c0 * V0[j + k];                                        \
-                if (NV > 1) w += c1 * V1[j + k];                                        \
-                if (NV > 2) w += c2 * V2[j + k];                                        \
-                row[j + k] = w;                                                         \
-                if (NX > 0) a0[k] += w * X0[j + k];                                     \
-                if (NX > 1) a1[k] += w * X1[j + k];                                     \
-                if (NY > 0) Y0[j + k] += s0 * w;                                        \
-                if (NY > 1) Y1[j + k] += s1 * w;                                        \
-                if (NY > 2) Y2[j + k] += s2 * w;                                        \
+                ROWOP_ELEMENT(NV, NX, NY, j + k, k)                                             \
             }                                                                           \
         }                                                                               \
         for (int k = 0; j < m; j++, k++) {                                              \
             REAL w = kap * row[j];                                                      \
-            if (NV > 0) w += c0 * V0[j];                                                \
-            if (NV > 1) w += c1 * V1[j];                                                \
-            if (NV > 2) w += c2 * V2[j];                                                \
-            row[j] = w;                                                                 \
-            if (NX > 0) a0[k] += w * X0[j];                                             \
-            if (NX > 1) a1[k] += w * X1[j];                                             \
-            if (NY > 0) Y0[j] += s0 * w;                                                \
-            if (NY > 1) Y1[j] += s1 * w;                                                \
-            if (NY > 2) Y2[j] += s2 * w;                                                \
+            ROWOP_ELEMENT(NV, NX, NY, j, k)                                             \
         }                                                                               \
         if (NX > 0) dots[0] += hsum(a0);                                                \
         if (NX > 1) dots[1] += hsum(a1);                                                \
@@ -255,6 +258,19 @@ static inline RowFn rowop_fn(const RowOp *op) { return ROWOPS[(op->nv * 3 + op->
  * vectors V, X, Y are shared): each row's sums are exactly one-row's (the same partial sums
  * in the same order, and Y takes ra's share before rb's, as row by row), but the two rows'
  * dot products are two independent chains of adds instead of one. */
+/* Element J of a two-row pass (lane K), after w = ka ra[J] and u = kb rb[J]. */
+#define ROWOP2_ELEMENT(NV, NX, NY, J, K)                                                \
+    if (NV > 0) { w += ca0 * V0[J]; u += cb0 * V0[J]; }                                 \
+    if (NV > 1) { w += ca1 * V1[J]; u += cb1 * V1[J]; }                                 \
+    if (NV > 2) { w += ca2 * V2[J]; u += cb2 * V2[J]; }                                 \
+    ra[J] = w;                                                                          \
+    rb[J] = u;                                                                          \
+    if (NX > 0) { a0[K] += w * X0[J]; b0[K] += u * X0[J]; }                             \
+    if (NX > 1) { a1[K] += w * X1[J]; b1[K] += u * X1[J]; }                             \
+    if (NY > 0) { REAL y = Y0[J] + sa0 * w; Y0[J] = y + sb0 * u; }                      \
+    if (NY > 1) { REAL y = Y1[J] + sa1 * w; Y1[J] = y + sb1 * u; }                      \
+    if (NY > 2) { REAL y = Y2[J] + sa2 * w; Y2[J] = y + sb2 * u; }
+
 #define ROWOP2_BODY(NV, NX, NY)                                                         \
     static void rowop2_##NV##_##NX##_##NY(const RowOp *oa, const RowOp *ob,             \
                                            REAL *restrict ra, REAL *restrict rb, int m,  \
@@ -269,33 +285,22 @@ static inline RowFn rowop_fn(const RowOp *op) { return ROWOPS[(op->nv * 3 + op->
         const REAL sa0 = oa->s[0], sa1 = oa->s[1], sa2 = oa->s[2];                      \
         const REAL sb0 = ob->s[0], sb1 = ob->s[1], sb2 = ob->s[2];                      \
         int j = 0;                                                                      \
+        if (ka == 1 && kb == 1) /* the common case (no decay): a multiply fewer */      \
+            for (; j + LANES <= m; j += LANES) {                                        \
+                _Pragma("omp simd") for (int k = 0; k < LANES; k++) {                   \
+                    REAL w = ra[j + k], u = rb[j + k];                                  \
+                    ROWOP2_ELEMENT(NV, NX, NY, j + k, k)                                \
+                }                                                                       \
+            }                                                                           \
         for (; j + LANES <= m; j += LANES) {                                            \
             _Pragma("omp simd") for (int k = 0; k < LANES; k++) {                       \
                 REAL w = ka * ra[j + k], u = kb * rb[j + k];                            \
-                if (NV > 0) { w += ca0 * V0[j + k]; u += cb0 * V0[j + k]; }             \
-                if (NV > 1) { w += ca1 * V1[j + k]; u += cb1 * V1[j + k]; }             \
-                if (NV > 2) { w += ca2 * V2[j + k]; u += cb2 * V2[j + k]; }             \
-                ra[j + k] = w;                                                          \
-                rb[j + k] = u;                                                          \
-                if (NX > 0) { a0[k] += w * X0[j + k]; b0[k] += u * X0[j + k]; }         \
-                if (NX > 1) { a1[k] += w * X1[j + k]; b1[k] += u * X1[j + k]; }         \
-                if (NY > 0) { REAL y = Y0[j + k] + sa0 * w; Y0[j + k] = y + sb0 * u; }  \
-                if (NY > 1) { REAL y = Y1[j + k] + sa1 * w; Y1[j + k] = y + sb1 * u; }  \
-                if (NY > 2) { REAL y = Y2[j + k] + sa2 * w; Y2[j + k] = y + sb2 * u; }  \
+                ROWOP2_ELEMENT(NV, NX, NY, j + k, k)                                    \
             }                                                                           \
         }                                                                               \
         for (int k = 0; j < m; j++, k++) {                                              \
             REAL w = ka * ra[j], u = kb * rb[j];                                        \
-            if (NV > 0) { w += ca0 * V0[j]; u += cb0 * V0[j]; }                         \
-            if (NV > 1) { w += ca1 * V1[j]; u += cb1 * V1[j]; }                         \
-            if (NV > 2) { w += ca2 * V2[j]; u += cb2 * V2[j]; }                         \
-            ra[j] = w;                                                                  \
-            rb[j] = u;                                                                  \
-            if (NX > 0) { a0[k] += w * X0[j]; b0[k] += u * X0[j]; }                     \
-            if (NX > 1) { a1[k] += w * X1[j]; b1[k] += u * X1[j]; }                     \
-            if (NY > 0) { REAL y = Y0[j] + sa0 * w; Y0[j] = y + sb0 * u; }              \
-            if (NY > 1) { REAL y = Y1[j] + sa1 * w; Y1[j] = y + sb1 * u; }              \
-            if (NY > 2) { REAL y = Y2[j] + sa2 * w; Y2[j] = y + sb2 * u; }              \
+            ROWOP2_ELEMENT(NV, NX, NY, j, k)                                            \
         }                                                                               \
         if (NX > 0) { da[0] += hsum(a0); db[0] += hsum(b0); }                           \
         if (NX > 1) { da[1] += hsum(a1); db[1] += hsum(b1); }                           \
