@@ -174,16 +174,22 @@ def run_experiment(kind: str, module_name: str, recipe: Path, set_, device, out,
 
 
 def print_result(t) -> None:
-    """A :class:`~plastcli.experiments.result_tables.ResultTable`: the table on stdout, its
-    warnings on stderr, then the files it wrote."""
+    """A :class:`~plastcli.experiments.result_tables.ResultTable`: the table on stdout (in
+    parts that each fit the terminal, never a number cut short), its warnings on stderr,
+    then the files it wrote."""
     from rich.table import Table
 
-    table = Table(title=t.title, caption=t.caption or None)
-    for header, justify in t.columns:
-        table.add_column(header, justify=justify)
-    for row in t.rows:
-        table.add_row(*row)
-    out_console.print(table)
+    from plastcli.experiments.result_tables import column_parts
+
+    parts = column_parts(t, out_console.width)
+    for k, cols in enumerate(parts):
+        table = Table(title=escape(t.title) if k == 0 else None,
+                      caption=escape(t.caption) or None if k == len(parts) - 1 else None)
+        for i in cols:
+            table.add_column(escape(t.columns[i][0]), justify=t.columns[i][1])
+        for row in t.rows:  # escaped: a cell may hold a list, e.g. [pseudo_grad, oja]
+            table.add_row(*(escape(row[i]) for i in cols))
+        out_console.print(table)
     for line in t.warnings:
         err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     for f in t.files:

@@ -184,6 +184,7 @@ def point_finals(store_path: Path) -> dict[str, float]:
 
 def summary_table(folder: Path):
     """Point x final metrics for the sweep folder (from its sweep.json)."""
+    from rich.markup import escape
     from rich.table import Table
 
     manifest = folder / MANIFEST
@@ -194,18 +195,20 @@ def summary_table(folder: Path):
     finals = [point_finals(folder / p["store"]) for p in doc["points"]]
     metrics = sorted({k for f in finals for k in f if k != "status"},
                      key=lambda k: (k in ("diverged", "collapsed"), k))
-    t = Table(title=f"sweep {doc['sweep']}: final metrics per point (median over members)",
-              title_justify="left")
+    t = Table(title=escape(f"sweep {doc['sweep']}: final metrics per point "
+                           "(median over members)"), title_justify="left")
     t.add_column("point")
     for k in doc["keys"]:
-        t.add_column(k, justify="right")
+        t.add_column(escape(k), justify="right")
     for m in metrics:
         t.add_column(m, justify="right")
     t.add_column("status")
     for p, f in zip(doc["points"], finals, strict=True):
         cells = [_fmt(f.get(m)) if m not in ("diverged", "collapsed") else
                  (str(int(f[m])) if m in f else "") for m in metrics]
-        t.add_row(Path(p["store"]).stem, *[_yaml_value(p["values"][k]) for k in doc["keys"]],
+        # escaped: a value may be a list, [pseudo_grad, oja], which rich reads as markup
+        t.add_row(escape(Path(p["store"]).stem),
+                  *[escape(_yaml_value(p["values"][k])) for k in doc["keys"]],
                   *cells, str(f.get("status", "missing")))
     return t
 

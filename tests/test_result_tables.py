@@ -57,3 +57,46 @@ def test_online_and_rnn_tables_show_the_chosen_coefficients_and_the_ci():
     t = TABLES["rnn-memory"](rec, NS(out="m.h5", rows=rows))
     _check_shape(t)
     assert t.rows[0] == ["100", "BPTT (grid)", "0.001", "0", "0.4000", "[0.2000, 0.6000]"]
+
+
+def _printed(t, width: int) -> str:
+    import io
+
+    from rich.console import Console
+
+    from plastcli import cli_common
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    saved, cli_common.out_console = cli_common.out_console, console
+    try:
+        cli_common.print_result(t)
+    finally:
+        cli_common.out_console = saved
+    return console.export_text()
+
+
+def test_a_table_wider_than_the_terminal_is_printed_in_parts_with_every_number_whole():
+    from plastcli.experiments.result_tables import ResultTable, column_parts
+
+    columns = [("seed", "right"), ("meta.l1", "right"), ("meta-acc", "right"),
+               ("meta-loss", "right"), *[(f"θ term_{i}", "right") for i in range(6)],
+               ("diverged", "right"), ("collapsed", "right")]
+    rows = [["0", "0.1", "0.583", "1.080", *[f"-0.00{i}765" for i in range(6)], "-", "-"]]
+    t = ResultTable("meta-train x", columns, rows, keys=2, caption="a caption")
+    parts = column_parts(t, 80)
+    assert len(parts) > 1 and all(p[:2] == [0, 1] for p in parts)  # the keys in each part
+    assert sorted({i for p in parts for i in p}) == list(range(len(columns)))
+    text = _printed(t, 80)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for cell in rows[0][2:-2]:
+        assert cell in text
+    assert column_parts(t, 200) == [list(range(len(columns)))]  # fits: one table
+
+
+def test_cells_that_look_like_markup_are_printed_as_they_are():
+    from plastcli.experiments.result_tables import ResultTable
+
+    t = ResultTable("sweep [x]", [("rule.terms", "left")], [["[pseudo_grad, oja]"]],
+                    caption="see [bold]")
+    text = _printed(t, 100)
+    assert "[pseudo_grad, oja]" in text and "sweep [x]" in text and "see [bold]" in text

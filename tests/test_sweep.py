@@ -128,3 +128,23 @@ def test_the_runs_respect_omp_num_threads(monkeypatch):
     reproduce.run_live([job], "x", 1, "local", None, None, False,
                        Console(file=open(os.devnull, "w")))
     assert seen["threads"] == 1
+
+
+def test_the_summary_shows_list_values_as_they_are(tmp_path):
+    """rich reads [pseudo_grad, oja] as markup: the table escapes its cells."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    folder = tmp_path / "sweeps/s"
+    folder.mkdir(parents=True)
+    terms = [["pseudo_grad", "oja"], ["pseudo_grad", "err_hebb", "oja"]]
+    (folder / sweep.MANIFEST).write_text(json.dumps({
+        "sweep": "s", "keys": ["rule.terms"],
+        "points": [{"store": f"p{i:03d}.h5", "values": {"rule.terms": v}}
+                   for i, v in enumerate(terms)]}))
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(sweep.summary_table(folder))
+    text = console.export_text()
+    assert "[pseudo_grad, oja]" in text and "[pseudo_grad, err_hebb, oja]" in text

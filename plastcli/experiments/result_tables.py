@@ -13,7 +13,8 @@ from plastcli.core.terms import BUILTIN_POOL
 class ResultTable:
     """A titled table of text cells. ``columns``: (header, "left" | "right") per column;
     ``rows``: one list of cell texts per row; ``warnings`` go to stderr, ``files`` are named
-    after the table."""
+    after the table. The first ``keys`` columns name a row: a table wider than the terminal
+    is printed in parts (:func:`column_parts`), each starting with them."""
 
     title: str
     columns: list[tuple[str, str]]
@@ -21,6 +22,29 @@ class ResultTable:
     caption: str = ""
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    keys: int = 1
+
+
+def column_parts(t: ResultTable, width: int) -> list[list[int]]:
+    """The column indices of each part of ``t`` that fits ``width`` characters (a rich table
+    with borders: 3 per column and 1), the key columns in every part; one part if it fits.
+    A column needs its longest word, header or cell (rich wraps at spaces; a number is
+    one word, so it is never cut)."""
+    def longest(text: str) -> int:
+        return max((len(w) for w in text.split()), default=0)
+
+    need = [3 + max([longest(header)] + [longest(r[i]) for r in t.rows])
+            for i, (header, _) in enumerate(t.columns)]
+    key_w = 1 + sum(need[: t.keys])
+    parts: list[list[int]] = [[]]
+    used = key_w
+    for i in range(t.keys, len(t.columns)):
+        if parts[-1] and used + need[i] > width:
+            parts.append([])
+            used = key_w
+        parts[-1].append(i)
+        used += need[i]
+    return [list(range(t.keys)) + p for p in parts]
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -52,7 +76,7 @@ def meta_train_table(recipe, res) -> ResultTable:
     tail = min(TAIL, res.episodes)
     return ResultTable(
         f"meta-train {recipe.name}: {res.episodes} episode{'s' * (res.episodes != 1)} -> "
-        f"{res.out}", columns, rows,
+        f"{res.out}", columns, rows, keys=1 + len(res.grid),
         caption=f"meta-acc, meta-loss: mean of the last {tail} finite episodes (a diverged "
                 f"member: the {tail} before it diverged); diverged, collapsed: the episode it "
                 "happened (- = never)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
@@ -48,7 +49,7 @@ def store_summary(path: str | Path) -> list:
     for key in ("name", "plast_experiment", "created", "git_commit", "device", "torch_version",
                 "datasets", "sign_convention"):
         if key in a:
-            head.add_row(key, str(a[key]))
+            head.add_row(key, escape(str(a[key])))
     if "engine" in a:  # how a meta-training ran (plastcli/engine/parallel.py)
         how = (f"{a['engine_threads']} thread(s)" if str(a["engine"]) == "fused"
                else f"{a.get('processes', 1)} process(es) × {a.get('torch_threads', '?')} "
@@ -58,7 +59,7 @@ def store_summary(path: str | Path) -> list:
     writer = writer_note(path, s.status)
     if writer:
         head.add_row("writer", writer)
-    out: list = [Panel(head, title=str(path))]
+    out: list = [Panel(head, title=escape(str(path)))]
     if "recipe_yaml" in a:
         # wrapped, never cropped: a recipe's description is wider than a terminal
         out.append(Panel(Syntax(a["recipe_yaml"], "yaml", word_wrap=True),
@@ -86,7 +87,7 @@ def store_summary(path: str | Path) -> list:
             t.add_column(k, justify="right")
         finals = {k: final_values(v, group) for k, v in scalars.items()}
         for i in range(len(next(iter(finals.values())))):
-            row = [str(i), *(str(v[i]) for v in labels.values())] + \
+            row = [str(i), *(escape(str(v[i])) for v in labels.values())] + \
                 ([str(seeds[i])] if seeds is not None else [])
             t.add_row(*row, *[f"{finals[k][i]:.4g}" for k in scalars])
         out.append(t)
@@ -151,7 +152,7 @@ def group_table(labels: dict[str, list[str]], final: np.ndarray) -> Table:
     for key in dict.fromkeys(keys):
         vals = final[[k == key for k in keys]]
         m, lo, hi = bootstrap_ci(vals[:, None])
-        t.add_row(*key, str(len(vals)), f"{m[0]:.4f} [{lo[0]:.4f}, {hi[0]:.4f}]")
+        t.add_row(*map(escape, key), str(len(vals)), f"{m[0]:.4f} [{lo[0]:.4f}, {hi[0]:.4f}]")
     return t
 
 
