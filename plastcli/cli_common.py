@@ -77,7 +77,8 @@ EXPERIMENTS = ("meta-train", "ablate-layers", "baseline", "init-study", "rnn-mem
 SeedsOpt = typer.Option(None, "--seeds", min=1, help="Number of seeds (population members); "
                         "overrides population.seeds.")
 DeviceOpt = choice_option(None, "--device", DEVICES, "Overrides run.device.")
-OutOpt = typer.Option(None, "--out", help="Result store path [default: results/PAPER/NAME.h5].")
+OutOpt = typer.Option(None, "--out", help="Result store path [default: results/PAPER/NAME.h5 "
+                      "under the current folder; results/NAME.h5 for a recipe with no paper].")
 SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a recipe key, e.g. "
                       "--set population.seeds=3 (repeatable; plast recipe keys KIND lists "
                       "the keys).")

@@ -495,8 +495,10 @@ def test_rollback_run_resumes_to_the_same_numbers(tmp_path, nan_member_1):
 
 
 def test_rollback_lr_factor_outside_0_1_is_refused():
-    with pytest.raises(PlastError, match="meta.rollback_lr_factor.*\\(0, 1\\]"):
+    with pytest.raises(PlastError, match="meta.rollback_lr_factor.*1.5 is above the maximum 1"):
         load_recipe(REPO / "recipes/bio.yaml", ["meta.rollback_lr_factor=1.5"])
+    with pytest.raises(PlastError, match="meta.rollback_lr_factor.*0.0 must be above 0"):
+        load_recipe(REPO / "recipes/bio.yaml", ["meta.rollback_lr_factor=0"])
 
 
 def test_a_run_whose_members_all_diverged_stops_computing(tmp_path, monkeypatch):

@@ -67,12 +67,17 @@ def _model_in(tp: Any) -> type[BaseModel] | None:
 
 def _allowed(f: FieldInfo) -> str:
     """The field's choices (of the value, a list's items or a mapping's names), else its
-    lower bound ('>= 1'), else ''."""
+    bounds ('>= 1', 'in (0, 1]'), else ''."""
     choices = _literal_in(f.annotation)
     if choices:
         return ", ".join(map(str, choices))
-    bound = _ge(f.metadata) if _ge(f.metadata) is not None else _ge_in(f.annotation)
-    return f">= {bound}" if bound is not None else ""
+    found = _bounds(f.metadata) or _bounds_in(f.annotation)
+    lo = next(((k, found[k]) for k in ("ge", "gt") if k in found), None)
+    hi = next(((k, found[k]) for k in ("le", "lt") if k in found), None)
+    if lo and hi:
+        return f"in {'[' if lo[0] == 'ge' else '('}{lo[1]}, {hi[1]}{']' if hi[0] == 'le' else ')'}"
+    sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return f"{sign[(lo or hi)[0]]} {(lo or hi)[1]}" if lo or hi else ""
 
 
 def _literal_in(tp: Any) -> tuple:
@@ -86,25 +91,29 @@ def _literal_in(tp: Any) -> tuple:
     return ()
 
 
-def _ge(metadata: list) -> Any:
-    """The ``ge`` among a field's (or an ``Annotated``'s) metadata, else None."""
+BOUNDS = ("ge", "gt", "le", "lt")
+
+
+def _bounds(metadata: list) -> dict[str, Any]:
+    """The bounds (ge, gt, le, lt) among a field's (or an ``Annotated``'s) metadata."""
+    out: dict[str, Any] = {}
     for m in metadata:
-        found = _ge(m.metadata) if isinstance(m, FieldInfo) else getattr(m, "ge", None)
-        if found is not None:
-            return found
-    return None
+        if isinstance(m, FieldInfo):
+            out |= _bounds(m.metadata)
+        else:
+            out |= {k: getattr(m, k) for k in BOUNDS if getattr(m, k, None) is not None}
+    return out
 
 
-def _ge_in(tp: Any) -> Any:
-    """The lower bound on a list's items (``list[at_least(int, 1)]``)."""
+def _bounds_in(tp: Any) -> dict[str, Any]:
+    """The bounds on a list's items (``list[at_least(int, 1)]``)."""
     if typing.get_origin(tp) is Annotated:
-        found = _ge(list(tp.__metadata__))
-        return found if found is not None else _ge_in(typing.get_args(tp)[0])
+        return _bounds(list(tp.__metadata__)) or _bounds_in(typing.get_args(tp)[0])
     if is_union(tp) or typing.get_origin(tp) is list:
         for arg in typing.get_args(tp):
-            if (found := _ge_in(arg)) is not None:
+            if found := _bounds_in(arg):
                 return found
-    return None
+    return {}
 
 
 def json_schema() -> dict:

@@ -88,13 +88,21 @@ def explain(err: dict, cls: type, raw: Any) -> tuple[list, str, str]:
     return order, key, _message(kind, err, _nullable(tp))
 
 
+# pydantic's bound errors -> (how the value fails, the bound's name in the error's ctx)
+BOUND_WORDS = {"greater_than_equal": ("is below the minimum", "ge"),
+               "greater_than": ("must be above", "gt"),
+               "less_than_equal": ("is above the maximum", "le"),
+               "less_than": ("must be below", "lt")}
+
+
 def _message(kind: str, err: dict, tp: Any) -> str:
     value = err["input"]
     if kind == "plast":  # the Number type's own message
         return err["msg"]
-    if kind == "greater_than_equal":  # a number as the float it became (pydantic may
-        value = as_number(value) if strip(tp) is float else value  # report what came in)
-        return f"{value} is below the minimum {err['ctx']['ge']}"
+    if kind in BOUND_WORDS:  # a number as the float it became (pydantic may report
+        value = as_number(value) if strip(tp) is float else value  # what came in)
+        words, bound = BOUND_WORDS[kind]
+        return f"{value} {words} {err['ctx'][bound]}"
     if kind == "literal_error":
         allowed = typing.get_args(strip(tp)) if typing.get_origin(strip(tp)) is Literal else ()
         if allowed and not isinstance(value, type(allowed[0])):

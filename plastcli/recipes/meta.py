@@ -120,7 +120,7 @@ class MetaSpec(Schema):
                           "episode, roll the member back to its state before its last step "
                           "(theta and Adam moments), scale its lr by rollback_lr_factor and go "
                           "on; only the (rollback + 1)-th non-finite episode marks it diverged")
-    rollback_lr_factor: Number = Field(0.5, ge=0.0, description="factor on a member's lr "
+    rollback_lr_factor: Number = Field(0.5, gt=0.0, le=1.0, description="factor on a member's lr "
                                        "after each rollback, in (0, 1]")
 
 
@@ -212,11 +212,7 @@ def check_dataset_network(dataset: DatasetSpec, network: NetworkSpec, where: Whe
 def check_meta(meta: MetaSpec, rule: RuleSpec, grid: dict[str, list[float]],
                where: Where) -> None:
     """Bounds: two finite entries (or null), low <= high, for terms of the rule, holding
-    every initial theta (the recipe's and the grid's); rollback_lr_factor in (0, 1]."""
-    if not 0.0 < meta.rollback_lr_factor <= 1.0:
-        where.fail("meta.rollback_lr_factor",
-                   f"must be in (0, 1] (the factor on a member's lr after a rollback), "
-                   f"got {meta.rollback_lr_factor}")
+    every initial theta (the recipe's and the grid's)."""
     for term, pair in meta.bounds.items():
         key = f"meta.bounds.{term}"
         if term not in rule.terms:
