@@ -92,7 +92,8 @@ def figures(
     for path in report.written:
         out_console.print(f"wrote {path}", highlight=False)
     if not report.written:
-        raise PlastError(f"no figure could be drawn from {results / paper}: no complete store")
+        raise PlastError(f"no figure could be drawn from {results / paper}: each needs a "
+                         "complete store that is missing or unusable (skipped: above)")
 
 
 # Options shared by plast reproduce and plast sweep (a run: one recipe, or one sweep point).

@@ -95,6 +95,14 @@ def draw_paper(paper: str, results_dir: Path, out_dir: Path, formats: list[str])
         except PlastError as exc:  # one unusable store must not stop the other figures
             report.skipped.append(f"{spec.stem}: {exc}")
             continue
+        except (IndexError, KeyError, ValueError) as exc:  # a store of another shape than
+            # the paper's recipe makes (e.g. a user's own run saved under its name)
+            plt.close("all")
+            names = ", ".join(str(results_dir / f"{n}.h5") for n in stores)
+            report.skipped.append(f"{spec.stem}: cannot be drawn from {names} "
+                                  f"({type(exc).__name__}: {exc}); this figure reads the "
+                                  "stores its paper's recipes make")
+            continue
         if not isinstance(outputs, dict):
             outputs = {spec.stem: outputs}
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from plastcli.errors import PlastError
 from plastcli.figures.style import ci_band, color, subplots
 
 
@@ -118,6 +119,10 @@ def reconstruction_grid(st, layers: list[int], title: str, n_images: int = 2):
     conds = names(st)
     rec = st["analysis/recon_images"]  # [P, n_img, L-1, 784]
     inputs = st["analysis/recon_inputs"]
+    if max(layers) > rec.shape[2]:
+        raise PlastError(f"{st.path}: reconstructions from {rec.shape[2]} hidden layer(s); "
+                         f"this figure shows layers {', '.join(map(str, layers))} (the "
+                         "paper's recipe makes this store)")
     n_images = min(n_images, inputs.shape[0])
     rows = [(i, n) for i in range(n_images) for n in conds]
     fig, ax = subplots(len(rows) * (len(layers) + 1), ncols=len(layers) + 1, size=(1.45, 1.55))

@@ -5,7 +5,14 @@ map (stability)."""
 import numpy as np
 
 from plastcli.figures import register
-from plastcli.figures.style import SMOOTH, color, layer_color, mean_sd_band, subplots
+from plastcli.figures.style import (
+    SMOOTH,
+    color,
+    layer_color,
+    mean_sd_band,
+    meta_accuracy_label,
+    subplots,
+)
 from plastcli.results import collapse
 from plastcli.results.statistics import moving_average
 
@@ -97,7 +104,7 @@ def _accuracy_panel(ax, stores: dict, loc: str = "below") -> None:
     if diverged:
         ax.scatter([], [], marker="x", color="k", label="a seed diverged")
     variants = any(label in VARIANT_STORES for label in stores)
-    ax.set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
+    ax.set(xlabel="episode", ylabel=meta_accuracy_label(*stores.values()), ylim=(0, 1),
            title=f"meta-accuracy (moving avg. {SMOOTH}; mean ± sd, seeds)"
            + ("\nthick: the rules; thin: checks on the same seeds" if variants else ""))
     if loc == "below":  # outside the axes, under the x label: never over a curve
@@ -297,7 +304,8 @@ def fig4(s):
 
     meta = yaml.safe_load(pool.attrs["recipe_yaml"])["meta"]
     lam = pool["members/l1"][0] if "members/l1" in pool else meta["l1"]
-    fig.suptitle(f"P1 Fig 4 — meta-learning all ten pool terms with an L1 penalty "
+    n_terms = len(pool.json_attr("term_names", []))
+    fig.suptitle(f"P1 Fig 4 — meta-learning {n_terms} pool terms with an L1 penalty "
                  f"(λ = {lam:g}, {meta.get('l1_mode', 'subgradient')}"
                  f"{', θ boxed by the stability map' if meta.get('bounds') else ''}); "
                  f"diverged in F_{label}: {diverged}")

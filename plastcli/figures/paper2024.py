@@ -14,8 +14,10 @@ from plastcli.figures.style import (
     color,
     layer_color,
     mean_sd_band,
+    meta_accuracy_label,
     readable_log_ticks,
     subplots,
+    task_classes,
 )
 from plastcli.results.statistics import TAIL as FIG8_TAIL
 from plastcli.results.statistics import final_window, moving_average
@@ -81,11 +83,9 @@ def fig8_summary(plastic, bp) -> str:
 def failed_seeds(st) -> dict[str, list[int]]:
     """Member indices that diverged (NaN), collapsed (flagged in the run) or ended with a
     final query loss at or above chance (ln M: never learned, so never flagged)."""
-    import yaml
-
     from plastcli.results.collapse import chance_loss
 
-    classes = int(yaml.safe_load(str(st.attrs["recipe_yaml"]))["task"]["classes"])
+    classes = task_classes(st)
     loss = final_window(st["episodes/meta_loss"])
     out = {"diverged": np.flatnonzero(np.asarray(st["members/diverged_at"]) >= 0).tolist()}
     if "members/collapsed_at" in st.arrays:
@@ -173,7 +173,7 @@ def fig8(s):
                 ax[0].plot(diverged_at[j], acc[j][diverged_at[j] - 1], "x", color=c, ms=6,
                            label=None if marked else "diverged (θ or loss NaN)")
                 marked = True
-    ax[0].set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
+    ax[0].set(xlabel="episode", ylabel=meta_accuracy_label(plastic, bp), ylim=(0, 1),
               title=f"meta-accuracy (moving average {SMOOTH}); mean ± sd over the seeds\n"
                     f"that did not fail: {n_ok['plastic'][0]} of {n_ok['plastic'][1]} plastic, "
                     f"{n_ok['BP'][0]} of {n_ok['BP'][1]} BP")

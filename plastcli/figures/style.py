@@ -25,6 +25,20 @@ plt.rcParams.update({
 })
 
 
+def task_classes(st) -> int:
+    """M of the store's M-way episodes (its recipe's task.classes; 5, P1's, if it has none)."""
+    import yaml
+
+    return int((yaml.safe_load(str(st.attrs.get("recipe_yaml", ""))) or {})
+               .get("task", {}).get("classes", 5))
+
+
+def meta_accuracy_label(*stores) -> str:
+    """The y label of a meta-accuracy axis, naming the stores' M-way task(s)."""
+    ways = "/".join(str(m) for m in sorted({task_classes(st) for st in stores}))
+    return f"meta-accuracy (query, {ways}-way)"
+
+
 def subplots(n: int = 1, ncols: int | None = None, size=(4.2, 3.2), **kw):
     """A row (or grid) of n axes sized for reading at a glance; returns (fig, flat axes)."""
     ncols = ncols or n

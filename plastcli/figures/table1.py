@@ -8,7 +8,7 @@ import numpy as np
 
 from plastcli.figures import register
 from plastcli.figures.paper2022 import episodes_x
-from plastcli.figures.style import SMOOTH, mean_sd_band, subplots
+from plastcli.figures.style import SMOOTH, mean_sd_band, meta_accuracy_label, subplots
 from plastcli.results import tables as _tables
 from plastcli.results.statistics import moving_average
 
@@ -67,7 +67,7 @@ def _table1_angles(st):
                        fontsize=7.5, va="top")
     for i, (name, acc) in enumerate(_by_assignment(st, "meta_accuracy")):
         mean_sd_band(ax[L], x, acc, name, f"C{i}", smooth=SMOOTH)
-    ax[L].set(xlabel="episode", ylabel="meta-accuracy (query, 5-way)", ylim=(0, 1),
+    ax[L].set(xlabel="episode", ylabel=meta_accuracy_label(st), ylim=(0, 1),
               title="meta-accuracy")
     ax[0].legend(title="layers with eHebb", fontsize=8, ncol=2)
     fig.suptitle(f"P1 Table 1 — alignment angles per layer assignment (moving average {SMOOTH}, "
