@@ -96,6 +96,50 @@ def figures(
                          "complete store that is missing or unusable (skipped: above)")
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+@app.command("plot", help="Draw your own stores: meta-accuracy, meta-loss and θ of "
+             "meta-training stores, or validation accuracy and loss of online ones, several "
+             "side by side, members grouped by condition, hidden size, layer assignment or "
+             "grid point.\n\nExample: plast plot results/my-rule.h5 results/2022/fig5-bio.h5 "
+             "--out compare.png; plast plot results/sweeps/bio-lr (every point)")
+@user_errors
+def plot(
+    stores: list[Path] = typer.Argument(..., help="Result stores (.h5) of one kind, or sweep "
+                                        "folders (plast sweep: every point)."),
+    out: Path | None = typer.Option(None, "--out", help="The figure file, .png, .pdf or .svg "
+                                    "[default: beside the first store, NAME.png, or "
+                                    "compare.png for several]."),
+) -> None:
+    from plastcli.figures.own import draw
+    from plastcli.paths import ensure_out_dir
+    from plastcli.results.store import read_store
+    from plastcli.sweep import point_stores
+
+    named: dict[str, Path] = {}
+    for path in stores:
+        if path.is_dir():
+            for label, store in point_stores(path).items():
+                if not store.is_file():
+                    err_console.print(f"[yellow]skipped:[/] {escape(str(store))} ({label}): "
+                                      "not run yet", highlight=False)
+                    continue
+                named[label if len(stores) == 1 else f"{path.name} {label}"] = store
+        else:
+            named[path.stem if path.stem not in named else str(path)] = path
+    if not named:
+        raise PlastError("nothing to plot: no store of " + ", ".join(map(str, stores)))
+    first = next(iter(named.values()))
+    out = out or first.parent / (f"{first.stem}.png" if len(named) == 1 else "compare.png")
+    if out.suffix.lower() not in PLOT_SUFFIXES:
+        raise PlastError(f"--out {out}: allowed suffixes: {', '.join(PLOT_SUFFIXES)}")
+    fig = draw({name: read_store(p) for name, p in named.items()})
+    ensure_out_dir(out.parent)
+    fig.savefig(out, dpi=150, bbox_inches="tight")
+    out_console.print(f"wrote {out}", highlight=False)
+
+
 # Options shared by plast reproduce and plast sweep (a run: one recipe, or one sweep point).
 JobsOpt = typer.Option(None, "--jobs", min=1, help="Runs side by side [default: the cores "
                        "available].")

@@ -182,16 +182,27 @@ def point_finals(store_path: Path) -> dict[str, float]:
     return out
 
 
+def read_manifest(folder: Path) -> dict:
+    """A sweep folder's sweep.json: ``sweep``, ``keys`` and ``points`` (store, values)."""
+    manifest = folder / MANIFEST
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise PlastError(f"{folder}: not a sweep folder (no readable {MANIFEST})") from None
+
+
+def point_stores(folder: Path) -> dict[str, Path]:
+    """Each point's label (``key=value, ...``) -> its store, in the sweep's order."""
+    doc = read_manifest(folder)
+    return {_label(p["values"]): folder / p["store"] for p in doc["points"]}
+
+
 def summary_table(folder: Path):
     """Point x final metrics for the sweep folder (from its sweep.json)."""
     from rich.markup import escape
     from rich.table import Table
 
-    manifest = folder / MANIFEST
-    try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise PlastError(f"{folder}: not a sweep folder (no readable {MANIFEST})") from None
+    doc = read_manifest(folder)
     finals = [point_finals(folder / p["store"]) for p in doc["points"]]
     metrics = sorted({k for f in finals for k in f if k != "status"},
                      key=lambda k: (k in ("diverged", "collapsed"), k))
