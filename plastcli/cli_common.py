@@ -180,14 +180,14 @@ def print_result(t) -> None:
     then the files it wrote."""
     from rich.table import Table
 
-    from plastcli.experiments.result_tables import column_parts
+    from plastcli.experiments.result_tables import column_parts, fit_widths
 
     parts = column_parts(t, out_console.width)
     for k, cols in enumerate(parts):
         table = Table(title=escape(t.title) if k == 0 else None,
                       caption=escape(t.caption) or None if k == len(parts) - 1 else None)
-        for i in cols:
-            table.add_column(escape(t.columns[i][0]), justify=t.columns[i][1])
+        for i, w in zip(cols, fit_widths(t, cols, out_console.width), strict=True):
+            table.add_column(escape(t.columns[i][0]), justify=t.columns[i][1], width=w)
         for row in t.rows:  # escaped: a cell may hold a list, e.g. [pseudo_grad, oja]
             table.add_row(*(escape(row[i]) for i in cols))
         out_console.print(table)

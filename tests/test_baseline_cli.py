@@ -129,3 +129,51 @@ def test_bad_recipe_is_one_line_exit_2(tmp_path, change, key):
 def test_wrong_command_for_recipe_is_an_error(tmp_path):
     res = CliRunner().invoke(app, ["init-study", str(_write(tmp_path, TINY))])
     assert res.exit_code == 2 and "plast baseline" in res.output
+
+
+def test_a_condition_may_use_a_declared_or_grammar_term(tmp_path):
+    """define: a user's own term for the conditions; its θ is stored under its name, and a
+    zero coefficient leaves the runs exactly as without the term."""
+    recipe = {**TINY, "define": {"act": {"a": "y_post", "b": "ones", "s": "1^T y_post",
+                                         "sign": -1}},
+              "conditions": [
+                  {"name": "BP", "feedback": "sym", "terms": ["pseudo_grad"],
+                   "grid": {"pseudo_grad": [0.05]}},
+                  {"name": "BP+act0", "feedback": "sym", "terms": ["pseudo_grad", "act"],
+                   "grid": {"pseudo_grad": [0.05], "act": [0.0]}},
+                  {"name": "BP+act", "feedback": "sym", "terms": ["pseudo_grad", "act"],
+                   "grid": {"pseudo_grad": [0.05], "act": [0.01]}},
+                  {"name": "BP+g", "feedback": "sym", "terms": ["pseudo_grad", "g_ypost_ones"],
+                   "grid": {"pseudo_grad": [0.05], "g_ypost_ones": [0.001]}}]}
+    out = tmp_path / "b.h5"
+    res = CliRunner().invoke(app, ["baseline", str(_write(tmp_path, recipe)), "--out",
+                                   str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "act=0.01" in res.output and "g_ypost_ones=0.001" in res.output
+    st = read_store(out)
+    names = st.json_attr("term_names")
+    assert names[-2:] == ["act", "g_ypost_ones"]
+    decl = st.json_attr("term_declarations")
+    assert len(decl) == len(names) and decl[-2]["b"] == "ones"
+    acc = st["curves/val_accuracy"]
+    cond = st["members/condition"]
+    np.testing.assert_array_equal(acc[cond == 0], acc[cond == 1])  # θ_act = 0: no effect
+    assert not np.array_equal(st["curves/update_norm"][cond == 0],
+                              st["curves/update_norm"][cond == 2])
+    theta = st["members/theta"][cond == 2][0]
+    assert theta[names.index("act")] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"conditions": [{"name": "X", "terms": ["nope"], "grid": {"nope": [1.0]}}]},
+     "conditions\\[0\\].terms\\[0\\]': 'nope' is not allowed.*declared under define"),
+    ({"define": {"pg2": {"a": "e_post", "b": "y_pre", "sign": -1}},
+      "conditions": [{"name": "X", "terms": ["pg2"], "grid": {"pg2": [1.0]}}]},
+     "define.pg2.*computes the same term as 'pseudo_grad'"),
+    ({"define": {"bad": {"a": "nope", "b": "ones"}}}, "define.bad.a"),
+])
+def test_declared_terms_in_a_baseline_are_checked_in_one_line(tmp_path, change, match):
+    from plastcli.errors import PlastError
+
+    with pytest.raises(PlastError, match=match):
+        load_recipe(_write(tmp_path, {**TINY, **change}))

@@ -248,3 +248,33 @@ def test_concat_nets_keeps_feedback_matrices():
     both = concat_nets([a, b])
     assert isinstance(both, Net) and both.W[0].shape[0] == 2 and both.D is None
     torch.testing.assert_close(both.Bf[1][1], b.Bf[1][0])
+
+
+def test_update_norms_with_a_declared_term_match_numpy():
+    """A recipe's own term (here −(1ᵀ y_post) y_post 1ᵀ, beyond the built-in pool) enters
+    the whole update's norm; the diagnostics once ignored the run's pool and failed."""
+    from plastcli.core.terms import declare, make_pool
+
+    P, L = 2, len(LAYERS) - 1
+    net, x, zs, ys = _net_and_acts(P, 3, seed=6)
+    labels = torch.tensor([[0, 2, 4], [1, 3, 0]])
+    pool = make_pool(["pseudo_grad", "act"], {"act": declare("act", "y_post", "ones",
+                                                              "1ᵀ y_post", -1)})
+    theta = torch.zeros(P, len(pool))
+    theta[:, pool.index["pseudo_grad"]], theta[:, pool.index["act"]] = 0.05, 0.01
+    mask = layer_mask(["pseudo_grad", "act"], None, L, pool).expand(P, L, len(pool))
+    rule = LayerCoefficients.build(theta, mask, pool)
+    _, whole = diagnostics.update_norms(net, x, labels, rule, torch.full((P,), 0.05), BETA,
+                                        "sym")
+    onehot = torch.nn.functional.one_hot(labels, LAYERS[-1]).float()
+    es = errors(net, zs, ys, output_error(ys[-1], onehot), BETA, "sym", need_e0=False)
+    for p in range(P):
+        for l in range(1, L + 1):
+            want = []
+            for b in range(3):
+                e = es[l][p, b].double().numpy()
+                pre, post = ys[l - 1][p, b].double().numpy(), ys[l][p, b].double().numpy()
+                d = -0.05 * np.outer(e, pre) - 0.01 * post.sum() * np.outer(post,
+                                                                           np.ones_like(pre))
+                want.append(np.linalg.norm(d))
+            np.testing.assert_allclose(whole[p, l - 1].item(), np.mean(want), rtol=1e-3)

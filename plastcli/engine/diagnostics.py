@@ -126,6 +126,6 @@ def update_norms(net: Net, x: torch.Tensor, labels: torch.Tensor, rule, pseudo: 
         for l in range(1, L + 1):
             new = apply_rule(net.W[l - 1], rule.views[l - 1], rule.active[l - 1], es[l][:, s],
                              None if es[l - 1] is None else es[l - 1][:, s], ys[l][:, s],
-                             ys[l - 1][:, s], zs[l][:, s])
+                             ys[l - 1][:, s], zs[l][:, s], pool=rule.pool)
             whole[:, l - 1] += (new - net.W[l - 1]).flatten(1).norm(dim=-1) / B
     return bp, whole

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from plastcli import signals
 from plastcli.core.network import Net, forward, init_net
-from plastcli.core.rules import IDX, PSEUDO, LayerCoefficients, layer_mask
-from plastcli.core.terms import TERM_NAMES
+from plastcli.core.rules import PSEUDO, LayerCoefficients, layer_mask
+from plastcli.core.terms import BUILTIN_POOL, TERM_NAMES, Pool, declared, make_pool
 from plastcli.data import Dataset, generator_for, load_dataset
 from plastcli.engine import diagnostics
 from plastcli.engine.online import eval_points, run_online, stream_order
@@ -75,25 +75,34 @@ class Condition:
     terms: list[str]
     init: str
     grid: dict[str, list[float]]
+    pool: Pool = BUILTIN_POOL  # every condition's terms: one pool for the store
 
     def points(self) -> list[np.ndarray]:
         """Every grid point as a full-pool coefficient vector ``[R]``."""
         out = []
+        index = self.pool.index
         for values in itertools.product(*(self.grid[t] for t in self.terms)):
-            theta = np.zeros(len(TERM_NAMES), dtype=np.float32)
+            theta = np.zeros(len(self.pool), dtype=np.float32)
             for t, v in zip(self.terms, values, strict=True):
-                theta[IDX[t]] = v
+                theta[index[t]] = v
             out.append(theta)
         return out
 
 
+def condition_pool(recipe: BaselineRecipe) -> Pool:
+    """The built-in terms, then the others the conditions name (declared under ``define``
+    or grammar terms); the built-in pool when there are none."""
+    return make_pool([t for c in recipe.conditions for t in c.terms], declared(recipe.define))
+
+
 def resolve_conditions(recipe: BaselineRecipe) -> list[Condition]:
     """The recipe's conditions; init-study repeats each one per initialiser ('BP (naive)')."""
+    pool = condition_pool(recipe)
     if isinstance(recipe, InitStudyRecipe):
-        return [Condition(f"{c.name} ({init})", c.feedback, list(c.terms), init, dict(c.grid))
-                for init in recipe.inits for c in recipe.conditions]
-    return [Condition(c.name, c.feedback, list(c.terms), recipe.network.init, dict(c.grid))
-            for c in recipe.conditions]
+        return [Condition(f"{c.name} ({init})", c.feedback, list(c.terms), init, dict(c.grid),
+                          pool) for init in recipe.inits for c in recipe.conditions]
+    return [Condition(c.name, c.feedback, list(c.terms), recipe.network.init, dict(c.grid),
+                      pool) for c in recipe.conditions]
 
 
 def network_kind(conds: list[Condition]):
@@ -141,8 +150,10 @@ def split_data(recipe: BaselineRecipe, data_dir=None) -> OnlineData:
 def group_rule(members: Population, sl: slice, conds: list[Condition], L: int,
                device) -> LayerCoefficients:
     theta = torch.as_tensor(members.coefficients[sl], device=device)
-    mask = torch.stack([layer_mask(conds[c].terms, None, L) for c in members.condition[sl]])
-    return LayerCoefficients.build(theta, mask.to(device))
+    pool = conds[0].pool
+    mask = torch.stack([layer_mask(conds[c].terms, None, L, pool)
+                        for c in members.condition[sl]])
+    return LayerCoefficients.build(theta, mask.to(device), pool)
 
 
 @torch.no_grad()
@@ -317,6 +328,7 @@ class BaselineResult:
     final_hi: np.ndarray
     grid_searched: bool
     terms: list[list[str]]
+    term_names: list[str] = field(default_factory=lambda: list(TERM_NAMES))  # theta's columns
 
 
 def stats(curves: dict[str, np.ndarray], condition: np.ndarray, C: int) -> dict[str, np.ndarray]:
@@ -354,7 +366,10 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
         "condition_feedback": [c.feedback for c in conds],
         "condition_terms": [c.terms for c in conds],
         "condition_init": [c.init for c in conds],
-        "term_names": list(TERM_NAMES),
+        "term_names": conds[0].pool.names,
+        # a user's own terms (rule.define or grammar terms): what each computes
+        **({"term_declarations": [t.to_dict() for t in conds[0].pool.terms]}
+           if conds[0].pool is not BUILTIN_POOL else {}),
         **split_attrs(ds, len(data.heldout), len(data.val), grid_samples=grid_samples,
                       grid_seeds=recipe.selection.seeds, searched=searched),
     }
@@ -405,4 +420,5 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
                                                CI_RESAMPLES) for c in range(C)), strict=True)
     finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
     return BaselineResult(out, [c.name for c in conds], np.stack(chosen), np.array(m),
-                          np.array(lo), np.array(hi), searched, [c.terms for c in conds])
+                          np.array(lo), np.array(hi), searched, [c.terms for c in conds],
+                          conds[0].pool.names)

@@ -25,16 +25,35 @@ class ResultTable:
     keys: int = 1
 
 
-def column_parts(t: ResultTable, width: int) -> list[list[int]]:
-    """The column indices of each part of ``t`` that fits ``width`` characters (a rich table
-    with borders: 3 per column and 1), the key columns in every part; one part if it fits.
-    A column needs its longest word, header or cell (rich wraps at spaces; a number is
-    one word, so it is never cut)."""
+def column_widths(t: ResultTable) -> list[int]:
+    """Each column's least width: its longest word, header or cell (rich wraps at spaces;
+    a number is one word, so at this width it is never cut)."""
     def longest(text: str) -> int:
         return max((len(w) for w in text.split()), default=0)
 
-    need = [3 + max([longest(header)] + [longest(r[i]) for r in t.rows])
+    return [max([longest(header)] + [longest(r[i]) for r in t.rows])
             for i, (header, _) in enumerate(t.columns)]
+
+
+def fit_widths(t: ResultTable, cols: list[int], width: int) -> list[int]:
+    """Widths of the columns ``cols`` of ``t`` in a table of ``width`` characters: each its
+    whole text if that fits, else its least width (:func:`column_widths`) plus a share of
+    the room left in proportion to what it lacks (rich's own shrinking cut words)."""
+    least = [column_widths(t)[i] for i in cols]
+    whole = [max([len(t.columns[i][0])] + [len(r[i]) for r in t.rows]) for i in cols]
+    room = width - 3 * len(cols) - 1
+    if sum(whole) <= room:
+        return whole
+    lack = [w - m for w, m in zip(whole, least, strict=True)]
+    spare = max(0, room - sum(least))
+    return [m + spare * d // max(1, sum(lack)) for m, d in zip(least, lack, strict=True)]
+
+
+def column_parts(t: ResultTable, width: int) -> list[list[int]]:
+    """The column indices of each part of ``t`` that fits ``width`` characters (a rich table
+    with borders: 3 per column and 1, each column at :func:`column_widths`), the key
+    columns in every part; one part if it fits."""
+    need = [3 + w for w in column_widths(t)]
     key_w = 1 + sum(need[: t.keys])
     parts: list[list[int]] = [[]]
     used = key_w
@@ -99,8 +118,8 @@ def ablate_layers_table(recipe, res) -> ResultTable:
 def online_table(recipe, res) -> ResultTable:
     """``plast baseline`` and ``plast init-study``: one row per condition."""
     kind = recipe.experiment
-    rows = [[name, ", ".join(f"{t}={res.theta[i, BUILTIN_POOL.index[t]]:.3g}"
-                             for t in res.terms[i]),
+    index = {n: j for j, n in enumerate(getattr(res, "term_names", BUILTIN_POOL.names))}
+    rows = [[name, ", ".join(f"{t}={res.theta[i, index[t]]:.3g}" for t in res.terms[i]),
              f"{res.final_mean[i]:.4f}", _ci(res.final_lo[i], res.final_hi[i])]
             for i, name in enumerate(res.conditions)]
     return ResultTable(

@@ -103,9 +103,19 @@ def recipe_needs(recipes_dir: Path) -> dict[str, list[str]]:
     return needs
 
 
+# Keys added after stores were written, left out of the resolved YAML while empty, so that
+# a recipe that does not use them resolves to the same bytes as before (stores' recipe_yaml,
+# plast reproduce's cache key; tests/test_recipe_schema.py).
+OMITTED_WHEN_EMPTY = ("define",)  # a baseline's own terms (meta-train's are rule.define)
+
+
 def recipe_to_yaml(recipe: Any) -> str:
     """The resolved recipe (defaults filled in) as YAML, for provenance."""
-    return yaml.safe_dump(recipe.model_dump(), sort_keys=False)
+    raw = recipe.model_dump()
+    for key in OMITTED_WHEN_EMPTY:
+        if key in raw and not raw[key]:
+            del raw[key]
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 def recipe_from_yaml(text: str, where: str = "<store>") -> Any:

@@ -253,30 +253,34 @@ def declared_terms(rules: list[tuple[RuleSpec | None, str]], where: Where) -> di
     name declared twice must mean the same term."""
     out: dict = {}
     for rule, key in rules:
+        at = f"{key}.define" if key else "define"  # key '': a recipe's top-level define
         for name, ts in (rule.define if rule is not None else {}).items():
             try:
                 term = term_grammar.declare(name, ts.a, ts.b, ts.s, ts.sign)
             except term_grammar.TermError as exc:
-                where.fail(f"{key}.define.{name}" + (f".{exc.field}" if exc.field else ""),
-                           str(exc))
+                where.fail(f"{at}.{name}" + (f".{exc.field}" if exc.field else ""), str(exc))
             if name in out and out[name] != term:
-                where.fail(f"{key}.define.{name}", "declared differently in rule.define")
+                where.fail(f"{at}.{name}", "declared differently in rule.define")
             out[name] = term
     return out
 
 
-def check_pool(term_lists: list[list[str]], defined: dict, key: str, where: Where) -> None:
+def check_pool(term_lists: list[list[str]], defined: dict, key: str, where: Where,
+               define_key: str | None = None) -> None:
     """No two terms of a run may compute the same thing."""
     try:
         term_grammar.make_pool([*(n for names in term_lists for n in names), *defined], defined)
     except term_grammar.TermError as exc:
-        at = f"{key}.define.{exc.field}" if exc.field in defined else f"{key}.terms"
+        at = (f"{define_key or key + '.define'}.{exc.field}" if exc.field in defined
+              else f"{key}.terms")
         where.fail(at, str(exc))
 
 
 def check_rule(rule: RuleSpec, key: str, n_layers: int, where: Where,
-               defined: dict | None = None) -> None:
-    """Check a rule's terms (resolving ``terms: grammar`` to the grammar's term names)."""
+               defined: dict | None = None, define_key: str | None = None) -> None:
+    """Check a rule's terms (resolving ``terms: grammar`` to the grammar's term names);
+    ``define_key``: where its declared terms are (default ``<key>.define``)."""
+    define_key = define_key or f"{key}.define"
     if defined is None:
         defined = declared_terms([(rule, key)], where)
     if isinstance(rule.terms, str):
@@ -290,10 +294,10 @@ def check_rule(rule: RuleSpec, key: str, n_layers: int, where: Where,
         if term_grammar.resolve(name, defined) is None:
             where.fail(f"{key}.terms[{i}]", f"'{name}' is not allowed; allowed: "
                        f"{', '.join([*TERM_NAMES, *defined])}, a term declared under "
-                       f"{key}.define, or a grammar term g_<a>_<b>[_<s>]")
+                       f"{define_key}, or a grammar term g_<a>_<b>[_<s>]")
     if len(set(rule.terms)) != len(rule.terms):
         where.fail(f"{key}.terms", "a term is named twice")
-    check_pool([rule.terms], defined, key, where)
+    check_pool([rule.terms], defined, key, where, define_key)
     for name in rule.init:
         if name not in rule.terms:
             where.fail(f"{key}.init.{name}", f"not among {key}.terms ({', '.join(rule.terms)})")

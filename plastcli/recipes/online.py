@@ -2,7 +2,6 @@
 
 from pydantic import Field
 
-from plastcli.core.terms import TERM_NAMES  # the engine's names; plastcli.core.terms needs no torch
 from plastcli.core.vocabulary import (  # the names of the core layer; no torch there either
     INITS,
     RECURRENT_INITS,
@@ -12,6 +11,7 @@ from plastcli.recipes.fields import (
     DEVICES,
     EXPERIMENT,
     NAME,
+    Name,
     Number,
     Recipe,
     Schema,
@@ -24,8 +24,11 @@ from plastcli.recipes.meta import (
     NetworkSpec,
     PopulationSpec,
     RuleSpec,
+    TermSpec,
     check_dataset_network,
+    check_pool,
     check_rule,
+    declared_terms,
 )
 
 # --------------------------------------------------------------------------- online (issue 3)
@@ -53,10 +56,11 @@ class ConditionSpec(Schema):
     name: str = Field(description="label used in stores, tables and legends, e.g. 'BP+Oja'")
     feedback: choice(("sym", "fixed", "direct")) = Field(
         "sym", description="the backward path: sym (BP), fixed (FA) or direct (DFA)")
-    terms: list[choice(TERM_NAMES)] = Field(default_factory=lambda: ["pseudo_grad"],
-                                            description="the rule's terms, e.g. [pseudo_grad, "
-                                            "oja] = BP+Oja")
-    grid: dict[choice(TERM_NAMES), list[Number]] = Field(
+    terms: list[str] = Field(default_factory=lambda: ["pseudo_grad"],
+                             description="the rule's terms, e.g. [pseudo_grad, oja] = BP+Oja: "
+                             "built in, declared under define, or g_<a>_<b>[_<s>] grammar "
+                             "terms")
+    grid: dict[str, list[Number]] = Field(
         default_factory=dict, description="candidate values per term (every term needs a "
         "non-empty list); the grid is their Cartesian product. A single value per term means "
         "no search")
@@ -90,6 +94,9 @@ class BaselineRecipe(Recipe):
     dataset: OnlineDatasetSpec = Field(default_factory=OnlineDatasetSpec)
     network: NetworkSpec = Field(
         default_factory=lambda: NetworkSpec(layers=[784, 170, 130, 100, 70, 10]))
+    define: dict[Name, TermSpec] = Field(default_factory=dict, description="new terms by "
+                                         "name, for the conditions' terms: F = sign · s · a "
+                                         "bᵀ, as meta-train's rule.define")
     conditions: list[ConditionSpec] = Field(default_factory=list, description="the rules "
                                             "compared (at least one)")
     online: OnlineSpec = Field(default_factory=OnlineSpec)
@@ -103,12 +110,14 @@ class BaselineRecipe(Recipe):
         if not self.conditions:
             where.fail("conditions", "must list at least one condition")
         seen = set()
+        defined = declared_terms([(self, "")], where)
         for i, c in enumerate(self.conditions):
             key = f"conditions[{i}]"
             if c.name in seen:
                 where.fail(f"{key}.name", f"'{c.name}' is used twice")
             seen.add(c.name)
-            check_rule(RuleSpec(terms=c.terms), f"{key}", len(self.network.layers) - 1, where)
+            check_rule(RuleSpec(terms=c.terms), f"{key}", len(self.network.layers) - 1, where,
+                       defined, "define")
             for term in c.grid:
                 if term not in c.terms:
                     where.fail(f"{key}.grid.{term}", f"not among {key}.terms "
@@ -118,6 +127,8 @@ class BaselineRecipe(Recipe):
                 if not values:
                     where.fail(f"{key}.grid.{term}", "needs a non-empty list of values "
                                "(one value: no search)")
+        # one pool for the whole store: no two conditions' terms may compute the same thing
+        check_pool([c.terms for c in self.conditions], defined, "conditions", where, "define")
         if self.online.update_norm_samples > self.online.val_size:
             where.fail("online.update_norm_samples", f"exceeds online.val_size "
                        f"({self.online.val_size})")
