@@ -4,6 +4,7 @@ signals into exit 130, 143 or 129."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import sys
@@ -130,6 +131,14 @@ def user_errors(fn):
             err_console.print(f"[yellow]terminated[/] ({exc}): a store being written says "
                               "'failed: terminated' and how to continue")
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # the machine refused (a full disk, a lost mount): one line
+            abandon(exc)
+            where = f"{exc.filename}: " if exc.filename else ""
+            hint = "; free some space, then continue with --resume" \
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            why = escape(f"{where}{exc.strerror or exc}{hint}")
+            err_console.print(f"[bold red]error:[/] {why}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         except BaseException as exc:
             if not isinstance(exc, typer.Exit | SystemExit):
                 abandon(exc)

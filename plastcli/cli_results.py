@@ -182,9 +182,11 @@ def reproduce_cmd(
 
     Example: plast reproduce --paper all --scale smoke --results /tmp/smoke
     """
+    from plastcli.paths import check_out_dir
     from plastcli.reproduce import PAPERS, reproduce
 
     check_choice("--paper", paper, (*PAPERS, "all"))
+    check_out_dir(results, "--results")
     papers = list(PAPERS) if paper == "all" else [paper]
     code = reproduce(papers, scale, jobs or 0, backend, address, results,
                      recipes or _recipes_dir(), force, err_console, seed_chunk)
@@ -211,8 +213,10 @@ def sweep_cmd(
 
     Example: plast sweep recipes/sweeps/bio-lr.yaml --results /tmp/mine
     """
+    from plastcli.paths import check_out_dir
     from plastcli.sweep import run
 
+    check_out_dir(results, "--results")
     code = run(sweep, results, jobs or 0, backend, address, force, err_console, seed_chunk)
     if code:
         raise typer.Exit(code)
@@ -331,6 +335,9 @@ def data_check(
         err_console.print(f"[yellow]{escape(str(root))} does not exist[/]: every file below is "
                           "missing; set --data-dir or $PLAST_DATA, or run 'plast data fetch'",
                           highlight=False, soft_wrap=True)
+    if recipes is not None and not recipes.is_dir():
+        raise PlastError(f"--recipes {recipes}: "
+                         f"{'not a directory' if recipes.exists() else 'no such directory'}")
     rows = check_all(root)
     needs = recipe_needs(recipes or _recipes_dir())
     table = Table(title=f"data files in {root}")

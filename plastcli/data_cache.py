@@ -25,10 +25,23 @@ CACHE_ENV = "PLAST_CACHE"
 
 
 def cache_dir() -> Path:
+    """``$PLAST_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/plast/decoded``; a one-line
+    PlastError if it (or a folder above it) is a file. A read-only one only goes unused."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "plast" / "decoded"
+        path, source = Path(os.environ[CACHE_ENV]).expanduser(), CACHE_ENV
+    else:
+        source = "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the home folder"
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "plast" / "decoded"
+    top = path
+    while not os.path.lexists(top) and top != top.parent:
+        top = top.parent
+    if not top.is_dir():
+        from plastcli.errors import PlastError
+
+        raise PlastError(f"the cache folder {path} ({source}) cannot be made: {top} is a file, "
+                         f"not a directory; set {CACHE_ENV} to a folder")
+    return path
 
 
 def digest(arrays: dict[str, np.ndarray]) -> str:

@@ -85,15 +85,22 @@ def remove_empty(folders: list[Path]) -> None:
             return
 
 
-def ensure_out_dir(folder: str | Path, option: str = "--out") -> list[Path]:
-    """Create the output directory ``folder`` if needed and check that files can be
-    written in it (a one-line PlastError otherwise); return the directories made."""
+def check_out_dir(folder: str | Path, option: str = "--out") -> Path:
+    """``folder`` must be a directory, or one that can be made (not a file, not under one,
+    not in a read-only place); a one-line PlastError otherwise. Creates nothing."""
     folder = Path(folder)
     if "\0" in str(folder):
         raise PlastError(f"{option} {folder!r}: a path cannot contain a NUL character")
     if os.path.lexists(folder) and not folder.is_dir():
         raise PlastError(f"{option} {folder} is a file, not a directory")
     _check_parents(folder, option)
+    return folder
+
+
+def ensure_out_dir(folder: str | Path, option: str = "--out") -> list[Path]:
+    """Create the output directory ``folder`` if needed and check that files can be
+    written in it (a one-line PlastError otherwise); return the directories made."""
+    folder = check_out_dir(folder, option)
     made = make_dirs(folder)
     probe = folder / f".plast-write-test-{os.getpid()}"
 

@@ -42,16 +42,20 @@ class RichReporter(Reporter):
             TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.task = None
+        self.live = False
 
     def __enter__(self):
-        self.progress.start()
-        return self
+        return self  # the bar starts with the first task: an early error prints no blank line
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
         return None
 
     def start(self, total: int, done: int = 0, label: str = "") -> None:
+        if not self.live:
+            self.progress.start()
+            self.live = True
         self.task = self.progress.add_task(label, total=total, completed=done, metrics="")
         self.total, self.label, self.last_tenth = max(total, 1), label, done * 10 // max(total, 1)
 

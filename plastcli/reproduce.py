@@ -300,6 +300,10 @@ def reproduce(papers: list[str], scale: str, n_jobs: int, backend: str, address:
     jobs = plan(recipes_dir, results, papers, scale)
     if not jobs:
         raise PlastError(f"no recipe under {recipes_dir} for paper(s) {', '.join(papers)}")
+    from plastcli.recipes import load_recipe
+
+    for j in jobs:  # every recipe is checked before anything runs: a bad one is one line
+        load_recipe(j.recipe, j.sets)
     for j in jobs:
         decide(j, force)
     t0 = time.time()

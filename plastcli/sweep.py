@@ -87,9 +87,9 @@ def points(sweep: dict) -> list[dict]:
 def plan(sweep: dict, results: Path) -> list[Job]:
     """One job per point: the base recipe with the sweep's and the point's overrides.
     Every point's recipe is loaded (and so checked) before anything runs."""
-    from plastcli.recipes import load_recipe
+    from plastcli.recipes import load_recipe, read_recipe_yaml
 
-    raw = yaml.safe_load(sweep["base"].read_text(encoding="utf-8"))
+    raw = read_recipe_yaml(sweep["base"])  # exists, UTF-8, YAML, a mapping: else one line
     command = raw.get("experiment")
     if command not in COMMANDS:
         raise PlastError(f"{sweep['base']}: experiment '{command}' cannot be swept; allowed: "
@@ -155,7 +155,10 @@ def point_finals(store_path: Path) -> dict[str, float]:
 
     if not store_path.is_file():
         return {}
-    s = read_store(store_path)
+    try:
+        s = read_store(store_path)
+    except PlastError:  # not a store (or unreadable): the row says so, the others still show
+        return {"status": "not a readable store"}  # type: ignore[dict-item]
     out: dict[str, float] = {}
     # online stores hold several conditions (BP, BP+Oja, ...): one column per condition
     names = s.arrays.get("members/condition_name")
@@ -186,9 +189,16 @@ def read_manifest(folder: Path) -> dict:
     """A sweep folder's sweep.json: ``sweep``, ``keys`` and ``points`` (store, values)."""
     manifest = folder / MANIFEST
     try:
-        return json.loads(manifest.read_text(encoding="utf-8"))
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise PlastError(f"{folder}: not a sweep folder (no readable {MANIFEST})") from None
+    points = doc.get("points") if isinstance(doc, dict) else None
+    if not (isinstance(points, list) and isinstance(doc.get("keys"), list)
+            and all(isinstance(p, dict) and isinstance(p.get("store"), str)
+                    and isinstance(p.get("values"), dict) for p in points)):
+        raise PlastError(f"{manifest}: not the manifest plast sweep writes (sweep, keys, and "
+                         "points of store and values); run the sweep again to rewrite it")
+    return doc
 
 
 def point_stores(folder: Path) -> dict[str, Path]:
@@ -206,7 +216,7 @@ def summary_table(folder: Path):
     finals = [point_finals(folder / p["store"]) for p in doc["points"]]
     metrics = sorted({k for f in finals for k in f if k != "status"},
                      key=lambda k: (k in ("diverged", "collapsed"), k))
-    t = Table(title=escape(f"sweep {doc['sweep']}: final metrics per point "
+    t = Table(title=escape(f"sweep {doc.get('sweep', folder.name)}: final metrics per point "
                            "(median over members)"), title_justify="left")
     t.add_column("point")
     for k in doc["keys"]:
@@ -219,7 +229,7 @@ def summary_table(folder: Path):
                  (str(int(f[m])) if m in f else "") for m in metrics]
         # escaped: a value may be a list, [pseudo_grad, oja], which rich reads as markup
         t.add_row(escape(Path(p["store"]).stem),
-                  *[escape(_yaml_value(p["values"][k])) for k in doc["keys"]],
+                  *[escape(_yaml_value(p["values"].get(k))) for k in doc["keys"]],
                   *cells, str(f.get("status", "missing")))
     return t
 

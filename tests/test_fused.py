@@ -375,3 +375,20 @@ def test_the_kernels_softplus_and_slope_match_float64(dtype):
             assert not bad.any(), (f"{what}, beta {beta}: {int(bad.sum())} values off, e.g. z = "
                                    f"{zd[bad][:3].tolist()}: {got[bad][:3].tolist()} against "
                                    f"{want[bad][:3].tolist()}")
+
+
+def test_a_damaged_cached_kernel_is_built_again_and_a_read_only_cache_builds_elsewhere(
+        monkeypatch, tmp_path):
+    monkeypatch.setenv("PLAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fused, "_libs", {})
+    monkeypatch.setattr(fused, "_failure", None)
+    so = fused._build("double")  # built, not loaded (a loaded file must not be rewritten)
+    so.write_bytes(b"not an ELF file")  # truncated, or damaged on disk
+    assert fused.library(torch.float64) is not None and fused.failure() is None
+    assert so.read_bytes()[:4] == b"\x7fELF"  # built again in place
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder's parent should be")
+    monkeypatch.setattr(fused, "cache_dir", lambda: blocked / "fused")  # cannot be made
+    monkeypatch.setattr(fused, "_libs", {})
+    lib = fused.library(torch.float64)
+    assert lib is not None and fused.failure() is None and "plast-fused-" in lib._name

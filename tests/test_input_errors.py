@@ -275,3 +275,109 @@ def test_data_check_says_once_that_the_data_dir_does_not_exist(tmp_path):
     (tmp_path / "f").write_text("x")
     line = one_error_line(invoke("data", "check", "--data-dir", str(tmp_path / "f")))
     assert "is a file, not a directory" in line
+
+
+def _foreign_h5(path: Path, **attrs) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    return path
+
+
+def test_an_hdf5_file_plast_did_not_write_is_not_shown_or_resumed_as_a_store(tmp_path):
+    foreign = _foreign_h5(tmp_path / "foreign.h5", status="complete")
+    assert "not a plast result store" in one_error_line(invoke("show", str(foreign)))
+    assert "not a plast result store" in one_error_line(invoke("store", "upgrade", str(foreign)))
+    r = invoke("meta-train", BIO, "--out", str(foreign), "--resume", *sets(*TINY))
+    assert "not a plast result store" in one_error_line(r)
+
+
+def test_resume_with_a_damaged_store_is_one_line(tmp_path):
+    import h5py
+    import numpy as np
+
+    out = tmp_path / "m.h5"
+    r = invoke("meta-train", BIO, "--out", str(out), "--episodes", "4",
+               *sets(*TINY, "run.checkpoint_every=2"))
+    assert r.exit_code == 0, r.output
+    r = invoke("init-study", str(REPO / "recipes/2024/fig5-naive-init.yaml"), "--resume",
+               "--out", str(out))
+    assert "holds a 'meta-train' run, not a 'init-study' one" in one_error_line(r)
+    with h5py.File(out, "a") as f:  # a checkpoint array of another shape
+        f.attrs["status"] = "running"
+        m = f["checkpoint/adam_m0"][()]
+        del f["checkpoint/adam_m0"]
+        f["checkpoint/adam_m0"] = np.zeros(m.size + 1, m.dtype)
+    r = invoke("meta-train", BIO, "--out", str(out), "--episodes", "6", "--resume",
+               *sets(*TINY, "run.checkpoint_every=2"))
+    assert "checkpoint does not fit this run (checkpoint/adam_m0" in one_error_line(r)
+    with h5py.File(out, "a") as f:
+        f.attrs["recipe_yaml"] = "a: [b"
+    r = invoke("meta-train", BIO, "--out", str(out), "--episodes", "6", "--resume",
+               *sets(*TINY))
+    assert "recipe_yaml cannot be read as a recipe" in one_error_line(r)
+
+
+@pytest.mark.parametrize("content, says", [(b"", "not a mapping"), (b"a: [b", "not valid YAML"),
+                                           (b"\xa2\x00\x01", "not UTF-8")])
+def test_a_sweep_whose_base_is_not_a_recipe_is_one_line(tmp_path, content, says):
+    (tmp_path / "base.yaml").write_bytes(content)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("sweep: s\nbase: base.yaml\ngrid: {meta.lr: [0.001]}\n")
+    line = one_error_line(invoke("sweep", str(sweep), "--results", str(tmp_path / "r")))
+    assert "base.yaml" in line
+
+
+def test_results_that_is_a_file_and_a_malformed_sweep_manifest_are_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"sweep: s\nbase: {BIO}\ngrid: {{meta.lr: [0.001]}}\n")
+    assert "is a file, not a directory" in one_error_line(
+        invoke("sweep", str(sweep), "--results", str(afile)))
+    assert "is a file, not a directory" in one_error_line(
+        invoke("reproduce", "--paper", "2022", "--results", str(afile)))
+    folder = tmp_path / "sw"
+    folder.mkdir()
+    for text in ("{}", "[1, 2]", '{"keys": [], "points": [1]}'):
+        (folder / "sweep.json").write_text(text)
+        assert "not the manifest plast sweep writes" in one_error_line(invoke("show",
+                                                                               str(folder)))
+
+
+def test_data_check_with_a_recipes_folder_that_does_not_exist_is_one_line(tmp_path):
+    r = invoke("data", "check", "--recipes", str(tmp_path / "nope"))
+    assert "--recipes" in one_error_line(r) and "no such directory" in r.output
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    # a fresh process: this one holds the data sets and the kernel already
+    r = subprocess.run([sys.executable, "-m", "plastcli", "meta-train", BIO, "--out",
+                        str(tmp_path / "m.h5"), "--episodes", "1", *sets(*TINY)],
+                       capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PLAST_CACHE": str(afile), "PLAST_DATA": str(data_dir())})
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
+    assert "PLAST_CACHE" in lines[0] and "is a file, not a directory" in lines[0]
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_the_machine_refusing_a_write_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    import errno
+
+    from plastcli.results import store
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(store.Store, "append", full)
+    r = invoke("meta-train", BIO, "--out", str(tmp_path / "m.h5"), "--episodes", "2",
+               *sets(*TINY))
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert lines[-1] == (f"error: {tmp_path / 'm.h5'}: No space left on device; free some "
+                         "space, then continue with --resume")

@@ -95,14 +95,26 @@ def test_reproduce_runs_caches_reruns_a_changed_recipe_and_resumes(tmp_path, mon
         assert "lr: 0.002" in f.attrs["recipe_yaml"]
 
 
-def test_a_failing_recipe_leaves_the_others_complete_and_exits_1(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def test_a_bad_recipe_is_one_line_before_anything_runs(tmp_path):
     bad = BIO.replace("dataset: {name: emnist-bymerge", "dataset: {name: mnist")  # 10 classes
     bad = bad.replace("network: {layers: [784, 170, 130, 100, 70, 47]",
                       "network: {layers: [784, 170, 130, 100, 70, 10]")
     bad = bad.replace("task: {classes: 5", "task: {classes: 11")  # more classes than mnist has
     root = _recipes(tmp_path, **{"2022/good.yaml": BIO, "2022/bad.yaml": bad})
     results = tmp_path / "results"
+    r = CliRunner().invoke(app, ["reproduce", "--paper", "2022", "--scale", "smoke",
+                                 "--results", str(results), "--recipes", str(root)])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "bad.yaml" in lines[0] and "task.classes" in lines[0], r.output
+    assert not (results / "2022/good.h5").exists()
+
+
+def test_a_failing_run_leaves_the_others_complete_and_exits_1(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = _recipes(tmp_path, **{"2022/good.yaml": BIO, "2022/bad.yaml": BIO})
+    results = tmp_path / "results"
+    (results / "2022/bad.h5").mkdir(parents=True)  # its store path is a folder: that run fails
     r = CliRunner().invoke(app, ["reproduce", "--paper", "2022", "--scale", "smoke",
                                  "--results", str(results), "--recipes", str(root)])
     assert r.exit_code == 1, r.output

@@ -94,11 +94,16 @@ def reconstruct_inputs(W: list[torch.Tensor], ys, layers: list[int]) -> torch.Te
 
 def pca_cumulative_variance(y: torch.Tensor) -> torch.Tensor:
     """Cumulative explained-variance ratio of the principal components of y ``[P, B, n]``
-    (samples along B): ``[P, min(B, n)]``, non-decreasing, ending at 1."""
-    centred = y - y.mean(1, keepdim=True)
-    var = torch.linalg.svdvals(centred.double()).pow(2)  # eigenvalues of the covariance * B
-    total = var.sum(-1, keepdim=True)
-    return (var.cumsum(-1) / total).float()
+    (samples along B): ``[P, min(B, n)]``, non-decreasing, ending at 1; NaN for a member
+    whose activities are not finite (its run diverged; the SVD would refuse them)."""
+    centred = (y - y.mean(1, keepdim=True)).double()
+    finite = torch.isfinite(centred).flatten(1).all(-1)  # [P]
+    out = torch.full((y.shape[0], min(y.shape[1], y.shape[2])), float("nan"),
+                     dtype=torch.float64, device=y.device)
+    if finite.any():
+        var = torch.linalg.svdvals(centred[finite]).pow(2)  # eigenvalues of covariance * B
+        out[finite] = var.cumsum(-1) / var.sum(-1, keepdim=True)
+    return out.float()
 
 
 def update_norms(net: Net, x: torch.Tensor, labels: torch.Tensor, rule, pseudo: torch.Tensor,

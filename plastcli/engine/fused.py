@@ -101,8 +101,12 @@ def _build(real: str) -> Path:
     out = cache_dir() / f"fused-{real}-{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    except OSError:  # a read-only cache: build for this process only, in a temporary folder
+        out = Path(tempfile.mkdtemp(prefix="plast-fused-")) / out.name
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
         r = subprocess.run([*cc, *FLAGS, *defs, str(SOURCE), "-o", tmp, "-lm"],
@@ -118,6 +122,17 @@ def _build(real: str) -> Path:
     return out
 
 
+def _load(real: str) -> ctypes.CDLL:
+    """The built kernel, loaded; a cached file that does not load (truncated, damaged) is
+    removed and built again, once."""
+    path = _build(real)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return ctypes.CDLL(str(_build(real)))
+
+
 def library(dtype: torch.dtype) -> ctypes.CDLL | None:
     """The kernel for ``dtype`` (built on first use), or None where it cannot be built."""
     global _failure
@@ -126,7 +141,7 @@ def library(dtype: torch.dtype) -> ctypes.CDLL | None:
     if dtype not in _libs:
         real, ct = _CTYPE[dtype]
         try:
-            lib = ctypes.CDLL(str(_build(real)))
+            lib = _load(real)
         except (OSError, subprocess.SubprocessError) as err:
             _failure = (f"the C compiler took over {BUILD_TIMEOUT_S} s"
                         if isinstance(err, subprocess.TimeoutExpired)
@@ -165,8 +180,8 @@ def _notice() -> None:
     global _noticed
     if not _noticed and _failure is not None:
         _noticed = True
-        print(f"plast: note: the fused kernel could not be built ({_failure}); running the "
-              "reference path, about 5x slower", file=sys.stderr)
+        print(f"plast: note: the fused kernel could not be built or loaded ({_failure}); "
+              "running the reference path, about 5x slower", file=sys.stderr)
 
 
 def ready(device: torch.device | str, feedback: str, n_layers: int,

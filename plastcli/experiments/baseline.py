@@ -329,6 +329,7 @@ class BaselineResult:
     grid_searched: bool
     terms: list[list[str]]
     term_names: list[str] = field(default_factory=lambda: list(TERM_NAMES))  # theta's columns
+    diverged: list[int] = field(default_factory=list)  # [C] runs whose final loss is not finite
 
 
 def stats(curves: dict[str, np.ndarray], condition: np.ndarray, C: int) -> dict[str, np.ndarray]:
@@ -421,4 +422,6 @@ def run(recipe: BaselineRecipe, out: Path, *, resume: bool = False, overwrite: b
     finish(r.store, eval_points=eval_points(samples, recipe.online.eval_every))
     return BaselineResult(out, [c.name for c in conds], np.stack(chosen), np.array(m),
                           np.array(lo), np.array(hi), searched, [c.terms for c in conds],
-                          conds[0].pool.names)
+                          conds[0].pool.names,
+                          [int((~np.isfinite(curves["val_loss"][members.condition == c, -1]))
+                               .sum()) for c in range(C)])

@@ -39,7 +39,13 @@ def _comparable(recipe_yaml: str, ignore: tuple[str, ...]) -> dict:
     try:
         raw = yaml.safe_load(recipe_to_yaml(recipe_from_yaml(recipe_yaml)))
     except PlastError:
-        raw = yaml.safe_load(recipe_yaml)
+        try:
+            raw = yaml.safe_load(recipe_yaml)
+        except yaml.YAMLError:
+            raw = None
+        if not isinstance(raw, dict):
+            raise PlastError("--resume: the store's recipe_yaml cannot be read as a recipe; "
+                             "run without --resume (--overwrite replaces the store)") from None
     return drop_keys(raw, (*ignore, *NOT_IN_RESULTS))
 
 
@@ -101,6 +107,9 @@ def _reopen(recipe: Any, out: Path, device, may_grow: tuple[str, ...]) -> Run:
     if not out.exists():
         raise PlastError(f"--resume: {out} does not exist; run without --resume first")
     stored = read_store(out)
+    if stored.attrs["plast_experiment"] != recipe.experiment:
+        raise PlastError(f"--resume: {out} holds a '{stored.attrs['plast_experiment']}' run, "
+                         f"not a '{recipe.experiment}' one")
     if stored.complete and not may_grow:
         raise PlastError(f"--resume: {out} is already complete")
     old = stored.attrs.get("recipe_yaml", "")

@@ -15,6 +15,7 @@ from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.data import TaskSampler
 from plastcli.engine import fused
 from plastcli.engine.meta import MetaConfig, MetaTrainer
+from plastcli.errors import PlastError
 from plastcli.experiments.common import (
     finish,
     load_recipe_dataset,
@@ -66,6 +67,28 @@ def grid_members(recipe: MetaTrainRecipe) -> tuple[list[int], dict[str, np.ndarr
 def grid_label(grid: dict[str, np.ndarray], i: int) -> str:
     """', l1=0.1, init_oja=0.001' for member i of a gridded run ('' without a grid)."""
     return "".join(f", {grid_dataset_name(k)}={v[i]:g}" for k, v in grid.items())
+
+
+# checkpoint arrays older stores may lack (collapse detection and its decline rule came later)
+OPTIONAL_IN_CHECKPOINT = ("collapse_learned", "collapse_below", "collapse_run_start",
+                          "collapsed_at", "collapse_reason", "decline_recent", "decline_best")
+
+
+def check_checkpoint(saved: dict[str, np.ndarray], fresh: dict[str, np.ndarray],
+                     out: Path) -> None:
+    """A checkpoint must hold this run's state, array by array as the trainer would write
+    it now (shapes; keys added since, such as the collapse rule's, may be missing); else
+    one line, before anything is loaded."""
+    for key, want in fresh.items():
+        if key in saved and np.shape(saved[key]) != np.shape(want):
+            raise PlastError(f"--resume: {out}: its checkpoint does not fit this run "
+                             f"(checkpoint/{key} has shape {np.shape(saved[key])}, this run's "
+                             f"{np.shape(want)}); run without --resume (--overwrite replaces "
+                             "the store)")
+    missing = [k for k in fresh if k not in saved and k not in OPTIONAL_IN_CHECKPOINT]
+    if missing:
+        raise PlastError(f"--resume: {out}: its checkpoint lacks {', '.join(missing)}; run "
+                         "without --resume (--overwrite replaces the store)")
 
 
 def term_declarations(recipe: MetaTrainRecipe) -> dict[str, list[dict]]:
@@ -127,6 +150,7 @@ def run(recipe: MetaTrainRecipe, out: Path, *, resume: bool = False, overwrite: 
                       **machine_attrs())
     total = recipe.meta.episodes
     if r.state is not None:
+        check_checkpoint(r.state, trainer.state_dict(), out)
         trainer.load_state_dict(r.state)
         r.store.truncate("episodes", trainer.episode)
         if "decline_recent" not in r.state:  # a checkpoint from before today's collapse rule

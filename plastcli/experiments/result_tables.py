@@ -122,12 +122,17 @@ def online_table(recipe, res) -> ResultTable:
     rows = [[name, ", ".join(f"{t}={res.theta[i, index[t]]:.3g}" for t in res.terms[i]),
              f"{res.final_mean[i]:.4f}", _ci(res.final_lo[i], res.final_hi[i])]
             for i, name in enumerate(res.conditions)]
+    warnings = [f"{name}: {n} of {recipe.population.seeds} runs diverged (their loss is not "
+                "finite); their accuracy is no result"
+                for name, n in zip(res.conditions, getattr(res, "diverged", []), strict=False)
+                if n]
     return ResultTable(
         f"{kind} {recipe.name}: {recipe.online.samples} online samples, "
         f"{recipe.population.seeds} runs per condition -> {res.out}",
         [("condition", "left"),
          ("coefficients" + (" (grid-searched)" if res.grid_searched else ""), "left"),
-         ("final val. accuracy (mean)", "right"), ("98% CI", "right")], rows)
+         ("final val. accuracy (mean)", "right"), ("98% CI", "right")], rows,
+        warnings=warnings)
 
 
 def rnn_memory_table(recipe, res) -> ResultTable:

@@ -119,9 +119,18 @@ def recipe_to_yaml(recipe: Any) -> str:
 
 
 def recipe_from_yaml(text: str, where: str = "<store>") -> Any:
-    """Rebuild a recipe from the YAML stored in a result file."""
-    raw = yaml.safe_load(text)
-    return parse(SCHEMAS[raw["experiment"]], raw, Where(where))
+    """Rebuild a recipe from the YAML stored in a result file (a PlastError, one line, if
+    it is not a recipe)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PlastError(f"{where}: its recipe_yaml is not YAML ({str(exc).splitlines()[0]})"
+                         ) from None
+    kind = raw.get("experiment") if isinstance(raw, dict) else None
+    if kind not in SCHEMAS:
+        raise PlastError(f"{where}: its recipe_yaml is not a plast recipe (experiment: "
+                         f"{kind!r}; allowed: {', '.join(SCHEMAS)})")
+    return parse(SCHEMAS[kind], raw, Where(where))
 
 
 # Keys that never change a run's numbers: how often it saves itself (resume is exact). A

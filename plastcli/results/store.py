@@ -273,6 +273,11 @@ class StoreData:
         return StoreData(self.path, dict(self.attrs), cut)
 
 
+# The attributes every store has from its creation (plastcli/experiments/common.py): a file
+# without them is not a plast store, whatever else it holds.
+IDENTITY = ("plast_experiment", "recipe_yaml", "status")
+
+
 def read_store(path: str | Path) -> StoreData:
     """Read every attribute and dataset (except checkpoints) of a store."""
     path = Path(path)
@@ -287,6 +292,10 @@ def read_store(path: str | Path) -> StoreData:
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise PlastError(f"{path}: could not be read ({type(exc).__name__}: {exc}); another "
                          f"program may be writing it") from None
+    missing = [k for k in IDENTITY if k not in attrs]
+    if missing:  # an HDF5 file, but not one plast wrote: never shown as a store
+        raise PlastError(f"{path}: not a plast result store (an HDF5 file without the "
+                         f"attribute{'s' * (len(missing) > 1)} {', '.join(missing)})")
     return StoreData(path, attrs, arrays)
 
 
