@@ -17,9 +17,10 @@ from rich.markup import escape
 import plastcli.cli_format  # noqa: F401  (flags without <bool>; one-line usage errors)
 from plastcli.errors import PlastError
 
-EXIT_CODES = ("Exit codes: 0 done; 1 a run failed (reproduce, sweep) or data check found a "
-              "bad file; 2 bad input (one line naming the file, key or option and what is "
-              "allowed); 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the store says how to continue).")
+EXIT_CODES = ("Exit codes: 0 done; 1 a run failed (reproduce, sweep), data check found a "
+              "bad file, or the machine refused a write (a full disk); 2 bad input (one "
+              "line naming the file, key or option and what is allowed); 130 Ctrl-C, 143 "
+              "SIGTERM, 129 SIGHUP (the store says how to continue).")
 
 app = typer.Typer(
     name="plast",
