@@ -18,7 +18,8 @@ import plastcli.cli_format  # noqa: F401  (flags without <bool>; one-line usage 
 from plastcli.errors import PlastError
 
 EXIT_CODES = ("Exit codes: 0 done; 1 a run failed (reproduce, sweep), data check found a "
-              "bad file, or the machine refused a write (a full disk); 2 bad input (one "
+              "bad file, a figure failed on its stores, or the machine refused a write (a "
+              "full disk); 2 bad input (one "
               "line naming the file, key or option and what is allowed); 130 Ctrl-C, 143 "
               "SIGTERM, 129 SIGHUP (the store says how to continue).")
 
@@ -108,6 +109,9 @@ def abandon(exc: BaseException) -> None:
         common.abandon_open_runs(exc)
 
 
+REFUSED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
 def user_errors(fn):
     """Turn PlastError (and a bad recipe's validation) into one red line and exit 2;
     Ctrl-C, SIGTERM and SIGHUP into a note and exit 130, 143, 129."""
@@ -132,11 +136,15 @@ def user_errors(fn):
             err_console.print(f"[yellow]terminated[/] ({exc}): a store being written says "
                               "'failed: terminated' and how to continue")
             raise typer.Exit(exc.exit_code) from None
-        except OSError as exc:  # the machine refused (a full disk, a lost mount): one line
+        except OSError as exc:
+            if exc.errno not in REFUSED_WRITES:
+                abandon(exc)
+                raise
+            # the machine refused a write (a full disk, a read-only or lost mount): one line
             abandon(exc)
             where = f"{exc.filename}: " if exc.filename else ""
-            hint = "; free some space, then continue with --resume" \
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            hint = ("; free some space and run the command again (a training run continues "
+                    "with --resume)") if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
             why = escape(f"{where}{exc.strerror or exc}{hint}")
             err_console.print(f"[bold red]error:[/] {why}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

@@ -88,9 +88,15 @@ def figures(
     if not report.written:
         remove_empty(made)  # a refused call leaves nothing behind
     for line in report.skipped:
-        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False,
+                          soft_wrap=True)
     for path in report.written:
         out_console.print(f"wrote {path}", highlight=False)
+    for line in report.failed:
+        err_console.print(f"[bold red]failed:[/] {escape(line)}", highlight=False,
+                          soft_wrap=True)
+    if report.failed:
+        raise typer.Exit(1)
     if not report.written:
         raise PlastError(f"no figure could be drawn from {results / paper}: each needs a "
                          "complete store that is missing or unusable (skipped: above)")

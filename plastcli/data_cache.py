@@ -25,22 +25,21 @@ CACHE_ENV = "PLAST_CACHE"
 
 
 def cache_dir() -> Path:
-    """``$PLAST_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/plast/decoded``; a one-line
-    PlastError if it (or a folder above it) is a file. A read-only one only goes unused."""
-    if os.environ.get(CACHE_ENV):
-        path, source = Path(os.environ[CACHE_ENV]).expanduser(), CACHE_ENV
-    else:
-        source = "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the home folder"
+    """``$PLAST_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/plast/decoded``. A
+    ``$PLAST_CACHE`` that is (or lies under) a file is a one-line PlastError: the user asked
+    for it; the default that cannot be made (HOME=/dev/null in a sandbox) or a read-only
+    cache only goes unused."""
+    if not os.environ.get(CACHE_ENV):
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        path = Path(base) / "plast" / "decoded"
-    top = path
+        return Path(base) / "plast" / "decoded"
+    path = top = Path(os.environ[CACHE_ENV]).expanduser()
     while not os.path.lexists(top) and top != top.parent:
         top = top.parent
     if not top.is_dir():
         from plastcli.errors import PlastError
 
-        raise PlastError(f"the cache folder {path} ({source}) cannot be made: {top} is a file, "
-                         f"not a directory; set {CACHE_ENV} to a folder")
+        raise PlastError(f"{CACHE_ENV}={path}: the cache folder cannot be made there ({top} "
+                         "is a file, not a directory)")
     return path
 
 

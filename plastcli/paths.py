@@ -93,7 +93,11 @@ def check_out_dir(folder: str | Path, option: str = "--out") -> Path:
         raise PlastError(f"{option} {folder!r}: a path cannot contain a NUL character")
     if os.path.lexists(folder) and not folder.is_dir():
         raise PlastError(f"{option} {folder} is a file, not a directory")
-    _check_parents(folder, option)
+    top = _nearest_existing(folder)  # the folder itself when it exists, else the deepest above
+    if not top.is_dir():
+        raise PlastError(f"{option} {folder}: {top} is a file, not a directory")
+    if not os.access(top, os.W_OK | os.X_OK):
+        raise PlastError(f"{option} {folder}: cannot write in {top} (permission denied)")
     return folder
 
 

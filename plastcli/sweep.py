@@ -221,8 +221,8 @@ def summary_table(folder: Path):
     t.add_column("point")
     for k in doc["keys"]:
         t.add_column(escape(k), justify="right")
-    for m in metrics:
-        t.add_column(m, justify="right")
+    for m in metrics:  # a condition's name is the user's: escaped
+        t.add_column(escape(m), justify="right")
     t.add_column("status")
     for p, f in zip(doc["points"], finals, strict=True):
         cells = [_fmt(f.get(m)) if m not in ("diverged", "collapsed") else
@@ -230,7 +230,7 @@ def summary_table(folder: Path):
         # escaped: a value may be a list, [pseudo_grad, oja], which rich reads as markup
         t.add_row(escape(Path(p["store"]).stem),
                   *[escape(_yaml_value(p["values"].get(k))) for k in doc["keys"]],
-                  *cells, str(f.get("status", "missing")))
+                  *cells, escape(str(f.get("status", "missing"))))
     return t
 
 

@@ -1,5 +1,6 @@
-"""plast figures with stores of another shape than the paper's recipes make: the figure is
-skipped with one line naming the stores, the others are drawn, never a traceback."""
+"""plast figures with stores of another shape than the paper's recipes make: the figure
+fails with one line naming the error and the stores, the others are drawn, never a
+traceback (and the command exits 1)."""
 
 from __future__ import annotations
 
@@ -46,5 +47,5 @@ def test_a_figure_that_fails_on_an_unexpected_store_is_skipped_and_the_rest_draw
         figures.FigureSpec("broken", (), broken), figures.FigureSpec("fine", (), fine)])
     report = figures.draw_paper("2024", tmp_path, tmp_path / "figs", ["png"])
     assert [p.name for p in report.written] == ["fine.png"]
-    assert len(report.skipped) == 1 and report.skipped[0].startswith("broken: cannot be drawn")
-    assert "IndexError" in report.skipped[0]
+    assert report.skipped == [] and len(report.failed) == 1
+    assert report.failed[0].startswith("broken: IndexError: index 5 is out of bounds")

@@ -380,4 +380,20 @@ def test_the_machine_refusing_a_write_is_one_line_and_exit_1(tmp_path, monkeypat
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert lines[-1] == (f"error: {tmp_path / 'm.h5'}: No space left on device; free some "
-                         "space, then continue with --resume")
+                         "space and run the command again (a training run continues with "
+                         "--resume)")
+
+
+def test_an_existing_writable_folder_under_a_read_only_one_is_accepted(tmp_path, monkeypatch):
+    """Only the folder written in must be writable (root passes every access check, so
+    the read-only parent is simulated)."""
+    from plastcli import paths
+
+    parent, folder = tmp_path / "ro", tmp_path / "ro" / "w"
+    folder.mkdir(parents=True)
+    real = os.access
+    monkeypatch.setattr(paths.os, "access", lambda p, m: Path(p) != parent and real(p, m))
+    assert paths.check_out_dir(folder, "--results") == folder
+    paths.ensure_out_dir(folder)
+    with pytest.raises(paths.PlastError, match="cannot write in .*ro \\(permission denied\\)"):
+        paths.check_out_dir(parent / "new", "--results")

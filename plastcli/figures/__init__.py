@@ -26,8 +26,13 @@ class FigureSpec:
 
 @dataclass
 class Report:
+    """What :func:`draw_paper` did: files written; figures skipped (a store missing or
+    unusable, said in one line each); figures that failed on their stores (an error of the
+    drawing code or of a store's shape: the command then exits 1)."""
+
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 REGISTRY: dict[str, list[FigureSpec]] = {"2022": [], "2024": []}
@@ -95,13 +100,12 @@ def draw_paper(paper: str, results_dir: Path, out_dir: Path, formats: list[str])
         except PlastError as exc:  # one unusable store must not stop the other figures
             report.skipped.append(f"{spec.stem}: {exc}")
             continue
-        except (IndexError, KeyError, ValueError) as exc:  # a store of another shape than
-            # the paper's recipe makes (e.g. a user's own run saved under its name)
+        except (IndexError, KeyError, ValueError) as exc:  # e.g. a store of another shape
+            # than the paper's recipe makes, saved under its name: the other figures go on
             plt.close("all")
             names = ", ".join(str(results_dir / f"{n}.h5") for n in stores)
-            report.skipped.append(f"{spec.stem}: cannot be drawn from {names} "
-                                  f"({type(exc).__name__}: {exc}); this figure reads the "
-                                  "stores its paper's recipes make")
+            report.failed.append(f"{spec.stem}: {type(exc).__name__}: {exc} (drawing from "
+                                 f"{names})")
             continue
         if not isinstance(outputs, dict):
             outputs = {spec.stem: outputs}

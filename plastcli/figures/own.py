@@ -29,6 +29,10 @@ def kind(st: StoreData) -> str:
         return "meta"
     if "curves/val_accuracy" in st.arrays:
         return "online"
+    if not st.complete:  # online stores write their curves when the run ends
+        raise PlastError(f"{st.path}: status '{st.status}', and this kind of store "
+                         f"('{st.attrs.get('plast_experiment', '?')}') has no curves until "
+                         "its run completes")
     raise PlastError(f"{st.path}: no meta-accuracy or validation-accuracy curves to plot "
                      f"(a '{st.attrs.get('plast_experiment', '?')}' store)")
 
