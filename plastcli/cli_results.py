@@ -346,9 +346,10 @@ def data_check(
                          f"{'not a directory' if recipes.exists() else 'no such directory'}")
     rows = check_all(root)
     needs = recipe_needs(recipes or _recipes_dir())
-    table = Table(title=f"data files in {root}")
-    for col in ("file", "status", "sha256", "needed by"):
-        table.add_column(col)
+    table = Table(title=escape(f"data files in {root}"))
+    table.add_column("file", overflow="fold")  # a long name wraps, never cut to '…'
+    for col in ("status", "sha256", "needed by"):
+        table.add_column(col, no_wrap=True)
     colour = {"ok": "green", "missing": "yellow", "corrupt": "red", "unverified": "cyan"}
     for rel, status, digest in rows:
         users = needs.get(rel, [])
