@@ -251,7 +251,8 @@ def _table(jobs: list[Job], title: str):
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
-    for col in ("recipe", "command", "state", "progress", "elapsed", "ETA"):
+    t.add_column("recipe", overflow="fold")  # wrapped, never cut: names differ at their ends
+    for col in ("command", "state", "progress", "elapsed", "ETA"):
         t.add_column(col)
     colour = {"queued": "dim", "cached": "cyan", "running": "yellow", "complete": "green",
               "failed": "red"}

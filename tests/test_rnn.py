@@ -369,7 +369,7 @@ def test_phase_diagram_reads_the_gain_and_theta2_blocks(tmp_path):
     table = (tmp_path / "figs/fig7-rnn-factors.md").read_text().splitlines()
     rows = [ln.split("|") for ln in table if ln.startswith("| ") and "`" in ln]
     assert [r[2].strip() for r in rows] == [
-        "Fig 7 recipe (tanh, xavier, 100, 20k)", "N(0, 1/n)", "orthogonal × 1.5",
+        "Fig 7 recipe (tanh, xavier, hidden 100, 20 sequences)", "N(0, 1/n)", "orthogonal × 1.5",
         "orthogonal × 2", "identity", "xavier × 1.5", "xavier × 2", "xavier × 3"]
     init_store = read_store(tmp_path / "2024/fig7-rnn-phase-init.h5")
     init = {r["name"]: r for r in condition_rows(init_store)}

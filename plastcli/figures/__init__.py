@@ -68,6 +68,8 @@ def draw_paper(paper: str, results_dir: Path, out_dir: Path, formats: list[str])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from plastcli.figures.style import readable_log_axes
+
     _load_modules()
     report = Report()
     cache: dict[str, StoreData | None] = {}
@@ -116,6 +118,7 @@ def draw_paper(paper: str, results_dir: Path, out_dir: Path, formats: list[str])
                 path.write_text(fig)
                 report.written.append(path)
                 continue
+            readable_log_axes(fig)
             for fmt in formats:
                 path = out_dir / f"{stem}.{fmt}"
                 fig.savefig(path, dpi=150, bbox_inches="tight")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from plastcli.errors import PlastError
-from plastcli.figures.style import ci_band, color, subplots
+from plastcli.figures.style import ci_band, color, legend_below, subplots
 
 
 def names(st) -> list[str]:
@@ -84,7 +84,7 @@ def layer_lines(ax, st, metric: str, name: str, title: str, ylabel: str, log: bo
     if log:
         ax.set_yscale("log")
     ax.set(xlabel="training samples seen", ylabel=ylabel, title=title)
-    ax.legend(fontsize=7, ncol=2 if n > 5 else 1)
+    legend_below(ax, ncol=min(n, 5), fontsize=7, gap=-0.22)  # inside, it sat on a layer's line
 
 
 def results_rows(st) -> list[tuple[str, str, float, float, float, int]]:

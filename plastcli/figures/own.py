@@ -15,7 +15,14 @@ import numpy as np
 
 from plastcli.core.vocabulary import grid_dataset_name
 from plastcli.errors import PlastError
-from plastcli.figures.style import SMOOTH, ci_band, mean_sd_band, meta_accuracy_label, subplots
+from plastcli.figures.style import (
+    SMOOTH,
+    ci_band,
+    legend_below,
+    mean_sd_band,
+    meta_accuracy_label,
+    subplots,
+)
 from plastcli.results.store import StoreData
 from plastcli.results.summary import member_labels
 
@@ -71,11 +78,6 @@ def draw(stores: dict[str, StoreData]):
     return (_meta if next(iter(kinds.values())) == "meta" else _online)(stores)
 
 
-def _legend_below(ax, n: int) -> None:
-    ax.legend(fontsize=8, ncol=2 if n > 3 else 1, loc="upper center",
-              bbox_to_anchor=(0.5, -0.2))
-
-
 def _meta(stores: dict[str, StoreData]):
     series = list(_series(stores))
     theta_panels = len(stores) <= MAX_THETA_PANELS
@@ -94,7 +96,7 @@ def _meta(stores: dict[str, StoreData]):
     ax[1].set(xlabel="episode", ylabel="query cross-entropy",
               title=f"meta-loss without penalty (moving avg. {SMOOTH})")
     ax[1].set_ylim(bottom=0)
-    _legend_below(ax[0], len(series))
+    legend_below(ax[0], 2 if len(series) > 3 else 1)
     for k, (name, st) in enumerate(stores.items() if theta_panels else ()):
         a = ax[2 + k]
         theta = np.array(st["episodes/theta"], dtype=np.float64)  # [P, E, R]
@@ -104,7 +106,7 @@ def _meta(stores: dict[str, StoreData]):
         a.axhline(0, color="k", lw=0.6)
         a.set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)",
               title=f"coefficients: {name} (mean ± sd over all its members)")
-        _legend_below(a, theta.shape[2])
+        legend_below(a, 2 if theta.shape[2] > 3 else 1)
     left_out = "" if theta_panels else f" (θ panels left out: more than {MAX_THETA_PANELS} stores)"
     fig.suptitle(f"meta-training: {', '.join(stores)}{left_out}")
     return fig
@@ -127,6 +129,6 @@ def _online(stores: dict[str, StoreData]):
               ylim=(0, 100), title="validation accuracy: mean over runs, 98% bootstrap CI")
     ax[1].set(xlabel="training samples seen", ylabel="validation loss (cross-entropy)",
               title="validation loss: mean over runs, 98% bootstrap CI")
-    _legend_below(ax[0], len(series))
+    legend_below(ax[0], 2 if len(series) > 3 else 1)
     fig.suptitle(f"online learning: {', '.join(stores)}")
     return fig

@@ -9,6 +9,7 @@ from plastcli.figures.style import (
     SMOOTH,
     color,
     layer_color,
+    legend_below,
     mean_sd_band,
     meta_accuracy_label,
     subplots,
@@ -105,7 +106,7 @@ def _accuracy_panel(ax, stores: dict, loc: str = "below") -> None:
         ax.scatter([], [], marker="x", color="k", label="a seed diverged")
     variants = any(label in VARIANT_STORES for label in stores)
     ax.set(xlabel="episode", ylabel=meta_accuracy_label(*stores.values()), ylim=(0, 1),
-           title=f"meta-accuracy (moving avg. {SMOOTH}; mean ± sd, seeds)"
+           title=f"meta-accuracy\n(moving avg. {SMOOTH}; mean ± sd, seeds)"
            + ("\nthick: the rules; thin: checks on the same seeds" if variants else ""))
     if loc == "below":  # outside the axes, under the x label: never over a curve
         ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.23))
@@ -138,7 +139,7 @@ def _theta_panel(ax, st, label: str, linestyle="-", one_colour: str | None = Non
         ax.lines[-1].set_linestyle(linestyle)
     ax.axhline(0, color="k", lw=0.6)
     ax.set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)", title=f"coefficients of F_{label}")
-    ax.legend(fontsize=8, ncol=2 if len(names) > 4 else 1)
+    legend_below(ax, ncol=2 if len(names) > 2 else 1, gap=-0.23)  # inside, a band crossed it
 
 
 def _angle_panel(ax, st, label: str, ref=None) -> None:
@@ -295,7 +296,7 @@ def fig4(s):
     _theta_panel(ax[1], pool, label)
     for line in ax[1].get_lines():  # the title names the run; the legend names the terms
         line.set_label(line.get_label().split(" (")[0])
-    ax[1].legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    legend_below(ax[1], fontsize=7, gap=-0.25)
     _survivor_bars(ax[2], pool)
     diverged = diverged_text(pool)
     ax[2].set(title=f"which terms survive: F_{label}" if diverged == "none"

@@ -13,9 +13,9 @@ from plastcli.figures.style import (
     SMOOTH,
     color,
     layer_color,
+    legend_below,
     mean_sd_band,
     meta_accuracy_label,
-    readable_log_ticks,
     subplots,
     task_classes,
 )
@@ -177,17 +177,17 @@ def fig8(s):
               title=f"meta-accuracy (moving average {SMOOTH}); mean ± sd over the seeds\n"
                     f"that did not fail: {n_ok['plastic'][0]} of {n_ok['plastic'][1]} plastic, "
                     f"{n_ok['BP'][0]} of {n_ok['BP'][1]} BP")
-    ax[0].legend(loc="upper center", fontsize=8, ncol=2)  # above the curves (< 0.85)
+    legend_below(ax[0])  # the bands reach the top: a legend inside covered them
     _fig8_coefficients(ax[1], plastic, "theta", plastic.json_attr("term_names"),
                        "forward rule coefficients (ΔW = +θ F)", "coefficient θ")
     mean_sd_band(ax[1], _fig8_x(bp), bp["episodes/theta"][:, :, 0], "pseudo_grad of F_BP",
                  "k")
     ax[1].lines[-1].set_linestyle("--")
-    ax[1].legend(fontsize=8, ncol=2)
+    legend_below(ax[1])
     _fig8_coefficients(ax[2], plastic, "theta_feedback", plastic.json_attr("feedback_term_names"),
                        "feedback rule coefficients (ΔB = +θ F; P2's θ9 = −θ_decay)",
                        "coefficient θ")
-    ax[2].legend(fontsize=8)
+    legend_below(ax[2])
     ang = _until_diverged(plastic, plastic["episodes/angles"])
     for l in range(ang.shape[2]):
         mean_sd_band(ax[3], _fig8_x(plastic), ang[:, :, l], f"α{l} (e_{l})",
@@ -240,7 +240,6 @@ def online_fig2(s):
                   ylabel="‖y_{l-1} − W_lᵀ y_l‖² (mean)".replace("{l-1}", str(l)).replace(
                       "_l", f"_{l + 1}"), title=f"layer {l + 1} (y{l} from y{l + 1})")
         ax[l].legend(fontsize=7)
-        readable_log_ticks(ax[l].yaxis)
     fig.suptitle("P2 Fig 2 — reconstruction error per hidden layer, 10 layers "
                  "(validation mean; 98% bootstrap CI over runs)")
     return fig
@@ -260,9 +259,10 @@ def online_fig3_d10(s):
 
 @register("2024", "fig4-pca", stores=(D10,))
 def online_fig4(s):
+    samples = int(_on.x_samples(s[D10])[-1])
     return _on.pca_panels(s[D10], [1, 3, 7, 9], ["BP", "BP+Oja"], "P2 Fig 4 — PCA of hidden "
-                          "activations over the validation set, 10 layers, after 5,000 samples "
-                          "(98% bootstrap CI over runs)")
+                          f"activations over the validation set, 10 layers, after {samples:,} "
+                          "samples (98% bootstrap CI over runs)")
 
 
 @register("2024", "fig5-naive-init", stores=(NAIVE,))
@@ -307,12 +307,12 @@ def online_fig_s1(s):
     st = s[NAIVE]
     fig, ax = subplots(3, ncols=3, size=(4.2, 3.4))
     _on.layer_lines(ax[0], st, "update_norm_bp", "BP (naive)", "(a) BP: ‖ΔW_BP‖",
-                    "Frobenius norm of a single-sample update", prefix="W_")
+                    "Frobenius norm of\na single-sample update", prefix="W_")
     _on.layer_lines(ax[1], st, "update_norm_bp", "BP+Oja (naive)",
-                    "(b) BP+Oja: its BP part ‖ΔW_BP‖", "Frobenius norm of a single-sample update",
+                    "(b) BP+Oja: its BP part ‖ΔW_BP‖", "Frobenius norm of\na single-sample update",
                     prefix="W_")
     _on.layer_lines(ax[2], st, "update_norm", "BP+Oja (naive)", "(c) BP+Oja: whole ‖ΔW‖",
-                    "Frobenius norm of a single-sample update", prefix="W_")
+                    "Frobenius norm of\na single-sample update", prefix="W_")
     lo = min(a.get_ylim()[0] for a in ax)
     hi = max(a.get_ylim()[1] for a in ax)
     for a in ax:

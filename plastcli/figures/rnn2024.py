@@ -8,6 +8,7 @@ from plastcli.figures.paper2024 import paired_verdict
 from plastcli.figures.style import (
     ci_band,
     color,
+    legend_below,
     subplots,
 )
 from plastcli.results.statistics import bootstrap_ci
@@ -237,14 +238,10 @@ def fig7_panels(st):
     ax[2].set(xlabel="time step t (grey: image shown)",
               ylabel="mean ||σ(z_t)|| (validation sequences)",
               title="hidden-state norm through the delay")
-    ax[0].legend(fontsize=8)
-    # the loss curves can start high at the left and end anywhere: room above them for the
-    # legend, so that it covers no curve
-    lo, hi = ax[1].get_ylim()
-    ax[1].set_ylim(lo, hi + 0.35 * (hi - lo))
-    ax[1].legend(fontsize=8, loc="upper right")
-    # below the panel: the norms and the "before" line fill it (nothing is drawn beneath)
-    ax[2].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    # every legend below its panel: the bands fill the panels (a wide BPTT band sat under
+    # legends drawn inside them)
+    for a in ax[:3]:
+        legend_below(a, ncol=1, gap=-0.16)
     ax[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     if "grid/point_hidden" in st:
         _fig7_grid(ax[3], st)

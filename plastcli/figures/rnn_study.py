@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from plastcli.figures import register
+from plastcli.figures.online import x_samples
 from plastcli.figures.paper2024 import paired_verdict
 from plastcli.figures.rnn2024 import ABOVE_CHANCE, _rnn_color
 from plastcli.figures.rnn_phase import BASE, GAIN, _ci, condition_rows
@@ -16,7 +17,8 @@ INIT = "fig7-rnn-phase-init"
 
 # (factor, setting, store, BPTT condition, BPTT+Oja condition), top to bottom in the figure
 FACTORS = (
-    ("base", "Fig 7 recipe (tanh, xavier, 100, 20k)", BASE, "BPTT", "BPTT+Oja"),
+    ("base", "Fig 7 recipe (tanh, xavier, hidden 100, {samples} sequences)", BASE, "BPTT",
+     "BPTT+Oja"),
     ("W_h", "N(0, 1/n)", INIT, "BPTT normal", "BPTT+Oja normal"),
     ("W_h", "orthogonal", "fig7-rnn-tanh-orthogonal", "BPTT", "BPTT+Oja"),
     ("W_h", "orthogonal × 1.5", INIT, "BPTT orthogonal g=1.5", "BPTT+Oja orthogonal g=1.5"),
@@ -31,7 +33,7 @@ FACTORS = (
     ("oja_pre", "σ(z_t) instead of z_t", "fig7-rnn-tanh-xavier-oja-sigma", "BPTT",
      "BPTT+Oja"),
     ("hidden", "25", "fig7-rnn-tanh-xavier-h25", "BPTT", "BPTT+Oja"),
-    ("budget", "58,000 sequences (one epoch)", "fig7-rnn-tanh-xavier-epoch", "BPTT",
+    ("budget", "{samples} sequences (one epoch)", "fig7-rnn-tanh-xavier-epoch", "BPTT",
      "BPTT+Oja"),
     ("data", "Fashion-MNIST", "fig7-rnn-tanh-xavier-fashion", "BPTT", "BPTT+Oja"),
 )
@@ -52,6 +54,8 @@ def factor_rows(s: dict) -> list[dict]:
         def at(r, common=common):
             return np.array([r["acc"][r["seeds"].tolist().index(k)] for k in common])
 
+        # the store's own sequence count, never the full-scale one (smoke runs are shorter)
+        setting = setting.format(samples=f"{int(x_samples(s[store])[-1]):,}")
         rows.append({"factor": factor, "setting": setting, "store": store, "bp": bp,
                      "oja": oja, "diff": paired_verdict(at(oja), at(bp))})
     return rows
@@ -78,8 +82,11 @@ def factors(s):
     ax[0].set_yticks(y, [f"{r['factor']}: {r['setting']}" for r in rows], fontsize=8.5)
     ax[0].axvline(0.1, color="grey", lw=0.8, ls=":", label="chance (0.1)")
     ax[0].set_xticks(np.linspace(0, 1, 6))
+    seeds = sorted({len(r[k]["acc"]) for r in rows for k in ("bp", "oja")})
+    n_seeds = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
     ax[0].set(xlim=(0, 1.32), ylim=(-0.6, len(rows) - 0.2),
-              xlabel="final validation accuracy at T = 50 (mean, 98% CI over 10 seeds)")
+              xlabel=f"final validation accuracy at T = 50 (mean, 98% CI over {n_seeds} "
+                     "seeds)")
     ax[0].legend(fontsize=8.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
     fig.suptitle("P2 Fig 7 study — BPTT vs BPTT+Oja on the delayed-memory task\n"
                  "one factor changed at a time around the Fig 7 recipe")

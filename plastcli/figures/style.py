@@ -20,6 +20,9 @@ COLORS = {
 SMOOTH = 11  # episodes (SPEC §4)
 
 plt.rcParams.update({
+    # a figure function may return many figures (one per store); draw_paper closes each
+    # once saved, so matplotlib's "more than 20 figures open" warning says nothing here
+    "figure.max_open_warning": 0,
     "figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.25, "legend.frameon": False, "font.size": 10,
 })
@@ -37,6 +40,12 @@ def meta_accuracy_label(*stores) -> str:
     """The y label of a meta-accuracy axis, naming the stores' M-way task(s)."""
     ways = "/".join(str(m) for m in sorted({task_classes(st) for st in stores}))
     return f"meta-accuracy (query, {ways}-way)"
+
+
+def legend_below(ax, ncol: int = 2, fontsize: float = 8, gap: float = -0.2) -> None:
+    """The panel's legend under its x label, where it covers no curve or band (constrained
+    layout makes room for it)."""
+    ax.legend(fontsize=fontsize, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, gap))
 
 
 def subplots(n: int = 1, ncols: int | None = None, size=(4.2, 3.2), **kw):
@@ -84,17 +93,55 @@ def ci_band(ax, x, runs: np.ndarray, label: str, c: str, level: float = 0.98):
     ax.fill_between(x, lo, hi, color=c, alpha=0.2, lw=0)
 
 
-def readable_log_ticks(axis) -> None:
-    """Labels on a log axis that can be read whatever its span: plain numbers (2, 3, 5, 10)
-    at 1-2-3-5 steps up to two decades, at every integer multiple under half a decade, at
-    the powers of ten beyond; no minor labels. Call it after the data are drawn."""
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+LOG_SUBS = ((1,), (1, 3), (1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10)))  # coarse to fine
+MAX_LOG_TICKS = 6
 
-    lo, hi = axis.get_view_interval()
-    decades = np.log10(hi / lo) if lo > 0 else 3
-    subs = tuple(range(1, 10)) if decades < 0.5 else (1, 2, 3, 5) if decades < 2 else (1,)
-    axis.set_major_locator(LogLocator(subs=subs))
-    if decades < 2:
-        axis.set_major_formatter(FormatStrFormatter("%g"))
+
+def log_label(v: float) -> str:
+    """A log tick's label: a plain number (0.01, 20, 1000), or 10ⁿ beyond 10⁴ and 10⁻³."""
+    e = round(float(np.log10(v)))
+    if (e > 4 or e < -3) and np.isclose(v, 10.0 ** e):
+        return f"$10^{{{e}}}$"
+    return f"{v:g}"
+
+
+def log_ticks(lo: float, hi: float, least: int = 3) -> list[float]:
+    """Tick values for a log axis over [lo, hi]: under a decade, evenly spaced round numbers
+    (as a linear axis has them: 60, 80, 100, 120); beyond, the coarsest of :data:`LOG_SUBS`
+    (times powers of ten) that gives ``least`` ticks inside, at most :data:`MAX_LOG_TICKS`
+    powers of ten."""
+    from matplotlib.ticker import MaxNLocator
+
+    if hi / lo < 10:
+        return [float(v) for v in MaxNLocator(5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+                if lo <= v <= hi]
+    e0, e1 = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    for subs in LOG_SUBS:
+        ticks = [float(f"{m}e{e}") for e in range(e0, e1 + 1) for m in subs
+                 if lo <= float(f"{m}e{e}") <= hi]
+        if len(ticks) >= least:
+            step = -(-len(ticks) // MAX_LOG_TICKS)  # many decades: every 2nd, 3rd, ... power
+            return ticks[::step] if subs == (1,) else ticks
+    return ticks
+
+
+def readable_log_ticks(axis) -> None:
+    """Labels on a log axis that can be read whatever its span: at least three plain
+    numbers (1, 10, 100; or 20, 30, 50; ...), none in between. Every figure's log axes get
+    them when drawn (:func:`plastcli.figures.draw_paper`); call it after the data."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    if not (lo > 0 and np.isfinite(hi)):
+        return
+    axis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: log_label(v)))
     axis.set_minor_formatter(NullFormatter())
 
+
+def readable_log_axes(fig) -> None:
+    """:func:`readable_log_ticks` on every log axis of ``fig``."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                readable_log_ticks(axis)
