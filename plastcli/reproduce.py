@@ -344,11 +344,16 @@ def run_live(jobs: list[Job], what: str, n_jobs: int, backend: str, address: str
 
 
 def report_failures(jobs: list[Job], console) -> int:
-    """One red line per failed job; the exit code (1 when one failed)."""
+    """One red line per failed job, then one line of totals; the exit code (1 when one
+    failed)."""
     failed = [j for j in jobs if j.state == "failed"]
     for j in failed:
         console.print(f"[red]failed:[/] {j.paper}/{j.rel}: {j.message} (log: {j.log})",
                       highlight=False, soft_wrap=True)
+    cached = sum(j.action == "cached" for j in jobs)
+    done = sum(j.state in ("complete", "cached") for j in jobs)
+    console.print(f"{len(jobs)} runs: {done} complete ({cached} of them cached), "
+                  f"{len(failed)} failed", highlight=False)
     return 1 if failed else 0
 
 

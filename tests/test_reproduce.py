@@ -118,6 +118,7 @@ def test_a_failing_run_leaves_the_others_complete_and_exits_1(tmp_path, monkeypa
     r = CliRunner().invoke(app, ["reproduce", "--paper", "2022", "--scale", "smoke",
                                  "--results", str(results), "--recipes", str(root)])
     assert r.exit_code == 1, r.output
+    assert "2 runs: 1 complete (0 of them cached), 1 failed" in r.output
     with h5py.File(results / "2022/good.h5") as f:
         assert f.attrs["status"] == "complete"
     report = (results / "REPORT.md").read_text()
