@@ -167,14 +167,18 @@ def command_line(job: Job) -> list[str]:
 
 
 def _progress(log: Path) -> tuple[int, int]:
-    """(done, total) from the last 'N/M' a child printed (0, 0 before the first)."""
+    """(done, total) from the last 'N/M' a child printed (0, 0 before the first): in the
+    log's last 4 KiB, else (a long table printed at the end) in the whole log."""
     try:
         with open(log, "rb") as f:
-            f.seek(max(0, os.path.getsize(log) - 4096))
-            tail = f.read().decode("utf-8", "replace")
+            size = os.path.getsize(log)
+            f.seek(max(0, size - 4096))
+            hits = PROGRESS.findall(f.read().decode("utf-8", "replace"))
+            if not hits and size > 4096:
+                f.seek(0)
+                hits = PROGRESS.findall(f.read().decode("utf-8", "replace"))
     except OSError:
         return 0, 0
-    hits = PROGRESS.findall(tail)
     return (int(hits[-1][0]), int(hits[-1][1])) if hits else (0, 0)
 
 

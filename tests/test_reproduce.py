@@ -186,3 +186,13 @@ def test_seed_chunks_are_planned_only_for_big_meta_train_populations(tmp_path):
     assert split_by_seed(job, 3) is None and split_by_seed(job, None) is None
     job.action = "resume"  # a killed whole run is resumed as it is
     assert split_by_seed(job, 2) is None
+
+
+def test_progress_is_read_from_the_last_count_even_before_a_long_final_table(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("meta-train x: 1/3  loss 2\nmeta-train x: 3/3  loss 1\n"
+                   + "│ a row of the final table │\n" * 400)  # about 12 KB after the count
+    assert reproduce._progress(log) == (3, 3)
+    log.write_text("meta-train x: 2/5\n")
+    assert reproduce._progress(log) == (2, 5)
+    assert reproduce._progress(tmp_path / "none.log") == (0, 0)
