@@ -162,6 +162,9 @@ def test_a_condition_may_use_a_declared_or_grammar_term(tmp_path):
                               st["curves/update_norm"][cond == 2])
     theta = st["members/theta"][cond == 2][0]
     assert theta[names.index("act")] == pytest.approx(0.01)
+    shown = CliRunner().invoke(app, ["show", str(out)], env={"COLUMNS": "200"},
+                               terminal_width=200).output
+    assert "coefficients per condition" in shown and "−(1ᵀ y_post) y_post onesᵀ" in shown
 
 
 @pytest.mark.parametrize("change, match", [

@@ -76,3 +76,12 @@ def test_bad_input_is_one_line(args, match):
     import re
 
     assert re.search(match, one_error_line(invoke("plot", *args)))
+
+
+def test_diverged_members_are_counted_in_the_legend_and_their_theta_ends_there():
+    st = read_store(REPO / "results/2022/fig5-bio-paper.h5")  # the paper's F_bio: one diverged
+    div = st["members/diverged_at"]
+    assert (div >= 0).sum() == 1
+    fig = own.draw({"paper": st})
+    assert fig.axes[0].lines[0].get_label() == "paper (10 seeds, 1 diverged)"
+    assert "ends where it diverged" in fig.axes[2].get_title()

@@ -44,6 +44,12 @@ def kind(st: StoreData) -> str:
                      f"(a '{st.attrs.get('plast_experiment', '?')}' store)")
 
 
+def diverged_at(st: StoreData) -> np.ndarray:
+    """The episode each member diverged at ``[P]`` (-1: never, or not recorded)."""
+    P = st["episodes/meta_accuracy"].shape[0]
+    return np.asarray(st.arrays.get("members/diverged_at", np.full(P, -1)))
+
+
 def member_groups(st: StoreData) -> dict[str, np.ndarray]:
     """Label -> members ``[P]`` (bool) of each group: members alike in condition, hidden
     size, layer assignment and population-grid values; one group '' if nothing differs."""
@@ -85,8 +91,9 @@ def _meta(stores: dict[str, StoreData]):
     for i, (label, st, rows) in enumerate(series):
         acc = st["episodes/meta_accuracy"][rows]
         x = np.arange(1, acc.shape[1] + 1)
-        mean_sd_band(ax[0], x, acc, f"{label} ({int(rows.sum())} seeds)", f"C{i % 10}",
-                     smooth=SMOOTH)
+        n_div = int((diverged_at(st)[rows] >= 0).sum())
+        seeds = f"{int(rows.sum())} seeds" + (f", {n_div} diverged" if n_div else "")
+        mean_sd_band(ax[0], x, acc, f"{label} ({seeds})", f"C{i % 10}", smooth=SMOOTH)
         mean_sd_band(ax[1], x, st["episodes/query_ce"][rows], label, f"C{i % 10}",
                      smooth=SMOOTH)
         for a in ax[:2]:  # beyond ten series the colours repeat: dashed, then dotted
@@ -100,12 +107,20 @@ def _meta(stores: dict[str, StoreData]):
     for k, (name, st) in enumerate(stores.items() if theta_panels else ()):
         a = ax[2 + k]
         theta = np.array(st["episodes/theta"], dtype=np.float64)  # [P, E, R]
+        for m, e in enumerate(diverged_at(st)):  # a diverged member's θ ends where it did
+            if e >= 0:
+                theta[m, e:] = np.nan
         for r, term in enumerate(st.json_attr("term_names", [])):
             mean_sd_band(a, np.arange(1, theta.shape[1] + 1), theta[:, :, r], term,
                          f"C{r % 10}")
+            if np.isfinite(a.lines[-1].get_ydata()).sum() <= 2:  # too short for a line
+                a.lines[-1].set_marker("o")
+        a.set_xlim(0, theta.shape[1] + 1)
         a.axhline(0, color="k", lw=0.6)
         a.set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)",
-              title=f"coefficients: {name} (mean ± sd over all its members)")
+              title=f"coefficients: {name} (mean ± sd over all its members)"
+                    + ("\na diverged member's θ ends where it diverged"
+                       if (diverged_at(st) >= 0).any() else ""))
         legend_below(a, 2 if theta.shape[2] > 3 else 1)
     left_out = "" if theta_panels else f" (θ panels left out: more than {MAX_THETA_PANELS} stores)"
     fig.suptitle(f"meta-training: {', '.join(stores)}{left_out}")

@@ -105,6 +105,9 @@ def store_summary(path: str | Path) -> list:
             for i, row in enumerate(s[key][:, -1]):
                 t.add_row(str(i), *[f"{v:.4g}" for v in row])
             out.append(t)
+    chosen = condition_coefficients(s)
+    if chosen is not None:
+        out.append(chosen)
     for key, what in (("members/diverged_at", "diverged"), ("members/collapsed_at", "collapsed")):
         if key in s:
             d = s[key]
@@ -121,6 +124,30 @@ def store_summary(path: str | Path) -> list:
     if grid_keys:
         out.append(grid_table(s, grid_keys))
     return out
+
+
+def condition_coefficients(s) -> Table | None:
+    """Online stores (baseline, init-study): each condition's coefficients as its runs used
+    them (the grid search's choice), with what each term computes; None for other stores."""
+    names, terms = s.json_attr("condition_names"), s.json_attr("condition_terms")
+    if not names or not terms or "members/theta" not in s or "members/condition" not in s:
+        return None
+    pool = s.json_attr("term_names", [])
+    decl = {d.get("name"): d for d in s.json_attr("term_declarations", []) or []
+            if isinstance(d, dict)}
+    t = Table(title="coefficients per condition (as its runs used them)")
+    for col in ("condition", "term", "θ", *(["computes"] if decl else [])):
+        t.add_column(col, justify="right" if col == "θ" else "left")
+    cond = np.asarray(s["members/condition"])
+    for c, (name, used) in enumerate(zip(names, terms, strict=False)):
+        rows = np.flatnonzero(cond == c)
+        if not rows.size:
+            continue
+        theta = s["members/theta"][rows[0]]
+        for term in used:
+            how = [escape(str(decl.get(term, {}).get("formula", "")))] if decl else []
+            t.add_row(escape(name), escape(term), f"{theta[pool.index(term)]:.4g}", *how)
+    return t
 
 
 def member_labels(s) -> dict[str, list[str]]:
