@@ -225,13 +225,13 @@ typedef struct {
             for (; j + LANES <= m; j += LANES) {                                        \
                 _Pragma("omp simd") for (int k = 0; k < LANES; k++) {                   \
                     REAL w = row[j + k];                                                \
-                    ROWOP_ELEMENT(NV, NX, NY, j + k, k)                                         \
+                    ROWOP_ELEMENT(NV, NX, NY, j + k, k)                                 \
                 }                                                                       \
             }                                                                           \
         for (; j + LANES <= m; j += LANES) {                                            \
             _Pragma("omp simd") for (int k = 0; k < LANES; k++) {                       \
                 REAL w = kap * row[j + k];                                              \
-                ROWOP_ELEMENT(NV, NX, NY, j + k, k)                                             \
+                ROWOP_ELEMENT(NV, NX, NY, j + k, k)                                     \
             }                                                                           \
         }                                                                               \
         for (int k = 0; j < m; j++, k++) {                                              \
@@ -254,10 +254,6 @@ static const RowFn ROWOPS[4 * 3 * 4] = {RFV(0), RFV(1), RFV(2), RFV(3)};
 
 static inline RowFn rowop_fn(const RowOp *op) { return ROWOPS[(op->nv * 3 + op->nx) * 4 + op->ny]; }
 
-/* The same pass over two rows at once, ra with oa's coefficients and rb with ob's (the
- * vectors V, X, Y are shared): each row's sums are exactly one-row's (the same partial sums
- * in the same order, and Y takes ra's share before rb's, as row by row), but the two rows'
- * dot products are two independent chains of adds instead of one. */
 /* Element J of a two-row pass (lane K), after w = ka ra[J] and u = kb rb[J]. */
 #define ROWOP2_ELEMENT(NV, NX, NY, J, K)                                                \
     if (NV > 0) { w += ca0 * V0[J]; u += cb0 * V0[J]; }                                 \
@@ -271,6 +267,10 @@ static inline RowFn rowop_fn(const RowOp *op) { return ROWOPS[(op->nv * 3 + op->
     if (NY > 1) { REAL y = Y1[J] + sa1 * w; Y1[J] = y + sb1 * u; }                      \
     if (NY > 2) { REAL y = Y2[J] + sa2 * w; Y2[J] = y + sb2 * u; }
 
+/* The same pass over two rows at once, ra with oa's coefficients and rb with ob's (the
+ * vectors V, X, Y are shared): each row's sums are exactly one-row's (the same partial sums
+ * in the same order, and Y takes ra's share before rb's, as row by row), but the two rows'
+ * dot products are two independent chains of adds instead of one. */
 #define ROWOP2_BODY(NV, NX, NY)                                                         \
     static void rowop2_##NV##_##NX##_##NY(const RowOp *oa, const RowOp *ob,             \
                                            REAL *restrict ra, REAL *restrict rb, int m,  \

@@ -18,10 +18,12 @@ from plastcli.errors import PlastError
 from plastcli.figures.style import (
     SMOOTH,
     ci_band,
+    diverged_at,
     legend_below,
     mean_sd_band,
     meta_accuracy_label,
     subplots,
+    until_diverged,
 )
 from plastcli.results.store import StoreData
 from plastcli.results.summary import member_labels
@@ -42,12 +44,6 @@ def kind(st: StoreData) -> str:
                          "its run completes")
     raise PlastError(f"{st.path}: no meta-accuracy or validation-accuracy curves to plot "
                      f"(a '{st.attrs.get('plast_experiment', '?')}' store)")
-
-
-def diverged_at(st: StoreData) -> np.ndarray:
-    """The episode each member diverged at ``[P]`` (-1: never, or not recorded)."""
-    P = st["episodes/meta_accuracy"].shape[0]
-    return np.asarray(st.arrays.get("members/diverged_at", np.full(P, -1)))
 
 
 def member_groups(st: StoreData) -> dict[str, np.ndarray]:
@@ -106,10 +102,7 @@ def _meta(stores: dict[str, StoreData]):
     legend_below(ax[0], 2 if len(series) > 3 else 1)
     for k, (name, st) in enumerate(stores.items() if theta_panels else ()):
         a = ax[2 + k]
-        theta = np.array(st["episodes/theta"], dtype=np.float64)  # [P, E, R]
-        for m, e in enumerate(diverged_at(st)):  # a diverged member's θ ends where it did
-            if e >= 0:
-                theta[m, e:] = np.nan
+        theta = until_diverged(st, st["episodes/theta"])  # [P, E, R]
         for r, term in enumerate(st.json_attr("term_names", [])):
             mean_sd_band(a, np.arange(1, theta.shape[1] + 1), theta[:, :, r], term,
                          f"C{r % 10}")

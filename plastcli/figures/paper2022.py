@@ -8,11 +8,13 @@ from plastcli.figures import register
 from plastcli.figures.style import (
     SMOOTH,
     color,
+    diverged_at,
     layer_color,
     legend_below,
     mean_sd_band,
     meta_accuracy_label,
     subplots,
+    until_diverged,
 )
 from plastcli.results import collapse
 from plastcli.results.statistics import moving_average
@@ -58,8 +60,7 @@ def member_events(st) -> tuple[np.ndarray, np.ndarray]:
     before the rule, or under an earlier version of it, are judged alike."""
     import yaml
 
-    P = st["episodes/meta_accuracy"].shape[0]
-    div = np.asarray(st.arrays.get("members/diverged_at", np.full(P, -1)))
+    div = diverged_at(st)
     meta = yaml.safe_load(st.attrs["recipe_yaml"])
     m = meta["meta"]
     col = collapse.collapsed_at(st["episodes/query_ce"],
@@ -128,11 +129,7 @@ def _theta_panel(ax, st, label: str, linestyle="-", one_colour: str | None = Non
     """Each term's θ over episodes (mean ± sd), in C{r}, or all in ``one_colour`` (the
     rule's, where one panel compares rules)."""
     names = st.json_attr("term_names", [])
-    theta = np.array(st["episodes/theta"], dtype=np.float64)  # [P, E, R]
-    div, _ = member_events(st)
-    for i, e in enumerate(div):  # a diverged seed's θ is drawn up to its divergence only
-        if e >= 0:
-            theta[i, e:] = np.nan
+    theta = until_diverged(st, st["episodes/theta"])  # [P, E, R]
     for r, name in enumerate(names):
         mean_sd_band(ax, episodes_x(st), theta[:, :, r], f"{name} ({label})",
                      one_colour or f"C{r}")
@@ -265,10 +262,7 @@ def fig4_grammar(s):
     ax[1].set(title=f"the 12 largest of {n_terms} terms"
               + ("" if diverged_text(pool) == "none" else " (|θ| frozen at divergence)"))
     names = pool.json_attr("term_names", [])
-    theta = np.array(pool["episodes/theta"], dtype=np.float64)  # [P, E, R]
-    for i, e in enumerate(member_events(pool)[0]):  # drawn up to each seed's divergence
-        if e >= 0:
-            theta[i, e:] = np.nan
+    theta = until_diverged(pool, pool["episodes/theta"])  # [P, E, R]
     for i, name in enumerate(top[:6]):
         mean_sd_band(ax[2], episodes_x(pool), theta[:, :, names.index(name)], name, f"C{i}")
     ax[2].axhline(0, color="k", lw=0.6)

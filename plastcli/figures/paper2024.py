@@ -18,6 +18,7 @@ from plastcli.figures.style import (
     meta_accuracy_label,
     subplots,
     task_classes,
+    until_diverged,
 )
 from plastcli.results.statistics import TAIL as FIG8_TAIL
 from plastcli.results.statistics import final_window, moving_average
@@ -29,18 +30,8 @@ def _fig8_x(st) -> np.ndarray:
     return np.arange(1, st["episodes/meta_accuracy"].shape[1] + 1)
 
 
-def _until_diverged(st, a: np.ndarray) -> np.ndarray:
-    """``a [P, E, ...]`` with NaN from each member's divergence on: a diverged member's θ is
-    frozen there, and a frozen value drawn on would look like a result."""
-    a = np.array(a, dtype=float)
-    for i, d in enumerate(np.asarray(st["members/diverged_at"])):
-        if d >= 0:
-            a[i, d:] = np.nan
-    return a
-
-
 def _fig8_coefficients(ax, st, key: str, names: list[str], title: str, ylabel: str) -> None:
-    theta = _until_diverged(st, st[f"episodes/{key}"])  # [P, E, R]
+    theta = until_diverged(st, st[f"episodes/{key}"])  # [P, E, R]
     for r, name in enumerate(names):
         mean_sd_band(ax, _fig8_x(st), theta[:, :, r], name, f"C{r}")
     ax.axhline(0, color="k", lw=0.6)
@@ -188,7 +179,7 @@ def fig8(s):
                        "feedback rule coefficients (ΔB = +θ F; P2's θ9 = −θ_decay)",
                        "coefficient θ")
     legend_below(ax[2])
-    ang = _until_diverged(plastic, plastic["episodes/angles"])
+    ang = until_diverged(plastic, plastic["episodes/angles"])
     for l in range(ang.shape[2]):
         mean_sd_band(ax[3], _fig8_x(plastic), ang[:, :, l], f"α{l} (e_{l})",
                      layer_color(l, ang.shape[2]), smooth=SMOOTH)

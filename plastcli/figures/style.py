@@ -36,6 +36,24 @@ def task_classes(st) -> int:
                .get("task", {}).get("classes", 5))
 
 
+def diverged_at(st) -> np.ndarray:
+    """The episode each member of a meta-training store diverged at ``[P]`` (-1: never, or
+    not recorded)."""
+    P = st["episodes/meta_accuracy"].shape[0]
+    return np.asarray(st.arrays.get("members/diverged_at", np.full(P, -1)))
+
+
+def until_diverged(st, a) -> np.ndarray:
+    """``a [P, E, ...]`` (a copy, float64) with NaN from each member's divergence on: a
+    diverged member's θ is frozen there, and a frozen value drawn on would look like a
+    result."""
+    a = np.array(a, dtype=np.float64)
+    for i, e in enumerate(diverged_at(st)):
+        if e >= 0:
+            a[i, e:] = np.nan
+    return a
+
+
 def meta_accuracy_label(*stores) -> str:
     """The y label of a meta-accuracy axis, naming the stores' M-way task(s)."""
     ways = "/".join(str(m) for m in sorted({task_classes(st) for st in stores}))
