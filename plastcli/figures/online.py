@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from plastcli.errors import PlastError
-from plastcli.figures.style import ci_band, color, legend_below, subplots
+from plastcli.figures.style import ci_band, color, subplots
+from plastcli.figures.style import legend_below as put_legend_below  # a flag is legend_below
 
 
 def names(st) -> list[str]:
@@ -63,7 +64,7 @@ def accuracy_panel(ax, st, conditions: list[str], title: str, ls: dict | None = 
            ylabel="validation accuracy (%)", ylim=(0, 100),
            title=f"{title}\nmean of {n_runs} runs, 98% bootstrap CI")
     if legend_below:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
+        put_legend_below(ax)
     else:
         ax.legend(loc="lower right", fontsize=8)
 
@@ -84,7 +85,7 @@ def layer_lines(ax, st, metric: str, name: str, title: str, ylabel: str, log: bo
     if log:
         ax.set_yscale("log")
     ax.set(xlabel="training samples seen", ylabel=ylabel, title=title)
-    legend_below(ax, ncol=min(n, 5), fontsize=7, gap=-0.22)  # inside, it sat on a layer's line
+    put_legend_below(ax, ncol=min(n, 5), fontsize=7)  # inside, it sat on a layer's line
 
 
 def results_rows(st) -> list[tuple[str, str, float, float, float, int]]:

@@ -110,7 +110,7 @@ def _accuracy_panel(ax, stores: dict, loc: str = "below") -> None:
            title=f"meta-accuracy\n(moving avg. {SMOOTH}; mean ± sd, seeds)"
            + ("\nthick: the rules; thin: checks on the same seeds" if variants else ""))
     if loc == "below":  # outside the axes, under the x label: never over a curve
-        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.23))
+        legend_below(ax)
     elif loc == "top":  # one row in the empty band above every curve (accuracy > 0.8)
         ax.legend(fontsize=8, ncol=5, loc="upper center", frameon=False)
     else:
@@ -136,7 +136,7 @@ def _theta_panel(ax, st, label: str, linestyle="-", one_colour: str | None = Non
         ax.lines[-1].set_linestyle(linestyle)
     ax.axhline(0, color="k", lw=0.6)
     ax.set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)", title=f"coefficients of F_{label}")
-    legend_below(ax, ncol=2 if len(names) > 2 else 1, gap=-0.23)  # inside, a band crossed it
+    legend_below(ax, ncol=2 if len(names) > 2 else 1)  # inside, a band crossed it
 
 
 def _angle_panel(ax, st, label: str, ref=None) -> None:
@@ -153,7 +153,7 @@ def _angle_panel(ax, st, label: str, ref=None) -> None:
     ax.axhline(90, color="grey", lw=0.6, ls="--")
     ax.set(xlabel="episode", ylabel="angle to backprop (degrees)", ylim=(0, 120),
            title=f"error alignment α_l of F_{label}")
-    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.23))
+    legend_below(ax, ncol=3)
 
 
 def _smooth(a):
@@ -268,7 +268,7 @@ def fig4_grammar(s):
     ax[2].axhline(0, color="k", lw=0.6)
     ax[2].set(xlabel="episode", ylabel="coefficient θ (ΔW = +θ F)",
               title="the six largest coefficients (colours as the bars)")
-    ax[2].legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.23))
+    legend_below(ax[2])
     fig.suptitle(f"Beyond P1 Fig 4 — L1 search over every grammar term "
                  f"({pool['episodes/theta'].shape[0]} seeds × {E} episodes) vs F_bio; "
                  f"diverged: {diverged_text(pool)}")
@@ -290,7 +290,7 @@ def fig4(s):
     _theta_panel(ax[1], pool, label)
     for line in ax[1].get_lines():  # the title names the run; the legend names the terms
         line.set_label(line.get_label().split(" (")[0])
-    legend_below(ax[1], fontsize=7, gap=-0.25)
+    legend_below(ax[1], fontsize=7)
     _survivor_bars(ax[2], pool)
     diverged = diverged_text(pool)
     ax[2].set(title=f"which terms survive: F_{label}" if diverged == "none"

@@ -241,7 +241,7 @@ def fig7_panels(st):
     # every legend below its panel: the bands fill the panels (a wide BPTT band sat under
     # legends drawn inside them)
     for a in ax[:3]:
-        legend_below(a, ncol=1, gap=-0.16)
+        legend_below(a, ncol=1)
     ax[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     if "grid/point_hidden" in st:
         _fig7_grid(ax[3], st)

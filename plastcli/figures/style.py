@@ -60,10 +60,15 @@ def meta_accuracy_label(*stores) -> str:
     return f"meta-accuracy (query, {ways}-way)"
 
 
-def legend_below(ax, ncol: int = 2, fontsize: float = 8, gap: float = -0.2) -> None:
+LEGEND_GAP_PT = 34  # below the axes: room for the tick labels and the x label (10 pt each)
+
+
+def legend_below(ax, ncol: int = 2, fontsize: float = 8, gap_pt: float = LEGEND_GAP_PT) -> None:
     """The panel's legend under its x label, where it covers no curve or band (constrained
-    layout makes room for it)."""
-    ax.legend(fontsize=fontsize, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, gap))
+    layout makes room for it). The gap is in points, so it holds whatever the panel's
+    height (a fraction of the axes ran into the x label of a short panel)."""
+    ax.legend(fontsize=fontsize, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+              borderaxespad=gap_pt / fontsize)
 
 
 def subplots(n: int = 1, ncols: int | None = None, size=(4.2, 3.2), **kw):
