@@ -359,7 +359,9 @@ def test_a_cache_folder_that_cannot_be_made_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "plastcli", "meta-train", BIO, "--out",
                         str(tmp_path / "m.h5"), "--episodes", "1", *sets(*TINY)],
                        capture_output=True, text=True, cwd=tmp_path,
-                       env={**os.environ, "PLAST_CACHE": str(afile), "PLAST_DATA": str(data_dir())})
+                       env={**os.environ, "PLAST_CACHE": str(afile),
+                            # absolute: the README runs the tests with PLAST_DATA=../shared/data
+                            "PLAST_DATA": str(data_dir().resolve())})
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
     assert "PLAST_CACHE" in lines[0] and "is a file, not a directory" in lines[0]
